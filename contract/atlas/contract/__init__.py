@@ -1,0 +1,85 @@
+"""Atlas wire contract v1, shared by the agent and the fleet server.
+
+The public surface: keys and keyrings, sealing and opening envelopes, and the
+record schema. See docs/protocol.md for the contract in prose.
+"""
+
+from .envelope import (
+    AAD_LABEL,
+    ALGORITHM,
+    COMPRESSIONS,
+    WIRE_VERSION,
+    Envelope,
+    associated_data,
+    check_created_at_window,
+    check_version,
+    format_timestamp,
+    is_encrypted_body,
+    open_envelope,
+    parse_batch_id,
+    parse_body,
+    parse_envelope,
+    parse_timestamp,
+    seal,
+)
+from .errors import (
+    ContractError,
+    DecryptionError,
+    EnvelopeError,
+    KeyFormatError,
+    PayloadTooLargeError,
+    SchemaError,
+    SchemaViolation,
+    UnknownKeyError,
+)
+from .keys import Key, Keyring, generate_encryption_key, key_id, parse_key
+from .schema import (
+    LEVELS,
+    MAX_LOGS_PER_BATCH,
+    WIDGET_TYPES,
+    BatchContent,
+    LogEntry,
+    MachineInfo,
+    decode_content,
+    validate_content,
+)
+
+__all__ = [
+    "AAD_LABEL",
+    "ALGORITHM",
+    "COMPRESSIONS",
+    "LEVELS",
+    "MAX_LOGS_PER_BATCH",
+    "WIDGET_TYPES",
+    "WIRE_VERSION",
+    "BatchContent",
+    "ContractError",
+    "DecryptionError",
+    "Envelope",
+    "EnvelopeError",
+    "Key",
+    "KeyFormatError",
+    "Keyring",
+    "LogEntry",
+    "MachineInfo",
+    "PayloadTooLargeError",
+    "SchemaError",
+    "SchemaViolation",
+    "UnknownKeyError",
+    "associated_data",
+    "check_created_at_window",
+    "check_version",
+    "decode_content",
+    "format_timestamp",
+    "generate_encryption_key",
+    "is_encrypted_body",
+    "key_id",
+    "open_envelope",
+    "parse_batch_id",
+    "parse_body",
+    "parse_envelope",
+    "parse_key",
+    "parse_timestamp",
+    "seal",
+    "validate_content",
+]

@@ -1,0 +1,79 @@
+"""Errors raised while reading a widget-log batch off the wire.
+
+Every error carries the HTTP status the ingest service answers with, and a
+reason that names the offending field but never key material or decrypted
+content::
+
+    ContractError                 any violation of wire contract v1
+     ├── EnvelopeError            400: malformed body or header field
+     │    ├── UnknownKeyError     400: no key in the keyring has this kid
+     │    └── DecryptionError     400: the GCM tag did not verify
+     ├── PayloadTooLargeError     413: a size bound was crossed
+     └── SchemaError              422: the plaintext violates the record schema
+
+    KeyFormatError (ValueError)   a configured key is not 32 bytes of base64
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ContractError(Exception):
+    """A batch that does not follow wire contract v1."""
+
+    status: int = 400
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    @property
+    def detail(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+class EnvelopeError(ContractError):
+    """The body or one of the envelope's header fields is malformed."""
+
+
+class UnknownKeyError(EnvelopeError):
+    """The envelope names a key id that is not in the keyring."""
+
+
+class DecryptionError(EnvelopeError):
+    """Authentication failed: wrong key, or ciphertext or header tampered with."""
+
+
+class PayloadTooLargeError(ContractError):
+    """The body or its decompressed plaintext is larger than allowed."""
+
+    status = 413
+
+
+@dataclass(frozen=True)
+class SchemaViolation:
+    """One reason a plaintext batch was rejected: where, and what is wrong."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+    type: str = "value_error"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"loc": list(self.loc), "msg": self.msg, "type": self.type}
+
+
+class SchemaError(ContractError):
+    """The decrypted plaintext is JSON but does not match the record schema."""
+
+    status = 422
+
+    def __init__(self, violations: list[SchemaViolation]) -> None:
+        self.violations = violations or [SchemaViolation((), "invalid")]
+        first = self.violations[0]
+        super().__init__(".".join(str(p) for p in first.loc) or "body", first.msg)
+
+
+class KeyFormatError(ValueError):
+    """A key is not standard base64 of exactly 32 bytes."""

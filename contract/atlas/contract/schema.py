@@ -1,0 +1,175 @@
+"""The record schema of wire contract v1: one machine and its widget logs.
+
+These models validate what arrives (the decrypted plaintext, or an
+unencrypted body where the server allows one) and describe what the agent
+builds. Every string is bounded, and whatever PostgreSQL could not store
+(NUL characters, lone surrogates, NaN) is rejected here, at the door, so a
+queued batch can always be persisted.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from .envelope import parse_timestamp
+from .errors import EnvelopeError, SchemaError, SchemaViolation
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+"""Log levels, in increasing severity."""
+
+WIDGET_TYPES = ("wifi", "speedtest", "ping", "health", "processes", "agent")
+"""The widgets a log can come from; ``agent`` is the agent's own reports."""
+
+MAX_LOGS_PER_BATCH = 5000
+"""Default bound on the number of logs in one batch."""
+
+MAX_MESSAGE_CHARS = 8192
+"""Bound on a log's message."""
+
+MAX_DATA_BYTES = 65536
+"""Bound on a log's ``data`` object, serialised as compact UTF-8 JSON."""
+
+Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+WidgetType = Literal["wifi", "speedtest", "ping", "health", "processes", "agent"]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def _text(max_len: int, min_len: int = 0) -> Any:
+    return Annotated[
+        str,
+        StringConstraints(min_length=min_len, max_length=max_len),
+        BeforeValidator(lambda v: _no_nul(v) if isinstance(v, str) else v),
+    ]
+
+
+def _rfc3339(value: object) -> datetime:
+    try:
+        return parse_timestamp(value, "timestamp")
+    except EnvelopeError as exc:
+        raise ValueError(exc.reason) from None
+
+
+class MachineInfo(BaseModel):
+    """Who sent the batch. ``machine_id`` is the fleet-wide identity."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    machine_id: _text(128, 1)
+    serial_number: _text(64, 1)
+    hostname: _text(255)
+    model: _text(128)
+    os_version: _text(128)
+    agent_version: _text(64)
+
+
+class LogEntry(BaseModel):
+    """One widget log: when, how severe, which widget, what it said, and its data."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    timestamp: Annotated[datetime, BeforeValidator(_rfc3339)]
+    level: Level
+    widget_type: WidgetType
+    message: _text(MAX_MESSAGE_CHARS)
+    data: dict[str, Any] = Field(default_factory=dict)
+    _data_json: str = PrivateAttr(default="{}")
+
+    @model_validator(mode="after")
+    def _check_data(self) -> LogEntry:
+        try:
+            text = json.dumps(self.data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except ValueError:
+            raise ValueError("data must not contain NaN or Infinity") from None
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError("data must be valid Unicode (no lone surrogates)") from None
+        if size > MAX_DATA_BYTES:
+            raise ValueError(f"data is {size} bytes as JSON; at most {MAX_DATA_BYTES} allowed")
+        if "\\u0000" in text and _contains_nul(self.data):
+            raise ValueError("data must not contain NUL characters")
+        self._data_json = text
+        return self
+
+    @property
+    def data_json(self) -> str:
+        """``data`` as compact JSON, computed once during validation."""
+        return self._data_json
+
+
+def _contains_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+class BatchContent(BaseModel):
+    """The plaintext of an envelope: the machine and its logs."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    machine: MachineInfo
+    logs: list[LogEntry] = Field(max_length=MAX_LOGS_PER_BATCH)
+
+
+def _violations(exc: ValidationError) -> list[SchemaViolation]:
+    return [
+        SchemaViolation(tuple(err["loc"]), err["msg"], err["type"])
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def _check_log_count(content: BatchContent, max_logs: int) -> BatchContent:
+    if len(content.logs) > max_logs:
+        raise SchemaError([SchemaViolation(("logs",), f"at most {max_logs} logs per batch", "too_long")])
+    return content
+
+
+def decode_content(raw: bytes, *, max_logs: int = MAX_LOGS_PER_BATCH) -> BatchContent:
+    """Validate decrypted plaintext JSON bytes.
+
+    Raises EnvelopeError (400) when the bytes are not JSON, SchemaError (422)
+    when the JSON breaks the schema.
+    """
+    try:
+        content = BatchContent.model_validate_json(raw)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise EnvelopeError("ciphertext", "decrypted plaintext is not valid UTF-8 JSON") from None
+        raise SchemaError(_violations(exc)) from None
+    return _check_log_count(content, max_logs)
+
+
+def validate_content(obj: dict, *, max_logs: int = MAX_LOGS_PER_BATCH) -> BatchContent:
+    """Validate the machine and logs of an already-parsed unencrypted body."""
+    try:
+        content = BatchContent.model_validate({"machine": obj.get("machine"), "logs": obj.get("logs")})
+    except ValidationError as exc:
+        raise SchemaError(_violations(exc)) from None
+    return _check_log_count(content, max_logs)

@@ -1,0 +1,1 @@
+"""The Atlas ingest service: authenticates, decrypts, validates and queues widget-log batches."""

@@ -1,0 +1,208 @@
+"""The ingest API: ``POST /api/fleet/widget-logs``, ``/healthz``, ``/readyz``.
+
+The route stays thin: authenticate from headers before reading the body,
+read at most ``max_body_bytes``, hand the bytes to ``intake.read_batch`` and
+the result to ``queue.enqueue_batch``. Every contract error becomes a 4xx
+with a reason; Redis trouble becomes a 503 with Retry-After, never a 202.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from functools import cached_property
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+
+from atlas.contract import ContractError, SchemaError
+from atlas.server.config import Settings, get_settings
+from atlas.server.queue import batch_queue, enqueue_batch, queued_batch, redis_client
+
+from .auth import is_valid_key, presented_key
+from .intake import read_batch
+from .models import Duplicate, EncryptedBody, PlaintextBody, Problem, Queued, SchemaProblem
+
+log = logging.getLogger("atlas.ingest")
+
+RETRY_AFTER_SECONDS = 5
+"""What a 503 tells the agent to wait before sending again."""
+
+WIDGET_LOGS_PATH = "/api/fleet/widget-logs"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def problem(status: int, detail: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """Read the body, stopping as soon as it grows past ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Ingest:
+    """Per-app state: settings and the Redis queue, opened on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def queue(self):
+        return batch_queue(redis_client(self.settings.redis_url), self.settings)
+
+    def accept(self, body: bytes) -> JSONResponse:
+        """Decrypt, validate and enqueue one body; runs in a worker thread."""
+        received_at = datetime.now(UTC)
+        try:
+            accepted = read_batch(body, self.settings, now=received_at)
+        except SchemaError as exc:
+            return JSONResponse({"detail": [v.as_dict() for v in exc.violations]}, status_code=422)
+        except ContractError as exc:
+            return problem(exc.status, exc.detail, exc.field)
+        if accepted.encrypted:
+            log.info(
+                "Successfully decrypted widget logs payload (batch_id=%s, logs=%d, kid=%s)",
+                accepted.batch_id,
+                len(accepted.content.logs),
+                accepted.kid,
+            )
+        batch = queued_batch(
+            accepted.content,
+            batch_id=accepted.batch_id,
+            created_at=accepted.created_at,
+            received_at=received_at,
+            kid=accepted.kid,
+        )
+        try:
+            queued = enqueue_batch(self.queue, batch, self.settings)
+        except RedisError as exc:
+            log.warning("Queue unavailable, answering 503 for batch %s: %s", accepted.batch_id, type(exc).__name__)
+            return problem(503, "queue unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if not queued:
+            log.info("Duplicate batch %s: already accepted", accepted.batch_id)
+            return JSONResponse(Duplicate(batch_id=accepted.batch_id).model_dump(), status_code=200)
+        return JSONResponse(
+            Queued(batch_id=accepted.batch_id, accepted=len(accepted.content.logs)).model_dump(), status_code=202
+        )
+
+    def ready(self) -> bool:
+        try:
+            return bool(self.queue.connection.ping())
+        except RedisError:
+            return False
+
+
+_ERRORS = {
+    400: {
+        "model": Problem,
+        "description": "Malformed body or envelope field, unknown kid, failed tag, "
+        "created_at outside the window, or plaintext sent where encryption is required",
+    },
+    401: {"model": Problem, "description": "Missing or wrong API key"},
+    413: {"model": Problem, "description": "Body or decompressed plaintext too large"},
+    415: {"model": Problem, "description": "Content-Type is not application/json"},
+    422: {"model": SchemaProblem, "description": "Plaintext breaks the record schema"},
+    503: {"model": Problem, "description": "Queue unavailable; retry after Retry-After seconds"},
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ingest app; settings default to config.yaml and the environment."""
+    settings = settings or get_settings()
+    settings.require_api_keys()
+    ingest = Ingest(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if not settings.keyring:
+            log.warning("No encryption key configured: accepting PLAINTEXT widget-log batches")
+        elif settings.allow_plaintext:
+            log.warning("allow_plaintext is on: unencrypted batches are accepted beside encrypted ones")
+        else:
+            log.info("Widget log decryption enabled (AES-256-GCM, %d key(s))", len(settings.keyring))
+        yield
+
+    app = FastAPI(title="Atlas ingest", version="1", lifespan=lifespan)
+    app.state.ingest = ingest
+
+    @app.post(
+        WIDGET_LOGS_PATH,
+        status_code=202,
+        response_model=Queued,
+        responses={200: {"model": Duplicate, "description": "Batch already accepted"}, **_ERRORS},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/EncryptedBody"},
+                                {"$ref": "#/components/schemas/PlaintextBody"},
+                            ]
+                        }
+                    }
+                },
+            },
+            "security": [{"bearer": []}, {"apiKey": []}],
+        },
+        summary="Submit one batch of widget logs",
+    )
+    async def widget_logs(request: Request):
+        if not is_valid_key(presented_key(request.headers), settings.api_keys):
+            return problem(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            return problem(415, "Content-Type must be application/json")
+        try:
+            body = await read_limited(request, settings.max_body_bytes)
+        except BodyTooLarge:
+            return problem(413, f"body exceeds {settings.max_body_bytes} bytes", "body")
+        return await run_in_threadpool(ingest.accept, body)
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Redis is reachable", responses={503: {"model": Problem}})
+    async def readyz():
+        if await run_in_threadpool(ingest.ready):
+            return {"status": "ready"}
+        return problem(503, "redis unreachable", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = schema.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        for model in (EncryptedBody, PlaintextBody):
+            schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schemas[model.__name__].pop("$defs", {}))
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,74 @@
+"""From request body to validated batch: pure logic, no I/O.
+
+Raises only the contract's errors (``atlas.contract.errors``), each mapped to
+its HTTP status by the app.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from atlas.contract import (
+    BatchContent,
+    EnvelopeError,
+    check_created_at_window,
+    check_version,
+    decode_content,
+    is_encrypted_body,
+    open_envelope,
+    parse_batch_id,
+    parse_body,
+    parse_envelope,
+    parse_timestamp,
+    validate_content,
+)
+from atlas.contract.envelope import PLAINTEXT_BODY_FIELDS
+from atlas.server.config import Settings
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A batch that passed every check and may be queued."""
+
+    batch_id: str
+    created_at: datetime
+    kid: str | None
+    content: BatchContent
+
+    @property
+    def encrypted(self) -> bool:
+        return self.kid is not None
+
+
+def read_batch(body: bytes, settings: Settings, *, now: datetime) -> Accepted:
+    """Parse, authenticate-decrypt and validate one request body."""
+    obj = parse_body(body)
+    if is_encrypted_body(obj):
+        envelope = parse_envelope(obj)
+        created_at = parse_timestamp(envelope.created_at, "created_at")
+        _check_window(created_at, settings, now)
+        plaintext = open_envelope(envelope, settings.keyring, max_plaintext_bytes=settings.max_plaintext_bytes)
+        content = decode_content(plaintext, max_logs=settings.max_logs_per_batch)
+        return Accepted(envelope.batch_id.lower(), created_at, envelope.kid, content)
+
+    if not settings.accepts_plaintext:
+        raise EnvelopeError("body", "encryption required: send a v1 AES-256-GCM envelope")
+    missing = [f for f in PLAINTEXT_BODY_FIELDS if f not in obj]
+    if missing:
+        raise EnvelopeError(missing[0], "is required")
+    extra = sorted(str(k) for k in obj if k not in PLAINTEXT_BODY_FIELDS)
+    if extra:
+        raise EnvelopeError(extra[0], "is not a field of contract v1")
+    check_version(obj["v"])
+    batch_id = parse_batch_id(obj["batch_id"])
+    created_at = parse_timestamp(obj["created_at"], "created_at")
+    _check_window(created_at, settings, now)
+    content = validate_content(obj, max_logs=settings.max_logs_per_batch)
+    return Accepted(batch_id.lower(), created_at, None, content)
+
+
+def _check_window(created_at: datetime, settings: Settings, now: datetime) -> None:
+    check_created_at_window(
+        created_at, now=now, max_age=settings.created_at_max_age, max_future=settings.created_at_max_future
+    )

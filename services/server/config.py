@@ -1,0 +1,223 @@
+"""Server settings: config.yaml, then environment variables on top.
+
+``config.yaml`` keeps the shape users already write::
+
+    server:
+      port: 8768
+      api_key: "..."            # or api_keys: [...] to rotate
+      encryption_key: "..."     # current payload key
+      encryption_keys: [...]    # older keys still accepted while agents move over
+    database:
+      url: postgresql://...
+    redis:
+      url: redis://...
+
+Environment variables override the file: FLEET_API_KEY, FLEET_ENCRYPTION_KEY,
+DATABASE_URL, REDIS_URL, ATLAS_REDIS_PREFIX. A bad setting raises ConfigError
+whose message is one line naming the setting and never showing a secret.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from atlas.contract import Key, KeyFormatError, Keyring
+
+DEFAULT_PORT = 8768
+"""The port agents are pointed at: ``https://<host>:8768``."""
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/atlas"
+"""PostgreSQL used when neither config nor DATABASE_URL names one."""
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+"""Redis used when neither config nor REDIS_URL names one."""
+
+DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
+"""Largest request body read off the wire."""
+
+DEFAULT_MAX_PLAINTEXT_BYTES = 32 * 1024 * 1024
+"""Largest decompressed plaintext; bounds a gzip bomb."""
+
+MIN_API_KEY_CHARS = 16
+"""Shortest API key accepted; shorter ones are guessable."""
+
+PLACEHOLDER_SECRETS = frozenset(
+    {"your-api-key", "changeme", "change-me", "secret", "password", "api-key", "your_api_key"}
+)
+"""Example values from documentation that must never guard a real server."""
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server processes read from configuration."""
+
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    keyring: Keyring = field(default_factory=Keyring)
+    allow_plaintext: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_plaintext_bytes: int = DEFAULT_MAX_PLAINTEXT_BYTES
+    max_logs_per_batch: int = 5000
+    created_at_max_age: timedelta = timedelta(days=7)
+    created_at_max_future: timedelta = timedelta(minutes=5)
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
+    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
+    redis_prefix: str = "atlas"
+    duplicate_window: timedelta = timedelta(hours=1)
+    job_timeout: int = 120
+    job_retries: int = 8
+    job_retry_intervals: tuple[int, ...] = (2, 5, 15, 30, 60, 120, 300, 600)
+    job_monitoring_interval: int = 10
+    maintenance_interval: int = 60
+
+    @property
+    def queue_name(self) -> str:
+        """The rq queue batches wait in."""
+        return f"{self.redis_prefix}-batches"
+
+    @property
+    def accepts_plaintext(self) -> bool:
+        """Plaintext bodies are taken only with no payload key, or when explicitly allowed."""
+        return self.allow_plaintext or not self.keyring
+
+    def require_api_keys(self) -> None:
+        """Stop a service that authenticates agents from starting without an API key."""
+        if not self.api_keys:
+            raise ConfigError("server.api_key: no API key configured (set server.api_key or FLEET_API_KEY)")
+
+
+def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = data.get(name) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name}: must be a mapping")
+    return value
+
+
+def _str_list(value: Any, setting: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"{setting}: must be a string or a list of strings")
+
+
+def _int(section: Mapping[str, Any], key: str, default: int, setting: str, minimum: int = 1) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{setting}: must be an integer >= {minimum}")
+    return value
+
+
+def _api_keys(server: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, ...]:
+    keys = _str_list(server.get("api_key"), "server.api_key") + _str_list(server.get("api_keys"), "server.api_keys")
+    if env.get("FLEET_API_KEY"):
+        keys.insert(0, env["FLEET_API_KEY"])
+    for key in keys:
+        setting = "FLEET_API_KEY" if key == env.get("FLEET_API_KEY") else "server.api_key"
+        if key.strip().lower() in PLACEHOLDER_SECRETS:
+            raise ConfigError(
+                f"{setting}: is a documentation placeholder; generate one with `atlas-server keygen --api-key`"
+            )
+        if len(key) < MIN_API_KEY_CHARS:
+            raise ConfigError(f"{setting}: must be at least {MIN_API_KEY_CHARS} characters")
+    return tuple(dict.fromkeys(keys))
+
+
+def _keyring(server: Mapping[str, Any], env: Mapping[str, str]) -> Keyring:
+    named: list[tuple[str, str]] = []
+    if env.get("FLEET_ENCRYPTION_KEY"):
+        named.append(("FLEET_ENCRYPTION_KEY", env["FLEET_ENCRYPTION_KEY"]))
+    named += [("server.encryption_key", k) for k in _str_list(server.get("encryption_key"), "server.encryption_key")]
+    named += [("server.encryption_keys", k) for k in _str_list(server.get("encryption_keys"), "server.encryption_keys")]
+    keys = []
+    for setting, text in named:
+        try:
+            keys.append(Key.from_base64(text))
+        except KeyFormatError as exc:
+            raise ConfigError(f"{setting}: {exc}") from None
+    return Keyring(keys)
+
+
+def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    """Build Settings from a parsed config file and an environment."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("config: the file must hold a mapping with a `server:` section")
+    server = _section(data, "server")
+    database = _section(data, "database")
+    redis = _section(data, "redis")
+    worker = _section(data, "worker")
+    allow_plaintext = server.get("allow_plaintext", False)
+    if not isinstance(allow_plaintext, bool):
+        raise ConfigError("server.allow_plaintext: must be true or false")
+    port = _int(server, "port", DEFAULT_PORT, "server.port")
+    if port > 65535:
+        raise ConfigError("server.port: must be at most 65535")
+    prefix = env.get("ATLAS_REDIS_PREFIX") or redis.get("key_prefix", "atlas")
+    if not isinstance(prefix, str) or not prefix.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError("redis.key_prefix: letters, digits, - and _ only")
+    return Settings(
+        host=str(server.get("host", "0.0.0.0")),
+        port=port,
+        api_keys=_api_keys(server, env),
+        keyring=_keyring(server, env),
+        allow_plaintext=allow_plaintext,
+        max_body_bytes=_int(server, "max_body_bytes", DEFAULT_MAX_BODY_BYTES, "server.max_body_bytes"),
+        max_plaintext_bytes=_int(
+            server, "max_plaintext_bytes", DEFAULT_MAX_PLAINTEXT_BYTES, "server.max_plaintext_bytes"
+        ),
+        max_logs_per_batch=_int(server, "max_logs_per_batch", 5000, "server.max_logs_per_batch"),
+        created_at_max_age=timedelta(
+            seconds=_int(server, "created_at_max_age_seconds", 7 * 86400, "server.created_at_max_age_seconds")
+        ),
+        created_at_max_future=timedelta(
+            seconds=_int(server, "created_at_max_future_seconds", 300, "server.created_at_max_future_seconds", 0)
+        ),
+        database_url=env.get("DATABASE_URL") or str(database.get("url", DEFAULT_DATABASE_URL)),
+        redis_url=env.get("REDIS_URL") or str(redis.get("url", DEFAULT_REDIS_URL)),
+        redis_prefix=prefix,
+        job_timeout=_int(worker, "job_timeout", 120, "worker.job_timeout"),
+        job_retries=_int(worker, "retries", 8, "worker.retries"),
+        job_monitoring_interval=_int(worker, "monitoring_interval", 10, "worker.monitoring_interval"),
+        maintenance_interval=_int(worker, "maintenance_interval", 60, "worker.maintenance_interval"),
+    )
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (or $ATLAS_CONFIG, or ./config.yaml if present), then the environment."""
+    env = os.environ if env is None else env
+    chosen = path or env.get("ATLAS_CONFIG")
+    data: Any = {}
+    if chosen is None and Path("config.yaml").is_file():
+        chosen = "config.yaml"
+    if chosen is not None:
+        try:
+            with open(chosen, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ConfigError(f"--config: cannot read {chosen}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"--config: {chosen}{where} is not valid YAML") from None
+    return settings_from_mapping(data, env)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Settings of this process, read once; services call this, tests build their own."""
+    return load_settings()

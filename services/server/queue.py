@@ -1,0 +1,114 @@
+"""The Redis queue between ingest and worker, on rq.
+
+Ingest enqueues one rq job per accepted batch, with the batch_id as the job
+id, and in the same Redis transaction sets a short-lived "accepted" marker,
+so a batch is never marked accepted without being queued, nor queued twice
+while the marker lives. The worker's unique key on ``batches.batch_id`` is
+what finally makes storage exactly-once; the marker only lets ingest answer
+"duplicate" quickly.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypedDict
+
+from redis import Redis
+from redis.exceptions import WatchError
+from rq import Queue, Retry
+
+from atlas.contract import BatchContent
+
+from .config import Settings
+
+PERSIST_JOB = "atlas.worker.jobs.persist_batch"
+"""Dotted path of the job function the worker runs for each batch."""
+
+QUEUE_FORMAT = 1
+"""Version of the job payload below, in case it ever has to change under a live queue."""
+
+
+class QueuedMachine(TypedDict):
+    machine_id: str
+    serial_number: str
+    hostname: str
+    model: str
+    os_version: str
+    agent_version: str
+
+
+class QueuedBatch(TypedDict):
+    """A validated batch as the job payload: plain types, cheap to pickle.
+
+    ``logs`` rows are ``[timestamp ISO 8601, level, widget_type, message, data JSON]``.
+    """
+
+    format: int
+    batch_id: str
+    created_at: str
+    received_at: str
+    kid: str | None
+    machine: QueuedMachine
+    logs: list[tuple[str, str, str, str, str]]
+
+
+def queued_batch(
+    content: BatchContent, *, batch_id: str, created_at: datetime, received_at: datetime, kid: str | None
+) -> QueuedBatch:
+    """Flatten a validated batch into the job payload."""
+    return {
+        "format": QUEUE_FORMAT,
+        "batch_id": batch_id.lower(),
+        "created_at": created_at.isoformat(),
+        "received_at": received_at.isoformat(),
+        "kid": kid,
+        "machine": content.machine.model_dump(),  # type: ignore[typeddict-item]
+        "logs": [
+            (log.timestamp.isoformat(), log.level, log.widget_type, log.message, log.data_json) for log in content.logs
+        ],
+    }
+
+
+def redis_client(url: str) -> Redis:
+    """A Redis client that fails fast instead of hanging when Redis is down."""
+    return Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+
+
+def batch_queue(connection: Redis, settings: Settings) -> Queue:
+    return Queue(settings.queue_name, connection=connection, default_timeout=settings.job_timeout)
+
+
+def accepted_marker(settings: Settings, batch_id: str) -> str:
+    return f"{settings.redis_prefix}:accepted:{batch_id.lower()}"
+
+
+def enqueue_batch(queue: Queue, batch: QueuedBatch, settings: Settings) -> bool:
+    """Queue a batch unless it was accepted within the duplicate window.
+
+    Returns False for a duplicate. Marker and job are written in one
+    MULTI/EXEC under WATCH, so of two concurrent posts of the same batch
+    exactly one is queued. Raises redis errors when Redis is unreachable.
+    """
+    marker = accepted_marker(settings, batch["batch_id"])
+    with queue.connection.pipeline() as pipe:
+        try:
+            pipe.watch(marker)
+            if pipe.exists(marker):
+                return False
+            pipe.multi()
+            pipe.set(marker, b"1", ex=int(settings.duplicate_window.total_seconds()))
+            job = queue.create_job(
+                PERSIST_JOB,
+                args=(batch,),
+                job_id=batch["batch_id"],
+                timeout=settings.job_timeout,
+                result_ttl=0,
+                failure_ttl=-1,
+                retry=Retry(max=settings.job_retries, interval=list(settings.job_retry_intervals)),
+                description=f"persist batch {batch['batch_id']} ({len(batch['logs'])} logs)",
+            )
+            queue.enqueue_job(job, pipeline=pipe)
+            pipe.execute()
+        except WatchError:
+            return False
+    return True
