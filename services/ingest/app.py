@@ -173,7 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             body = await read_limited(request, settings.max_body_bytes)
         except BodyTooLarge:
-            return problem(413, f"body exceeds {settings.max_body_bytes} bytes", "body")
+            return problem(413, f"body: exceeds {settings.max_body_bytes} bytes", "body")
         return await run_in_threadpool(ingest.accept, body)
 
     @app.get("/healthz", summary="The process is alive")

@@ -54,13 +54,13 @@ def read_batch(body: bytes, settings: Settings, *, now: datetime) -> Accepted:
 
     if not settings.accepts_plaintext:
         raise EnvelopeError("body", "encryption required: send a v1 AES-256-GCM envelope")
+    check_version(obj.get("v"))
     missing = [f for f in PLAINTEXT_BODY_FIELDS if f not in obj]
     if missing:
         raise EnvelopeError(missing[0], "is required")
     extra = sorted(str(k) for k in obj if k not in PLAINTEXT_BODY_FIELDS)
     if extra:
         raise EnvelopeError(extra[0], "is not a field of contract v1")
-    check_version(obj["v"])
     batch_id = parse_batch_id(obj["batch_id"])
     created_at = parse_timestamp(obj["created_at"], "created_at")
     _check_window(created_at, settings, now)

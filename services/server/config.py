@@ -77,11 +77,11 @@ class Settings:
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
     redis_prefix: str = "atlas"
     duplicate_window: timedelta = timedelta(hours=1)
-    job_timeout: int = 120
+    job_timeout: int = 30
     job_retries: int = 8
     job_retry_intervals: tuple[int, ...] = (2, 5, 15, 30, 60, 120, 300, 600)
     job_monitoring_interval: int = 10
-    maintenance_interval: int = 60
+    maintenance_interval: int = 30
 
     @property
     def queue_name(self) -> str:
@@ -190,10 +190,10 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
         database_url=env.get("DATABASE_URL") or str(database.get("url", DEFAULT_DATABASE_URL)),
         redis_url=env.get("REDIS_URL") or str(redis.get("url", DEFAULT_REDIS_URL)),
         redis_prefix=prefix,
-        job_timeout=_int(worker, "job_timeout", 120, "worker.job_timeout"),
+        job_timeout=_int(worker, "job_timeout", 30, "worker.job_timeout"),
         job_retries=_int(worker, "retries", 8, "worker.retries"),
         job_monitoring_interval=_int(worker, "monitoring_interval", 10, "worker.monitoring_interval"),
-        maintenance_interval=_int(worker, "maintenance_interval", 60, "worker.maintenance_interval"),
+        maintenance_interval=_int(worker, "maintenance_interval", 30, "worker.maintenance_interval"),
     )
 
 

@@ -16,6 +16,8 @@ from typing import TypedDict
 from redis import Redis
 from redis.exceptions import WatchError
 from rq import Queue, Retry
+from rq.executions import Execution, ExecutionRegistry
+from rq.job import Job
 
 from atlas.contract import BatchContent
 
@@ -69,17 +71,58 @@ def queued_batch(
     }
 
 
+class TolerantExecutionRegistry(ExecutionRegistry):
+    """A job's executions, skipping those that expired with a killed worker."""
+
+    def get_executions(self, start: int = 0, end: int = -1) -> list[Execution]:
+        found = []
+        for execution_id in self.get_execution_ids(start, end):
+            try:
+                found.append(Execution.fetch(id=execution_id, job_id=self.job_id, connection=self.connection))
+            except ValueError:  # its hash expired: the worker running it died
+                continue
+        return found
+
+
+class BatchJob(Job):
+    """rq's Job, tolerant of executions that expired with a killed worker.
+
+    In rq 3.0.0, once a job abandoned by a killed worker has been retried and
+    succeeds, deleting it (``result_ttl=0``) fetches every execution it ever
+    had; the dead worker's has expired, ``Execution.fetch`` raises
+    ValueError, and the job is reported failed although it succeeded.
+    """
+
+    @property
+    def execution_registry(self) -> ExecutionRegistry:
+        return TolerantExecutionRegistry(self.id, connection=self.connection)
+
+
 def redis_client(url: str) -> Redis:
     """A Redis client that fails fast instead of hanging when Redis is down."""
     return Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
 
 
 def batch_queue(connection: Redis, settings: Settings) -> Queue:
-    return Queue(settings.queue_name, connection=connection, default_timeout=settings.job_timeout)
+    return Queue(
+        settings.queue_name, connection=connection, default_timeout=settings.job_timeout, job_class=BatchJob
+    )
 
 
 def accepted_marker(settings: Settings, batch_id: str) -> str:
     return f"{settings.redis_prefix}:accepted:{batch_id.lower()}"
+
+
+def retry_policy(settings: Settings) -> Retry:
+    """Back off through ``job_retry_intervals``, starting with the first.
+
+    rq pairs the *last* intervals with the last retries, so the list is cut to
+    the number of retries; past its end the last interval repeats.
+    """
+    count = settings.job_retries
+    intervals = list(settings.job_retry_intervals[:count])
+    intervals += [intervals[-1]] * (count - len(intervals))
+    return Retry(max=count, interval=intervals)
 
 
 def enqueue_batch(queue: Queue, batch: QueuedBatch, settings: Settings) -> bool:
@@ -104,7 +147,7 @@ def enqueue_batch(queue: Queue, batch: QueuedBatch, settings: Settings) -> bool:
                 timeout=settings.job_timeout,
                 result_ttl=0,
                 failure_ttl=-1,
-                retry=Retry(max=settings.job_retries, interval=list(settings.job_retry_intervals)),
+                retry=retry_policy(settings),
                 description=f"persist batch {batch['batch_id']} ({len(batch['logs'])} logs)",
             )
             queue.enqueue_job(job, pipeline=pipe)

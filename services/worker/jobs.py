@@ -15,13 +15,23 @@ from .store import persist_batch as store_batch
 log = logging.getLogger("atlas.worker")
 
 _connection: psycopg.Connection | None = None
+_database_url: str | None = None
+
+
+def use_database(url: str) -> None:
+    """Point this process's jobs at ``url`` (the worker calls it at start-up)."""
+    global _database_url, _connection
+    if url != _database_url and _connection is not None:
+        _connection.close()
+        _connection = None
+    _database_url = url
 
 
 def _db() -> psycopg.Connection:
     """This worker process's connection, reopened after it broke."""
     global _connection
     if _connection is None or _connection.closed or _connection.broken:
-        _connection = connect(get_settings().database_url)
+        _connection = connect(_database_url or get_settings().database_url)
     return _connection
 
 

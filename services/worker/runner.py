@@ -5,7 +5,14 @@ from __future__ import annotations
 from rq import SimpleWorker
 
 from atlas.server.config import Settings
-from atlas.server.queue import batch_queue, redis_client
+from atlas.server.queue import BatchJob, batch_queue, redis_client
+
+from . import jobs
+
+WORKER_TTL = 30
+"""Seconds a worker's registration lives between heartbeats. rq blocks on the
+queue for this minus 15 seconds, so it also bounds how long an idle worker
+goes without its maintenance (which brings back jobs of dead workers)."""
 
 
 class BatchWorker(SimpleWorker):
@@ -14,10 +21,15 @@ class BatchWorker(SimpleWorker):
     rq's default worker forks a child per job: safe for arbitrary code, but
     a fork and a new database connection per batch costs far more than the
     batch. Our job is a short transaction, so in-process is the right trade.
+
+    A job of a worker killed mid-batch stays in rq's started registry until
+    ``job_timeout`` + 120 s have passed; the next maintenance pass of any
+    worker then retries it. With the defaults that is within about 3 minutes.
     """
 
 
 def build_worker(settings: Settings, *, name: str | None = None) -> BatchWorker:
+    jobs.use_database(settings.database_url)
     connection = redis_client(settings.redis_url)
     queue = batch_queue(connection, settings)
     return BatchWorker(
@@ -26,6 +38,8 @@ def build_worker(settings: Settings, *, name: str | None = None) -> BatchWorker:
         name=name,
         job_monitoring_interval=settings.job_monitoring_interval,
         maintenance_interval=settings.maintenance_interval,
+        worker_ttl=WORKER_TTL,
+        job_class=BatchJob,
     )
 
 

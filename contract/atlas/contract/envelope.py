@@ -160,8 +160,8 @@ def _check_fields(obj: dict, expected: tuple[str, ...]) -> None:
 
 def parse_envelope(obj: dict) -> Envelope:
     """Check an encrypted body's fields and decode its base64; no decryption yet."""
+    check_version(obj.get("v"))
     _check_fields(obj, ENVELOPE_FIELDS)
-    check_version(obj["v"])
     if obj["alg"] != ALGORITHM:
         raise EnvelopeError("alg", f"unsupported algorithm; v1 uses {ALGORITHM}")
     kid = obj["kid"]

@@ -21,6 +21,8 @@ from pydantic import (
     PrivateAttr,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -135,7 +137,16 @@ class BatchContent(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     machine: MachineInfo
-    logs: list[LogEntry] = Field(max_length=MAX_LOGS_PER_BATCH)
+    logs: list[LogEntry]
+
+    @field_validator("logs", mode="before")
+    @classmethod
+    def _bound_count(cls, value: Any, info: ValidationInfo) -> Any:
+        """Count before validating each log, so a huge list is refused cheaply."""
+        limit = (info.context or {}).get("max_logs", MAX_LOGS_PER_BATCH)
+        if isinstance(value, list) and len(value) > limit:
+            raise ValueError(f"at most {limit} logs per batch, got {len(value)}")
+        return value
 
 
 def _violations(exc: ValidationError) -> list[SchemaViolation]:
@@ -145,12 +156,6 @@ def _violations(exc: ValidationError) -> list[SchemaViolation]:
     ]
 
 
-def _check_log_count(content: BatchContent, max_logs: int) -> BatchContent:
-    if len(content.logs) > max_logs:
-        raise SchemaError([SchemaViolation(("logs",), f"at most {max_logs} logs per batch", "too_long")])
-    return content
-
-
 def decode_content(raw: bytes, *, max_logs: int = MAX_LOGS_PER_BATCH) -> BatchContent:
     """Validate decrypted plaintext JSON bytes.
 
@@ -158,18 +163,20 @@ def decode_content(raw: bytes, *, max_logs: int = MAX_LOGS_PER_BATCH) -> BatchCo
     when the JSON breaks the schema.
     """
     try:
-        content = BatchContent.model_validate_json(raw)
+        content = BatchContent.model_validate_json(raw, context={"max_logs": max_logs})
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise EnvelopeError("ciphertext", "decrypted plaintext is not valid UTF-8 JSON") from None
         raise SchemaError(_violations(exc)) from None
-    return _check_log_count(content, max_logs)
+    return content
 
 
 def validate_content(obj: dict, *, max_logs: int = MAX_LOGS_PER_BATCH) -> BatchContent:
     """Validate the machine and logs of an already-parsed unencrypted body."""
     try:
-        content = BatchContent.model_validate({"machine": obj.get("machine"), "logs": obj.get("logs")})
+        content = BatchContent.model_validate(
+            {"machine": obj.get("machine"), "logs": obj.get("logs")}, context={"max_logs": max_logs}
+        )
     except ValidationError as exc:
         raise SchemaError(_violations(exc)) from None
-    return _check_log_count(content, max_logs)
+    return content

@@ -1,0 +1,131 @@
+"""The ingest service served by uvicorn on loopback, and the worker run for real."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from atlas.server.config import Settings
+from atlas.worker.runner import build_worker
+
+from .fix_services import API_KEY
+
+BIN = Path(sys.executable).parent
+SCRUBBED_ENV = ("FLEET_API_KEY", "FLEET_ENCRYPTION_KEY", "DATABASE_URL", "REDIS_URL", "ATLAS_CONFIG")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_env(**extra: str) -> dict[str, str]:
+    """The environment for a server subprocess: this run's rq prefix, no stray settings."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env.update(extra)
+    return env
+
+
+class IngestServer:
+    """``atlas-server ingest`` in a subprocess, with its log captured to a file."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / f"ingest-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / f"ingest-{self.port}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                BIN / "atlas-server",
+                "ingest",
+                "--config",
+                self.config_path,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=service_env(),
+        )
+        self._wait_healthy()
+
+    def _wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ingest exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"ingest did not become healthy:\n{self.logs()}")
+
+    def post(self, body: Any, *, api_key: str | None = API_KEY, headers: dict | None = None, **kw: Any):
+        hdrs = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        hdrs.update(headers or {})
+        if isinstance(body, bytes):
+            hdrs.setdefault("Content-Type", "application/json")
+            return httpx.post(f"{self.url}/api/fleet/widget-logs", content=body, headers=hdrs, timeout=30, **kw)
+        return httpx.post(f"{self.url}/api/fleet/widget-logs", json=body, headers=hdrs, timeout=30, **kw)
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def start_ingest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., IngestServer]]:
+    """Start an ingest server with the given config mapping; all are stopped at the end."""
+    started: list[IngestServer] = []
+    workdir = tmp_path_factory.mktemp("ingest")
+
+    def start(config: dict[str, Any]) -> IngestServer:
+        server = IngestServer(config, workdir)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ingest(start_ingest: Callable[..., IngestServer], server_config: dict[str, Any]) -> IngestServer:
+    """The default server: current and previous payload keys, plaintext refused."""
+    return start_ingest(server_config)
+
+
+@pytest.fixture
+def drain(settings: Settings) -> Callable[..., bool]:
+    """Run the real worker in this process until the queue is empty."""
+
+    def run(with_settings: Settings | None = None) -> bool:
+        return build_worker(with_settings or settings).work(burst=True, logging_level="WARNING")
+
+    return run

@@ -1,0 +1,303 @@
+"""Every bad request gets its status and a reason, and leaves nothing queued or stored."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+import httpx
+import pytest
+from rq.job import Job
+
+from atlas.contract import Key, associated_data, generate_encryption_key, seal
+
+from . import batches
+from .fix_services import API_KEY
+
+
+def assert_nothing_kept(batch_id: str, db, redis) -> None:
+    assert db.execute("SELECT count(*) FROM batches WHERE batch_id::text = lower(%s)", (batch_id,)).fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM widget_logs WHERE batch_id::text = lower(%s)", (batch_id,)).fetchone() == (
+        0,
+    )
+    assert not Job.exists(batch_id.lower(), connection=redis)
+
+
+def tamper(field: str, value: object) -> Callable[[dict], dict]:
+    def change(envelope: dict) -> dict:
+        return {**envelope, field: value}
+
+    return change
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def flip_ciphertext_bit(envelope: dict) -> dict:
+    raw = bytearray(base64.b64decode(envelope["ciphertext"]))
+    raw[0] ^= 1
+    return {**envelope, "ciphertext": b64(bytes(raw))}
+
+
+def flip_tag_bit(envelope: dict) -> dict:
+    raw = bytearray(base64.b64decode(envelope["ciphertext"]))
+    raw[-1] ^= 0x80
+    return {**envelope, "ciphertext": b64(bytes(raw))}
+
+
+# (name, change to a valid envelope, expected status, expected field)
+ENVELOPE_CASES = [
+    ("batch_id changed", tamper("batch_id", str(uuid.uuid4())), 400, "ciphertext"),
+    ("created_at changed", tamper("created_at", batches.now_stamp(timedelta(seconds=-1))), 400, "ciphertext"),
+    ("compression changed", tamper("compression", "none"), 400, "ciphertext"),
+    ("nonce changed", tamper("nonce", b64(os.urandom(12))), 400, "ciphertext"),
+    ("ciphertext bit flipped", flip_ciphertext_bit, 400, "ciphertext"),
+    ("tag bit flipped", flip_tag_bit, 400, "ciphertext"),
+    ("unknown kid", tamper("kid", "0123456789abcdef"), 400, "kid"),
+    ("kid not hex", tamper("kid", "not-a-kid-at-all"), 400, "kid"),
+    ("v = 2", tamper("v", 2), 400, "v"),
+    ("v as string", tamper("v", "1"), 400, "v"),
+    ("alg", tamper("alg", "AES-128-GCM"), 400, "alg"),
+    ("compression unknown", tamper("compression", "brotli"), 400, "compression"),
+    ("nonce not base64", tamper("nonce", "!!!not base64!!!"), 400, "nonce"),
+    ("nonce wrong length", tamper("nonce", b64(b"12345678")), 400, "nonce"),
+    ("ciphertext not base64", tamper("ciphertext", "abc$"), 400, "ciphertext"),
+    ("ciphertext too short", tamper("ciphertext", b64(b"short")), 400, "ciphertext"),
+    ("batch_id not a uuid", tamper("batch_id", "batch-1"), 400, "batch_id"),
+    ("created_at not RFC 3339", tamper("created_at", "28/11/2026 16:00"), 400, "created_at"),
+    ("created_at without zone", tamper("created_at", "2026-11-28T16:00:00"), 400, "created_at"),
+    ("created_at 8 days old", tamper("created_at", batches.now_stamp(timedelta(days=-8))), 400, "created_at"),
+    ("created_at 10 minutes ahead", tamper("created_at", batches.now_stamp(timedelta(minutes=10))), 400, "created_at"),
+    ("missing nonce", lambda e: {k: v for k, v in e.items() if k != "nonce"}, 400, "nonce"),
+    ("extra field", tamper("machine_id", "x"), 400, "machine_id"),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "field"), [c[1:] for c in ENVELOPE_CASES], ids=[c[0] for c in ENVELOPE_CASES]
+)
+def test_envelope_violations(ingest, keys, db, redis, change, status, field):
+    envelope = batches.sealed(batches.content(2), keys["current"])
+    response = ingest.post(change(envelope))
+    assert response.status_code == status, response.text
+    assert response.json()["field"] == field
+    assert response.json()["detail"].startswith(f"{field}: ")
+    assert_nothing_kept(envelope["batch_id"], db, redis)
+
+
+def test_swapped_ciphertexts_fail(ingest, keys, db, redis):
+    first = batches.sealed(batches.content(2), keys["current"])
+    second = batches.sealed(batches.content(2), keys["current"])
+    for a, b in ((first, second), (second, first)):
+        response = ingest.post({**a, "ciphertext": b["ciphertext"], "nonce": b["nonce"]})
+        assert response.status_code == 400
+        assert "authentication failed" in response.json()["detail"]
+    assert_nothing_kept(first["batch_id"], db, redis)
+    assert_nothing_kept(second["batch_id"], db, redis)
+
+
+def test_removed_key_is_rejected(ingest, db, redis):
+    envelope = batches.sealed(batches.content(1), generate_encryption_key())
+    response = ingest.post(envelope)
+    assert response.status_code == 400
+    assert response.json() == {"detail": f"kid: no configured key has id {envelope['kid']}", "field": "kid"}
+    assert_nothing_kept(envelope["batch_id"], db, redis)
+
+
+def sealed_raw(plaintext: bytes, key_b64: str, compression: str = "none") -> dict:
+    return seal(
+        plaintext,
+        Key.from_base64(key_b64),
+        batch_id=str(uuid.uuid4()),
+        created_at=batches.now_stamp(),
+        compression=compression,
+    )
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "status", "expect"),
+    [
+        (b"not json at all", 400, "not valid UTF-8 JSON"),
+        (b"\xff\xfe{}", 400, "not valid UTF-8 JSON"),
+        (b"[1, 2, 3]", 422, None),
+        (b'{"machine": {}, "logs": []}', 422, None),
+    ],
+    ids=["not json", "not utf-8", "array", "empty machine"],
+)
+def test_plaintext_not_json_or_wrong_shape(ingest, keys, db, redis, plaintext, status, expect):
+    envelope = sealed_raw(plaintext, keys["current"])
+    response = ingest.post(envelope)
+    assert response.status_code == status, response.text
+    if expect:
+        assert expect in response.json()["detail"]
+    assert_nothing_kept(envelope["batch_id"], db, redis)
+
+
+def break_log(**change) -> Callable[[dict], dict]:
+    def apply(body: dict) -> dict:
+        body["logs"][0].update(change)
+        return body
+
+    return apply
+
+
+SCHEMA_CASES = [
+    ("level unknown", break_log(level="FATAL"), ["logs", 0, "level"]),
+    ("widget_type unknown", break_log(widget_type="bluetooth"), ["logs", 0, "widget_type"]),
+    ("message too long", break_log(message="x" * 8193), ["logs", 0, "message"]),
+    ("message with NUL", break_log(message="a\x00b"), ["logs", 0, "message"]),
+    ("data not an object", break_log(data=[1, 2]), ["logs", 0, "data"]),
+    ("data with NUL", break_log(data={"ssid": "a\x00"}), ["logs", 0]),
+    ("data too large", break_log(data={"blob": "x" * 70000}), ["logs", 0]),
+    ("timestamp as epoch", break_log(timestamp=1764345600), ["logs", 0, "timestamp"]),
+    ("timestamp without zone", break_log(timestamp="2026-11-28T16:00:00"), ["logs", 0, "timestamp"]),
+    ("unknown log field", break_log(severity="x"), ["logs", 0, "severity"]),
+    ("machine_id empty", lambda b: {**b, "machine": {**b["machine"], "machine_id": ""}}, ["machine", "machine_id"]),
+    (
+        "serial missing",
+        lambda b: {**b, "machine": {k: v for k, v in b["machine"].items() if k != "serial_number"}},
+        ["machine", "serial_number"],
+    ),
+    ("hostname too long", lambda b: {**b, "machine": {**b["machine"], "hostname": "h" * 256}}, ["machine", "hostname"]),
+    ("too many logs", lambda b: {**b, "logs": batches.logs(5001)}, ["logs"]),
+]
+
+
+@pytest.mark.parametrize(("change", "loc"), [c[1:] for c in SCHEMA_CASES], ids=[c[0] for c in SCHEMA_CASES])
+def test_schema_violations_are_422_with_reasons(ingest, keys, db, redis, change, loc):
+    body = change(batches.content(2))
+    envelope = batches.sealed(body, keys["current"])
+    response = ingest.post(envelope)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert any(v["loc"][: len(loc)] == loc and v["msg"] for v in detail), detail
+    assert "x" * 100 not in response.text  # the offending input is not echoed back
+    assert_nothing_kept(envelope["batch_id"], db, redis)
+
+
+def test_data_with_nan_is_refused(ingest, keys, db, redis):
+    body = batches.content(1)
+    text = json.dumps(body).replace('"seq": 0', '"seq": NaN')
+    envelope = sealed_raw(text.encode(), keys["current"])
+    response = ingest.post(envelope)
+    assert response.status_code == 422
+    assert_nothing_kept(envelope["batch_id"], db, redis)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [(b"{not json", "body"), (b"[]", "body"), (b'"string"', "body"), (b"\xff\xff", "body"), (b"{}", "body")],
+)
+def test_malformed_bodies(ingest, body, field):
+    response = ingest.post(body)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == field
+
+
+def test_wrong_content_type(ingest, keys):
+    envelope = batches.sealed(batches.content(1), keys["current"])
+    response = ingest.post(json.dumps(envelope).encode(), headers={"Content-Type": "text/plain"})
+    assert response.status_code == 415
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-key-0123456789"},
+        {"X-API-Key": API_KEY[:-1]},
+        {"Authorization": API_KEY},
+        {"Authorization": "Basic " + API_KEY},
+    ],
+    ids=["none", "wrong bearer", "truncated x-api-key", "no scheme", "basic"],
+)
+def test_unauthenticated_is_401(ingest, keys, db, redis, headers):
+    envelope = batches.sealed(batches.content(1), keys["current"])
+    response = ingest.post(envelope, api_key=None, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert_nothing_kept(envelope["batch_id"], db, redis)
+
+
+def test_oversize_body_is_413_by_content_length(ingest):
+    response = ingest.post(b"{" + b" " * (5 * 1024 * 1024) + b"}")
+    assert response.status_code == 413
+    assert response.json()["field"] == "body"
+
+
+def test_oversize_chunked_body_is_413(ingest):
+    def chunks():
+        for _ in range(6):
+            yield b" " * (1024 * 1024)
+
+    response = httpx.post(
+        f"{ingest.url}/api/fleet/widget-logs",
+        content=chunks(),
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 413
+
+
+def test_unauthenticated_large_body_is_401(ingest):
+    response = ingest.post(b"{" + b" " * (20 * 1024 * 1024) + b"}", api_key="nope-nope-nope-nope")
+    assert response.status_code == 401
+
+
+def test_gzip_bomb_is_413(ingest, keys, db, redis):
+    """About 100 KB on the wire inflating to 100 MB: refused without inflating it all."""
+    bomb = gzip.compress(b"{" + b" " * (100 * 1024 * 1024) + b"}", compresslevel=9)
+    assert len(bomb) < 200_000
+    key = Key.from_base64(keys["current"])
+    batch_id, created_at = str(uuid.uuid4()), batches.now_stamp()
+    nonce = os.urandom(12)
+    ciphertext = key.aead().encrypt(nonce, bomb, associated_data(key.kid, batch_id, created_at, "gzip"))
+    envelope = {
+        "v": 1,
+        "alg": "AES-256-GCM",
+        "kid": key.kid,
+        "batch_id": batch_id,
+        "created_at": created_at,
+        "compression": "gzip",
+        "nonce": b64(nonce),
+        "ciphertext": b64(ciphertext),
+    }
+    response = ingest.post(envelope)
+    assert response.status_code == 413
+    assert "decompressed" in response.json()["detail"]
+    assert_nothing_kept(batch_id, db, redis)
+
+
+def test_truncated_gzip_is_400(ingest, keys):
+    key = Key.from_base64(keys["current"])
+    batch_id, created_at = str(uuid.uuid4()), batches.now_stamp()
+    data = gzip.compress(json.dumps(batches.content(2)).encode())[:-10]
+    nonce = os.urandom(12)
+    ciphertext = key.aead().encrypt(nonce, data, associated_data(key.kid, batch_id, created_at, "gzip"))
+    envelope = {
+        "v": 1,
+        "alg": "AES-256-GCM",
+        "kid": key.kid,
+        "batch_id": batch_id,
+        "created_at": created_at,
+        "compression": "gzip",
+        "nonce": b64(nonce),
+        "ciphertext": b64(ciphertext),
+    }
+    response = ingest.post(envelope)
+    assert response.status_code == 400
+    assert "truncated" in response.json()["detail"]
+
+
+def test_reason_never_contains_key_material(ingest, keys):
+    envelope = batches.sealed(batches.content(1), keys["current"])
+    for change in (flip_tag_bit, tamper("kid", "0123456789abcdef"), tamper("nonce", "x")):
+        text = ingest.post(change(envelope)).text
+        assert keys["current"] not in text
+        assert keys["previous"] not in text
