@@ -1,0 +1,132 @@
+"""config.yaml as users write it, the environment on top, and one-line errors naming the setting."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+
+import pytest
+import yaml
+
+from atlas.contract import generate_encryption_key, key_id, parse_key
+from atlas.server.config import ConfigError, load_settings, settings_from_mapping
+
+from .fix_ingest import BIN, service_env
+
+API_KEY = "an-api-key-of-enough-length"
+
+
+def test_users_config_shape(tmp_path):
+    key = generate_encryption_key()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"server": {"port": 8768, "api_key": API_KEY, "encryption_key": key}}))
+    settings = load_settings(path, env={})
+    assert settings.port == 8768
+    assert settings.api_keys == (API_KEY,)
+    assert [k.kid for k in settings.keyring] == [key_id(parse_key(key))]
+    assert not settings.accepts_plaintext
+
+
+def test_environment_overrides_and_rotation_lists():
+    old, new, env_key = (generate_encryption_key() for _ in range(3))
+    settings = settings_from_mapping(
+        {
+            "server": {
+                "api_key": API_KEY,
+                "api_keys": ["second-api-key-0123456"],
+                "encryption_key": new,
+                "encryption_keys": [old],
+            },
+            "database": {"url": "postgresql://file/db"},
+        },
+        env={
+            "FLEET_ENCRYPTION_KEY": env_key,
+            "FLEET_API_KEY": "env-api-key-0123456789",
+            "DATABASE_URL": "postgresql://env/db",
+            "REDIS_URL": "redis://env:6379/1",
+        },
+    )
+    assert settings.api_keys == ("env-api-key-0123456789", API_KEY, "second-api-key-0123456")
+    assert [k.kid for k in settings.keyring] == [key_id(parse_key(k)) for k in (env_key, new, old)]
+    assert settings.database_url == "postgresql://env/db"
+    assert settings.redis_url == "redis://env:6379/1"
+
+
+def test_no_key_means_plaintext_accepted():
+    assert settings_from_mapping({"server": {"api_key": API_KEY}}, env={}).accepts_plaintext
+
+
+@pytest.mark.parametrize(
+    ("server", "env", "message"),
+    [
+        ({"encryption_key": "not base64!"}, {}, "server.encryption_key: key is not valid standard base64"),
+        ({"encryption_key": base64.b64encode(b"x" * 16).decode()}, {}, "server.encryption_key: key decodes to 16"),
+        ({"encryption_keys": ["AAAA"]}, {}, "server.encryption_keys: key decodes to 3 bytes"),
+        ({}, {"FLEET_ENCRYPTION_KEY": "short"}, "FLEET_ENCRYPTION_KEY: key is not valid"),
+        ({"api_key": "short"}, {}, "server.api_key: must be at least 16 characters"),
+        ({"api_key": "your-api-key"}, {}, "server.api_key: is a documentation placeholder"),
+        ({"port": "eighty"}, {}, "server.port: must be an integer"),
+        ({"allow_plaintext": "yes"}, {}, "server.allow_plaintext: must be true or false"),
+    ],
+)
+def test_invalid_settings_name_the_setting(server, env, message):
+    with pytest.raises(ConfigError) as exc:
+        settings_from_mapping({"server": server}, env=env)
+    assert str(exc.value).startswith(message)
+    assert "\n" not in str(exc.value)
+
+
+def test_missing_api_key_stops_ingest_with_one_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"server": {"encryption_key": generate_encryption_key()}}))
+    result = subprocess.run(
+        [BIN / "atlas-server", "ingest", "--config", path],
+        env=service_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "atlas-server: configuration error: server.api_key: no API key configured (set server.api_key or FLEET_API_KEY)"
+    ]
+
+
+def test_bad_key_error_never_shows_the_key(tmp_path):
+    secret = base64.b64encode(b"s" * 31).decode()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"server": {"api_key": API_KEY, "encryption_key": secret}}))
+    result = subprocess.run(
+        [BIN / "atlas-server", "worker", "--config", path],
+        env=service_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "server.encryption_key" in result.stderr
+    assert secret not in result.stderr
+
+
+def test_keygen_prints_a_usable_key():
+    out = subprocess.run([BIN / "atlas-server", "keygen"], capture_output=True, text=True, check=True).stdout.strip()
+    assert len(out) == 44
+    assert len(parse_key(out)) == 32
+    api = subprocess.run([BIN / "atlas-server", "keygen", "--api-key"], capture_output=True, text=True, check=True)
+    assert len(api.stdout.strip()) >= 40
+
+
+def test_migrate_is_idempotent(database_url):
+    from .fix_ingest import service_env as env
+
+    for _ in range(2):
+        result = subprocess.run(
+            [BIN / "atlas-server", "migrate"],
+            env=env(DATABASE_URL=database_url),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "Schema up to date (0 migration(s) applied)" in result.stdout
