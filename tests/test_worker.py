@@ -13,7 +13,7 @@ import pytest
 from rq.job import Job
 
 from atlas.contract import validate_content
-from atlas.server.config import Settings
+from atlas.server.config import Settings, settings_from_mapping
 from atlas.server.queue import batch_queue, enqueue_batch, queued_batch, redis_client
 from atlas.worker.store import persist_batch
 
@@ -113,8 +113,11 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path, server_config, settings
     """
     import yaml
 
+    prefix = f"{settings.redis_prefix}-kill"  # a queue of its own: no other test's job in the way
+    config = {**server_config, "redis": {**server_config["redis"], "key_prefix": prefix}}
     config_path = tmp_path / "worker.yaml"
-    config_path.write_text(yaml.safe_dump(server_config))
+    config_path.write_text(yaml.safe_dump(config))
+    settings = settings_from_mapping(config, env={})
     queue = batch_queue(redis_client(settings.redis_url), settings)
     batch = queued(batches.content(20))
     assert enqueue_batch(queue, batch, settings)
@@ -136,6 +139,7 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path, server_config, settings
             timeout=30,
         )
         assert in_transaction, "worker never reached the COPY"
+        assert queue.started_job_registry.get_job_ids() == [batch["batch_id"]]
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
     finally:
