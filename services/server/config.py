@@ -190,6 +190,9 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
         database_url=env.get("DATABASE_URL") or str(database.get("url", DEFAULT_DATABASE_URL)),
         redis_url=env.get("REDIS_URL") or str(redis.get("url", DEFAULT_REDIS_URL)),
         redis_prefix=prefix,
+        duplicate_window=timedelta(
+            seconds=_int(server, "duplicate_window_seconds", 3600, "server.duplicate_window_seconds")
+        ),
         job_timeout=_int(worker, "job_timeout", 30, "worker.job_timeout"),
         job_retries=_int(worker, "retries", 8, "worker.retries"),
         job_monitoring_interval=_int(worker, "monitoring_interval", 10, "worker.monitoring_interval"),
