@@ -250,46 +250,38 @@ def test_unauthenticated_large_body_is_401(ingest):
     assert response.status_code == 401
 
 
+def sealed_as_is(gzip_bytes: bytes, key_b64: str) -> dict:
+    """An envelope claiming gzip around bytes sealed exactly as given (seal() would compress them)."""
+    key = Key.from_base64(key_b64)
+    batch_id, created_at = str(uuid.uuid4()), batches.now_stamp()
+    nonce = os.urandom(12)
+    ciphertext = key.aead().encrypt(nonce, gzip_bytes, associated_data(key.kid, batch_id, created_at, "gzip"))
+    return {
+        "v": 1,
+        "alg": "AES-256-GCM",
+        "kid": key.kid,
+        "batch_id": batch_id,
+        "created_at": created_at,
+        "compression": "gzip",
+        "nonce": b64(nonce),
+        "ciphertext": b64(ciphertext),
+    }
+
+
 def test_gzip_bomb_is_413(ingest, keys, db, redis):
     """About 100 KB on the wire inflating to 100 MB: refused without inflating it all."""
     bomb = gzip.compress(b"{" + b" " * (100 * 1024 * 1024) + b"}", compresslevel=9)
     assert len(bomb) < 200_000
-    key = Key.from_base64(keys["current"])
-    batch_id, created_at = str(uuid.uuid4()), batches.now_stamp()
-    nonce = os.urandom(12)
-    ciphertext = key.aead().encrypt(nonce, bomb, associated_data(key.kid, batch_id, created_at, "gzip"))
-    envelope = {
-        "v": 1,
-        "alg": "AES-256-GCM",
-        "kid": key.kid,
-        "batch_id": batch_id,
-        "created_at": created_at,
-        "compression": "gzip",
-        "nonce": b64(nonce),
-        "ciphertext": b64(ciphertext),
-    }
+    envelope = sealed_as_is(bomb, keys["current"])
     response = ingest.post(envelope)
     assert response.status_code == 413
     assert "decompressed" in response.json()["detail"]
-    assert_nothing_kept(batch_id, db, redis)
+    assert_nothing_kept(envelope["batch_id"], db, redis)
 
 
 def test_truncated_gzip_is_400(ingest, keys):
-    key = Key.from_base64(keys["current"])
-    batch_id, created_at = str(uuid.uuid4()), batches.now_stamp()
     data = gzip.compress(json.dumps(batches.content(2)).encode())[:-10]
-    nonce = os.urandom(12)
-    ciphertext = key.aead().encrypt(nonce, data, associated_data(key.kid, batch_id, created_at, "gzip"))
-    envelope = {
-        "v": 1,
-        "alg": "AES-256-GCM",
-        "kid": key.kid,
-        "batch_id": batch_id,
-        "created_at": created_at,
-        "compression": "gzip",
-        "nonce": b64(nonce),
-        "ciphertext": b64(ciphertext),
-    }
+    envelope = sealed_as_is(data, keys["current"])
     response = ingest.post(envelope)
     assert response.status_code == 400
     assert "truncated" in response.json()["detail"]

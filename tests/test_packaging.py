@@ -30,5 +30,9 @@ def test_server_distribution_lists_every_package():
     tool = tomllib.loads((ROOT / "services" / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = {name: ROOT / "services" / folder for name, folder in tool["package-dir"].items()}
     assert set(tool["packages"]) == set(listed)
-    on_disk = {p.parent for p in (ROOT / "services").rglob("__init__.py") if "egg-info" not in str(p)}
+    on_disk = {
+        p.parent
+        for p in (ROOT / "services").rglob("__init__.py")
+        if not {"build", "dist"} & set(p.relative_to(ROOT / "services").parts)
+    }
     assert on_disk == set(listed.values())

@@ -13,17 +13,15 @@ from atlas.contract import (
     BatchContent,
     EnvelopeError,
     check_created_at_window,
-    check_version,
     decode_content,
     is_encrypted_body,
     open_envelope,
-    parse_batch_id,
     parse_body,
     parse_envelope,
+    parse_plaintext_header,
     parse_timestamp,
     validate_content,
 )
-from atlas.contract.envelope import PLAINTEXT_BODY_FIELDS
 from atlas.server.config import Settings
 
 
@@ -54,15 +52,7 @@ def read_batch(body: bytes, settings: Settings, *, now: datetime) -> Accepted:
 
     if not settings.accepts_plaintext:
         raise EnvelopeError("body", "encryption required: send a v1 AES-256-GCM envelope")
-    check_version(obj.get("v"))
-    missing = [f for f in PLAINTEXT_BODY_FIELDS if f not in obj]
-    if missing:
-        raise EnvelopeError(missing[0], "is required")
-    extra = sorted(str(k) for k in obj if k not in PLAINTEXT_BODY_FIELDS)
-    if extra:
-        raise EnvelopeError(extra[0], "is not a field of contract v1")
-    batch_id = parse_batch_id(obj["batch_id"])
-    created_at = parse_timestamp(obj["created_at"], "created_at")
+    batch_id, created_at = parse_plaintext_header(obj)
     _check_window(created_at, settings, now)
     content = validate_content(obj, max_logs=settings.max_logs_per_batch)
     return Accepted(batch_id.lower(), created_at, None, content)

@@ -104,9 +104,7 @@ def redis_client(url: str) -> Redis:
 
 
 def batch_queue(connection: Redis, settings: Settings) -> Queue:
-    return Queue(
-        settings.queue_name, connection=connection, default_timeout=settings.job_timeout, job_class=BatchJob
-    )
+    return Queue(settings.queue_name, connection=connection, default_timeout=settings.job_timeout, job_class=BatchJob)
 
 
 def accepted_marker(settings: Settings, batch_id: str) -> str:

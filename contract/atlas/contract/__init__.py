@@ -19,6 +19,7 @@ from .envelope import (
     parse_batch_id,
     parse_body,
     parse_envelope,
+    parse_plaintext_header,
     parse_timestamp,
     seal,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "parse_body",
     "parse_envelope",
     "parse_key",
+    "parse_plaintext_header",
     "parse_timestamp",
     "seal",
     "validate_content",

@@ -104,7 +104,7 @@ def parse_batch_id(text: object) -> str:
 
 def check_version(value: object) -> None:
     if type(value) is not int or value != WIRE_VERSION:
-        raise EnvelopeError("v", f"unsupported version {value!r}; this server speaks v{WIRE_VERSION}")
+        raise EnvelopeError("v", f"unsupported version; this server speaks v{WIRE_VERSION}")
 
 
 def check_created_at_window(created_at: datetime, *, now: datetime, max_age: timedelta, max_future: timedelta) -> None:
@@ -180,6 +180,13 @@ def parse_envelope(obj: dict) -> Envelope:
     if len(ciphertext) < TAG_BYTES:
         raise EnvelopeError("ciphertext", f"is shorter than the {TAG_BYTES}-byte tag")
     return Envelope(kid, batch_id, created_at, compression, nonce, ciphertext)
+
+
+def parse_plaintext_header(obj: dict) -> tuple[str, datetime]:
+    """Check an unencrypted body's fields; return its batch_id (as sent) and created_at."""
+    check_version(obj.get("v"))
+    _check_fields(obj, PLAINTEXT_BODY_FIELDS)
+    return parse_batch_id(obj["batch_id"]), parse_timestamp(obj["created_at"], "created_at")
 
 
 def open_envelope(envelope: Envelope, keyring: Keyring, *, max_plaintext_bytes: int) -> bytes:

@@ -18,6 +18,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_FIELD_CHARS = 64
+"""Longest field name an error repeats; a sender's field names can be anything."""
+
+MAX_REASON_CHARS = 300
+"""Longest reason an error gives."""
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` made safe to echo in a JSON response: valid UTF-8 and bounded in length."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class ContractError(Exception):
     """A batch that does not follow wire contract v1."""
@@ -25,6 +37,7 @@ class ContractError(Exception):
     status: int = 400
 
     def __init__(self, field: str, reason: str) -> None:
+        field, reason = printable(field, MAX_FIELD_CHARS), printable(reason, MAX_REASON_CHARS)
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
@@ -59,6 +72,11 @@ class SchemaViolation:
     loc: tuple[str | int, ...]
     msg: str
     type: str = "value_error"
+
+    def __post_init__(self) -> None:
+        safe = tuple(p if isinstance(p, int) else printable(str(p), MAX_FIELD_CHARS) for p in self.loc)
+        object.__setattr__(self, "loc", safe)
+        object.__setattr__(self, "msg", printable(self.msg, MAX_REASON_CHARS))
 
     def as_dict(self) -> dict[str, object]:
         return {"loc": list(self.loc), "msg": self.msg, "type": self.type}

@@ -44,6 +44,9 @@ MAX_MESSAGE_CHARS = 8192
 MAX_DATA_BYTES = 65536
 """Bound on a log's ``data`` object, serialised as compact UTF-8 JSON."""
 
+MAX_DATA_DEPTH = 32
+"""Bound on how deeply a log's ``data`` nests objects and arrays."""
+
 Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 WidgetType = Literal["wifi", "speedtest", "ping", "health", "processes", "agent"]
 
@@ -100,6 +103,7 @@ class LogEntry(BaseModel):
 
     @model_validator(mode="after")
     def _check_data(self) -> LogEntry:
+        _check_structure(self.data)
         try:
             text = json.dumps(self.data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         except ValueError:
@@ -110,8 +114,6 @@ class LogEntry(BaseModel):
             raise ValueError("data must be valid Unicode (no lone surrogates)") from None
         if size > MAX_DATA_BYTES:
             raise ValueError(f"data is {size} bytes as JSON; at most {MAX_DATA_BYTES} allowed")
-        if "\\u0000" in text and _contains_nul(self.data):
-            raise ValueError("data must not contain NUL characters")
         self._data_json = text
         return self
 
@@ -121,14 +123,22 @@ class LogEntry(BaseModel):
         return self._data_json
 
 
-def _contains_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any("\x00" in k or _contains_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(v) for v in value)
-    return False
+def _check_structure(data: dict[str, Any]) -> None:
+    """Refuse nesting deeper than MAX_DATA_DEPTH and NUL characters, without recursion."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError("data must not contain NUL characters")
+        elif isinstance(value, dict | list):
+            if depth > MAX_DATA_DEPTH:
+                raise ValueError(f"data is nested more than {MAX_DATA_DEPTH} levels deep")
+            if isinstance(value, dict):
+                stack.extend((k, depth) for k in value)
+                stack.extend((v, depth + 1) for v in value.values())
+            else:
+                stack.extend((v, depth + 1) for v in value)
 
 
 class BatchContent(BaseModel):
