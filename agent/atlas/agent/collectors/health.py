@@ -18,7 +18,6 @@ import math
 import os
 import platform as _platform
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-Runner = Callable[[Sequence[str]], str]
+from .command import Runner, run_command
+
 """Runs a command and returns its stdout; raises (OSError, CalledProcessError, ...) on failure."""
 
 TEMP_MIN_C = 0.0
@@ -663,12 +663,6 @@ class HealthReading:
         if self.unavailable:
             data["unavailable"] = dict(self.unavailable)
         return _json_safe(data)
-
-
-def run_command(argv: Sequence[str], timeout: float = 20.0) -> str:
-    """Default runner: stdout of ``argv``; raises on a missing command, failure or timeout."""
-    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=True)
-    return done.stdout
 
 
 def _model_identifier(run: Runner) -> str | None:

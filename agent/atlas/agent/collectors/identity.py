@@ -26,7 +26,8 @@ from typing import Any
 
 from atlas.agent import __version__
 
-from .health import Runner, run_command, sp_text_entries
+from .command import Runner, run_command
+from .health import sp_text_entries
 
 FileReader = Callable[[str], str]
 """Returns a file's text; raises OSError when it is missing or unreadable."""

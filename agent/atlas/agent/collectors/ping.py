@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from . import command
 
 __all__ = [
     "PUBLIC_RESOLVER",
@@ -191,19 +192,8 @@ Runner = Callable[[Sequence[str], float], str]
 
 
 def run_command(argv: Sequence[str], timeout_s: float) -> str:
-    """Run ``argv`` with stderr merged into stdout, C locale, and a hard timeout."""
-    completed = subprocess.run(
-        list(argv),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        errors="replace",
-        timeout=timeout_s,
-        check=False,
-        env={**os.environ, "LC_ALL": "C"},
-    )
-    return completed.stdout or ""
+    """Run ``argv`` with stderr merged into stdout; a failed ping still has output to parse."""
+    return command.run_command(argv, timeout=timeout_s, merge_stderr=True, check=False)
 
 
 def _is_macos(platform: str | None) -> bool:

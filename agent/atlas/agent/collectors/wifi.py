@@ -13,13 +13,14 @@ sentinels become None.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
+
+from .command import Runner, run_command
 
 __all__ = [
     "BANDS",
@@ -730,24 +731,7 @@ def merge(primary: WifiReading, secondary: WifiReading) -> WifiReading:
 
 # --- runner ----------------------------------------------------------------------------------
 
-Runner = Callable[[Sequence[str]], str]
-_TIMEOUT_S = 30.0  # system_profiler can take several seconds
 NMCLI_COMMAND = ("nmcli", "-t", "-f", ",".join(NMCLI_FIELDS), "dev", "wifi", "list")
-
-
-def run_command(argv: Sequence[str]) -> str:
-    """Run a command and return stdout; raises on a missing command, non-zero exit or timeout."""
-    done = subprocess.run(
-        list(argv),
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=_TIMEOUT_S,
-        check=True,
-        env={**os.environ, "LC_ALL": "C"},
-    )
-    return done.stdout
 
 
 def _try(run: Runner, argv: Sequence[str]) -> str | None:
