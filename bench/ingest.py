@@ -187,14 +187,15 @@ def timed_run(server: Server, requests: Iterator[bytes], concurrency: int, secon
     return Run(server.name, load, (server.cpu_seconds() - server_cpu) / wall, (time.process_time() - client_cpu) / wall)
 
 
-def queued_jobs(env: BenchEnv) -> int:
-    """Jobs waiting in the run's rq queue (rq is imported here, after RQ_KEY_PREFIX is set)."""
+def queued_batches(env: BenchEnv) -> tuple[int, int]:
+    """Jobs waiting in the run's rq queue, and the batches they carry (rq is imported here, after RQ_KEY_PREFIX)."""
     require_rq_prefix(env)
     from atlas.server.queue import batch_queue, redis_client
 
     queue = batch_queue(redis_client(env.redis_url), env.settings())
     try:
-        return queue.count
+        jobs = queue.jobs
+        return len(jobs), sum(len(job.args[0]) for job in jobs)
     finally:
         queue.connection.close()
 
@@ -222,7 +223,7 @@ def run(env: BenchEnv, args: argparse.Namespace) -> bool:
             say(f"  round {i} real: {runs[-1].describe()}")
         accepted = warm_real.all_accepted + sum(r.load.all_accepted for r in runs if r.server == "real")
         problems = real.log_problems() + bare.log_problems()
-    return report(runs, accepted, queued_jobs(env), problems)
+    return report(runs, accepted, *queued_batches(env), problems)
 
 
 def combined(runs: Sequence[Run], server: str) -> LoadResult:
@@ -240,7 +241,7 @@ def ratio_of(real: LoadResult, bare: LoadResult) -> float:
     return real.rate / bare.rate if bare.rate else float("nan")
 
 
-def report(runs: Sequence[Run], accepted: int, queued: int, problems: Sequence[str]) -> bool:
+def report(runs: Sequence[Run], accepted: int, jobs: int, queued: int, problems: Sequence[str]) -> bool:
     real, bare = combined(runs, "real"), combined(runs, "bare")
     say(
         f"ingest: {real.rate:.0f} batches/s accepted vs bare {bare.rate:.0f} req/s -> ratio {ratio_of(real, bare):.3f} "
@@ -252,7 +253,10 @@ def report(runs: Sequence[Run], accepted: int, queued: int, problems: Sequence[s
     say(f"  non-202 answers: real {real.others() or 'none'}; bare {bare.others() or 'none'}")
     ok = queued == accepted
     verdict = "OK" if ok else "MISMATCH"
-    say(f"  queue check: {queued} jobs queued for {accepted} batches accepted (warm-up included): {verdict}")
+    say(
+        f"  queue check: {queued} batches in {jobs} jobs queued for {accepted} batches accepted "
+        f"(warm-up included; {accepted / max(jobs, 1):.1f} batches per job): {verdict}"
+    )
     for line in problems[:10]:
         say(f"  server logged: {line}")
     if len(problems) > 10:

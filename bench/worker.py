@@ -87,6 +87,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=positive_int, default=1000, help="batches queued per round (default 1000)")
     parser.add_argument(
+        "--group",
+        type=positive_int,
+        default=20,
+        help="batches per rq job, as ingest groups them under load (default 20; 1 = one job per batch)",
+    )
+    parser.add_argument(
         "--timeout", type=positive_float, default=120, help="seconds a worker run may take (default 120)"
     )
     add_common_arguments(parser)
@@ -140,15 +146,16 @@ def time_copy(conn: psycopg.Connection, rows: Sequence[Row]) -> float:
     return time.perf_counter() - started
 
 
-def fill_queue(settings: Settings, batches: Sequence[QueuedBatch]) -> float:
-    """Enqueue ``batches`` as ingest does; return the seconds it took."""
-    from atlas.server.queue import batch_queue, enqueue_batch, redis_client
+def fill_queue(settings: Settings, batches: Sequence[QueuedBatch], group: int) -> float:
+    """Enqueue ``batches`` as ingest does, ``group`` per rq job; return the seconds it took."""
+    from atlas.server.queue import batch_queue, enqueue_batches, redis_client
 
     queue = batch_queue(redis_client(settings.redis_url), settings)
     started = time.perf_counter()
-    for batch in batches:
-        if not enqueue_batch(queue, batch, settings):
-            raise BenchError(f"batch {batch['batch_id']} was refused as a duplicate")
+    for start in range(0, len(batches), group):
+        chunk = list(batches[start : start + group])
+        if not all(enqueue_batches(queue, chunk, settings)):
+            raise BenchError(f"a batch of the group at {start} was refused as a duplicate")
     elapsed = time.perf_counter() - started
     queue.connection.close()
     return elapsed
@@ -249,11 +256,13 @@ def copy_rates(conn: psycopg.Connection, rows: Sequence[Row]) -> list[float]:
     return rates
 
 
-def worker_round(conn: psycopg.Connection, env: BenchEnv, batches: Sequence[QueuedBatch], timeout: float) -> WorkerRun:
+def worker_round(
+    conn: psycopg.Connection, env: BenchEnv, batches: Sequence[QueuedBatch], timeout: float, group: int
+) -> WorkerRun:
     settings = env.settings()
     count = len(batches)
     reset_tables(conn)
-    enqueue_seconds = fill_queue(settings, batches)
+    enqueue_seconds = fill_queue(settings, batches, group)
     with worker_logging(env.workdir / "worker.log"):
         seconds, cpu = time_worker(settings, timeout)
     rows = count * LOGS_PER_BATCH
@@ -302,7 +311,7 @@ def one_round(conn: psycopg.Connection, env: BenchEnv, args: argparse.Namespace,
     rows = copy_rows(batches)
     before = copy_rates(conn, rows)
     store_rate = store_round(conn, batches)
-    w = worker_round(conn, env, batches, args.timeout)
+    w = worker_round(conn, env, batches, args.timeout, args.group)
     copy_rate = statistics.median(before + copy_rates(conn, rows))
     say(
         f"  round {number} baseline COPY        : {copy_rate:8.0f} rows/s "

@@ -78,5 +78,6 @@ def test_redis_down_gives_503_and_recovers(own_redis, start_ingest, server_confi
     assert server.post(during).status_code == 202
     assert httpx.get(f"{server.url}/readyz").status_code == 200
     queue = Queue(settings.queue_name, connection=Redis.from_url(own_redis.url))
-    assert queue.job_ids == [during["batch_id"]]
+    [job] = queue.jobs
+    assert [b["batch_id"] for b in job.args[0]] == [during["batch_id"]]
     assert "Traceback" not in server.logs()

@@ -12,20 +12,26 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from rq.job import Job
 
 from atlas.contract import Key, associated_data, generate_encryption_key, seal
+from atlas.server.config import Settings
+from atlas.server.queue import accepted_marker
 
 from . import batches
 from .fix_services import API_KEY
 
 
-def assert_nothing_kept(batch_id: str, db, redis) -> None:
-    assert db.execute("SELECT count(*) FROM batches WHERE batch_id::text = lower(%s)", (batch_id,)).fetchone() == (0,)
-    assert db.execute("SELECT count(*) FROM widget_logs WHERE batch_id::text = lower(%s)", (batch_id,)).fetchone() == (
-        0,
-    )
-    assert not Job.exists(batch_id.lower(), connection=redis)
+@pytest.fixture
+def nothing_kept(db, redis, settings: Settings):
+    """Check a batch left no row and no "accepted" marker (a marker is only written with its job)."""
+
+    def check(batch_id: str) -> None:
+        count = "SELECT count(*) FROM {} WHERE batch_id::text = lower(%s)"
+        assert db.execute(count.format("batches"), (batch_id,)).fetchone() == (0,)
+        assert db.execute(count.format("widget_logs"), (batch_id,)).fetchone() == (0,)
+        assert not redis.exists(accepted_marker(settings, batch_id))
+
+    return check
 
 
 def tamper(field: str, value: object) -> Callable[[dict], dict]:
@@ -82,32 +88,32 @@ ENVELOPE_CASES = [
 @pytest.mark.parametrize(
     ("change", "status", "field"), [c[1:] for c in ENVELOPE_CASES], ids=[c[0] for c in ENVELOPE_CASES]
 )
-def test_envelope_violations(ingest, keys, db, redis, change, status, field):
+def test_envelope_violations(ingest, keys, nothing_kept, change, status, field):
     envelope = batches.sealed(batches.content(2), keys["current"])
     response = ingest.post(change(envelope))
     assert response.status_code == status, response.text
     assert response.json()["field"] == field
     assert response.json()["detail"].startswith(f"{field}: ")
-    assert_nothing_kept(envelope["batch_id"], db, redis)
+    nothing_kept(envelope["batch_id"])
 
 
-def test_swapped_ciphertexts_fail(ingest, keys, db, redis):
+def test_swapped_ciphertexts_fail(ingest, keys, nothing_kept):
     first = batches.sealed(batches.content(2), keys["current"])
     second = batches.sealed(batches.content(2), keys["current"])
     for a, b in ((first, second), (second, first)):
         response = ingest.post({**a, "ciphertext": b["ciphertext"], "nonce": b["nonce"]})
         assert response.status_code == 400
         assert "authentication failed" in response.json()["detail"]
-    assert_nothing_kept(first["batch_id"], db, redis)
-    assert_nothing_kept(second["batch_id"], db, redis)
+    nothing_kept(first["batch_id"])
+    nothing_kept(second["batch_id"])
 
 
-def test_removed_key_is_rejected(ingest, db, redis):
+def test_removed_key_is_rejected(ingest, nothing_kept):
     envelope = batches.sealed(batches.content(1), generate_encryption_key())
     response = ingest.post(envelope)
     assert response.status_code == 400
     assert response.json() == {"detail": f"kid: no configured key has id {envelope['kid']}", "field": "kid"}
-    assert_nothing_kept(envelope["batch_id"], db, redis)
+    nothing_kept(envelope["batch_id"])
 
 
 def sealed_raw(plaintext: bytes, key_b64: str, compression: str = "none") -> dict:
@@ -130,13 +136,13 @@ def sealed_raw(plaintext: bytes, key_b64: str, compression: str = "none") -> dic
     ],
     ids=["not json", "not utf-8", "array", "empty machine"],
 )
-def test_plaintext_not_json_or_wrong_shape(ingest, keys, db, redis, plaintext, status, expect):
+def test_plaintext_not_json_or_wrong_shape(ingest, keys, nothing_kept, plaintext, status, expect):
     envelope = sealed_raw(plaintext, keys["current"])
     response = ingest.post(envelope)
     assert response.status_code == status, response.text
     if expect:
         assert expect in response.json()["detail"]
-    assert_nothing_kept(envelope["batch_id"], db, redis)
+    nothing_kept(envelope["batch_id"])
 
 
 def break_log(**change) -> Callable[[dict], dict]:
@@ -170,7 +176,7 @@ SCHEMA_CASES = [
 
 
 @pytest.mark.parametrize(("change", "loc"), [c[1:] for c in SCHEMA_CASES], ids=[c[0] for c in SCHEMA_CASES])
-def test_schema_violations_are_422_with_reasons(ingest, keys, db, redis, change, loc):
+def test_schema_violations_are_422_with_reasons(ingest, keys, nothing_kept, change, loc):
     body = change(batches.content(2))
     envelope = batches.sealed(body, keys["current"])
     response = ingest.post(envelope)
@@ -178,16 +184,16 @@ def test_schema_violations_are_422_with_reasons(ingest, keys, db, redis, change,
     detail = response.json()["detail"]
     assert any(v["loc"][: len(loc)] == loc and v["msg"] for v in detail), detail
     assert "x" * 100 not in response.text  # the offending input is not echoed back
-    assert_nothing_kept(envelope["batch_id"], db, redis)
+    nothing_kept(envelope["batch_id"])
 
 
-def test_data_with_nan_is_refused(ingest, keys, db, redis):
+def test_data_with_nan_is_refused(ingest, keys, nothing_kept):
     body = batches.content(1)
     text = json.dumps(body).replace('"seq": 0', '"seq": NaN')
     envelope = sealed_raw(text.encode(), keys["current"])
     response = ingest.post(envelope)
     assert response.status_code == 422
-    assert_nothing_kept(envelope["batch_id"], db, redis)
+    nothing_kept(envelope["batch_id"])
 
 
 @pytest.mark.parametrize(
@@ -217,12 +223,12 @@ def test_wrong_content_type(ingest, keys):
     ],
     ids=["none", "wrong bearer", "truncated x-api-key", "no scheme", "basic"],
 )
-def test_unauthenticated_is_401(ingest, keys, db, redis, headers):
+def test_unauthenticated_is_401(ingest, keys, nothing_kept, headers):
     envelope = batches.sealed(batches.content(1), keys["current"])
     response = ingest.post(envelope, api_key=None, headers=headers)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
-    assert_nothing_kept(envelope["batch_id"], db, redis)
+    nothing_kept(envelope["batch_id"])
 
 
 def test_oversize_body_is_413_by_content_length(ingest):
@@ -268,7 +274,7 @@ def sealed_as_is(gzip_bytes: bytes, key_b64: str) -> dict:
     }
 
 
-def test_gzip_bomb_is_413(ingest, keys, db, redis):
+def test_gzip_bomb_is_413(ingest, keys, nothing_kept):
     """About 100 KB on the wire inflating to 100 MB: refused without inflating it all."""
     bomb = gzip.compress(b"{" + b" " * (100 * 1024 * 1024) + b"}", compresslevel=9)
     assert len(bomb) < 200_000
@@ -276,7 +282,7 @@ def test_gzip_bomb_is_413(ingest, keys, db, redis):
     response = ingest.post(envelope)
     assert response.status_code == 413
     assert "decompressed" in response.json()["detail"]
-    assert_nothing_kept(envelope["batch_id"], db, redis)
+    nothing_kept(envelope["batch_id"])
 
 
 def test_truncated_gzip_is_400(ingest, keys):

@@ -15,7 +15,7 @@ from rq.job import Job
 from atlas.contract import validate_content
 from atlas.server.config import Settings, settings_from_mapping
 from atlas.server.queue import batch_queue, enqueue_batch, queued_batch, redis_client
-from atlas.worker.store import persist_batch
+from atlas.worker.store import persist_batch, persist_batches
 
 from . import batches
 from .fix_ingest import BIN, service_env
@@ -139,7 +139,8 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path, server_config, settings
             timeout=30,
         )
         assert in_transaction, "worker never reached the COPY"
-        assert queue.started_job_registry.get_job_ids() == [batch["batch_id"]]
+        [started] = queue.started_job_registry.get_job_ids()
+        assert [b["batch_id"] for b in queue.fetch_job(started).args[0]] == [batch["batch_id"]]
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
     finally:
@@ -152,12 +153,9 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path, server_config, settings
         assert wait_for(lambda: count(db, "batches", batch["batch_id"]) == 1, timeout=240, interval=2), (
             "abandoned job did not come back within 4 minutes"
         )
-        assert wait_for(lambda: not Job.exists(batch["batch_id"], connection=queue.connection), timeout=20), (
-            queue.connection.hgetall(Job.key_for(batch["batch_id"])).get(b"status"),
-            queue.connection.hgetall(Job.key_for(batch["batch_id"])).get(b"exc_info"),
+        assert wait_for(lambda: not Job.exists(started, connection=queue.connection), timeout=20), (
+            "the recovered job did not finish cleanly",
             queue.failed_job_registry.get_job_ids(),
-            queue.scheduled_job_registry.get_job_ids(),
-            queue.connection.ttl(Job.key_for(batch["batch_id"])),
         )
     finally:
         survivor.terminate()
@@ -180,7 +178,8 @@ def test_unstorable_batch_is_retried_then_parked_and_requeued(tmp_path, server_c
     assert enqueue_batch(queue, batch, broken)
     drain(broken)  # first attempt fails, retry queued at once (interval 0)
     drain(broken)  # second attempt fails: out of retries
-    assert batch["batch_id"] in queue.failed_job_registry.get_job_ids()
+    [failed_job] = queue.failed_job_registry.get_job_ids()
+    assert [b["batch_id"] for b in queue.fetch_job(failed_job).args[0]] == [batch["batch_id"]]
     assert count(db, "batches", batch["batch_id"]) == 0
 
     config_path = tmp_path / "ops.yaml"
@@ -204,4 +203,17 @@ def test_unstorable_batch_is_retried_then_parked_and_requeued(tmp_path, server_c
     assert "Requeued" in requeued.stdout
     drain()
     assert count(db, "widget_logs", batch["batch_id"]) == 2
-    assert batch["batch_id"] not in queue.failed_job_registry.get_job_ids()
+    assert queue.failed_job_registry.get_job_ids() == []
+
+
+def test_a_group_stores_only_what_is_new(db, database_url):
+    """A group mixing stored and new batches, and one batch_id twice: each new batch once."""
+    from atlas.server.db import connect
+
+    old, new_a, new_b = queued(), queued(batches.content(4)), queued(batches.content(2))
+    with connect(database_url) as conn:
+        assert persist_batch(conn, old) is True
+        assert persist_batches(conn, [new_a, old, new_b, new_a]) == [True, False, True, False]
+    assert count(db, "widget_logs", new_a["batch_id"]) == 4
+    assert count(db, "widget_logs", new_b["batch_id"]) == 2
+    assert count(db, "widget_logs", old["batch_id"]) == 3

@@ -2,12 +2,13 @@
 
 The route stays thin: authenticate from headers before reading the body,
 read at most ``max_body_bytes``, hand the bytes to ``intake.read_batch`` and
-the result to ``queue.enqueue_batch``. Every contract error becomes a 4xx
+the result to the grouping enqueuer. Every contract error becomes a 4xx
 with a reason; Redis trouble becomes a 503 with Retry-After, never a 202.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -20,9 +21,10 @@ from starlette.concurrency import run_in_threadpool
 
 from atlas.contract import ContractError, SchemaError
 from atlas.server.config import Settings, get_settings
-from atlas.server.queue import batch_queue, enqueue_batch, queued_batch, redis_client
+from atlas.server.queue import QueuedBatch, batch_queue, queued_batch, redis_client
 
 from .auth import is_valid_key, presented_key
+from .grouping import GroupingEnqueuer
 from .intake import read_batch
 from .models import Duplicate, EncryptedBody, PlaintextBody, Problem, Queued, SchemaProblem
 
@@ -57,17 +59,18 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 
 class Ingest:
-    """Per-app state: settings and the Redis queue, opened on first use."""
+    """Per-app state: settings, the Redis queue and the grouping enqueuer, opened on first use."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.enqueuer = GroupingEnqueuer(lambda: self.queue, settings)
 
     @cached_property
     def queue(self):
         return batch_queue(redis_client(self.settings.redis_url), self.settings)
 
-    def accept(self, body: bytes) -> JSONResponse:
-        """Decrypt, validate and enqueue one body; runs in a worker thread."""
+    def decode(self, body: bytes) -> QueuedBatch | JSONResponse:
+        """Decrypt and validate one body (in a worker thread): the batch to queue, or the error answer."""
         received_at = datetime.now(UTC)
         try:
             accepted = read_batch(body, self.settings, now=received_at)
@@ -82,24 +85,28 @@ class Ingest:
                 len(accepted.content.logs),
                 accepted.kid,
             )
-        batch = queued_batch(
+        return queued_batch(
             accepted.content,
             batch_id=accepted.batch_id,
             created_at=accepted.created_at,
             received_at=received_at,
             kid=accepted.kid,
         )
+
+    async def accept(self, body: bytes) -> JSONResponse:
+        decoded = await run_in_threadpool(self.decode, body)
+        if isinstance(decoded, JSONResponse):
+            return decoded
+        batch_id = decoded["batch_id"]
         try:
-            queued = enqueue_batch(self.queue, batch, self.settings)
+            queued = await asyncio.wrap_future(self.enqueuer.submit(decoded))
         except RedisError as exc:
-            log.warning("Queue unavailable, answering 503 for batch %s: %s", accepted.batch_id, type(exc).__name__)
+            log.warning("Queue unavailable, answering 503 for batch %s: %s", batch_id, type(exc).__name__)
             return problem(503, "queue unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         if not queued:
-            log.info("Duplicate batch %s: already accepted", accepted.batch_id)
-            return JSONResponse(Duplicate(batch_id=accepted.batch_id).model_dump(), status_code=200)
-        return JSONResponse(
-            Queued(batch_id=accepted.batch_id, accepted=len(accepted.content.logs)).model_dump(), status_code=202
-        )
+            log.info("Duplicate batch %s: already accepted", batch_id)
+            return JSONResponse(Duplicate(batch_id=batch_id).model_dump(), status_code=200)
+        return JSONResponse(Queued(batch_id=batch_id, accepted=len(decoded["logs"])).model_dump(), status_code=202)
 
     def ready(self) -> bool:
         try:
@@ -174,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body = await read_limited(request, settings.max_body_bytes)
         except BodyTooLarge:
             return problem(413, f"body: exceeds {settings.max_body_bytes} bytes", "body")
-        return await run_in_threadpool(ingest.accept, body)
+        return await ingest.accept(body)
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz():

@@ -89,10 +89,10 @@ def cmd_failed(args: argparse.Namespace) -> int:
     if not failed:
         print("No failed batches")
         return 0
-    print(f"{'BATCH ID':36}  {'MACHINE':20}  {'LOGS':>5}  {'FAILED AT':25}  ERROR")
+    print(f"{'BATCH ID':36}  {'MACHINE':20}  {'LOGS':>5}  {'FAILED AT':25}  {'JOB':36}  ERROR")
     for f in failed:
         ended = f.ended_at.isoformat(timespec="seconds") if f.ended_at else "-"
-        print(f"{f.batch_id:36}  {f.machine_id[:20]:20}  {f.logs:5d}  {ended:25}  {f.error}")
+        print(f"{f.batch_id:36}  {f.machine_id[:20]:20}  {f.logs:5d}  {ended:25}  {f.job_id:36}  {f.error}")
     print(f"{len(failed)} failed batch(es); requeue with: atlas-server failed --requeue-all")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,47 +13,63 @@ from rq.job import Job
 
 @dataclass(frozen=True)
 class FailedBatch:
+    """One batch of a failed job (a job carries one or more batches)."""
+
+    job_id: str
     batch_id: str
     machine_id: str
     logs: int
-    enqueued_at: datetime | None
     ended_at: datetime | None
     error: str
 
 
-def _summary(job: Job) -> FailedBatch:
-    batch = job.args[0] if job.args else {}
-    exc = (job.exc_info or "").strip().splitlines()
-    return FailedBatch(
-        batch_id=job.id,
-        machine_id=str(batch.get("machine", {}).get("machine_id", "?")),
-        logs=len(batch.get("logs", ())),
-        enqueued_at=job.enqueued_at,
-        ended_at=job.ended_at,
-        error=exc[-1] if exc else "",
-    )
+def _failed_jobs(queue: Queue) -> Iterator[Job]:
+    for job_id in queue.failed_job_registry.get_job_ids():
+        try:
+            yield queue.job_class.fetch(job_id, connection=queue.connection)
+        except NoSuchJobError:
+            continue
+
+
+def _batches(job: Job) -> list[dict]:
+    group = job.args[0] if job.args else []
+    return group if isinstance(group, list) else [group]
 
 
 def list_failed(queue: Queue) -> list[FailedBatch]:
-    registry = queue.failed_job_registry
     found = []
-    for job_id in registry.get_job_ids():
-        try:
-            found.append(_summary(Job.fetch(job_id, connection=queue.connection)))
-        except NoSuchJobError:
-            continue
+    for job in _failed_jobs(queue):
+        exc = (job.exc_info or "").strip().splitlines()
+        for batch in _batches(job):
+            found.append(
+                FailedBatch(
+                    job_id=job.id,
+                    batch_id=str(batch.get("batch_id", "?")),
+                    machine_id=str(batch.get("machine", {}).get("machine_id", "?")),
+                    logs=len(batch.get("logs", ())),
+                    ended_at=job.ended_at,
+                    error=exc[-1] if exc else "",
+                )
+            )
     return found
 
 
 def requeue_failed(queue: Queue, batch_ids: list[str] | None = None) -> int:
-    """Put failed batches back on the queue (all of them when batch_ids is None)."""
+    """Put failed jobs back on the queue: all of them, or those holding any of ``batch_ids``.
+
+    Returns the number of batches requeued. Requeueing is safe even for a batch
+    that was stored meanwhile: the worker writes nothing twice.
+    """
+    wanted = None if batch_ids is None else {b.lower() for b in batch_ids}
     registry = queue.failed_job_registry
-    ids = registry.get_job_ids() if batch_ids is None else batch_ids
-    done = 0
-    for job_id in ids:
+    count = 0
+    for job in list(_failed_jobs(queue)):
+        batches = _batches(job)
+        if wanted is not None and not ({str(b.get("batch_id")) for b in batches} & wanted or job.id in wanted):
+            continue
         try:
-            registry.requeue(job_id)
-            done += 1
+            registry.requeue(job.id)
         except NoSuchJobError:
             continue
-    return done
+        count += len(batches)
+    return count

@@ -1,9 +1,10 @@
 """The Redis queue between ingest and worker, on rq.
 
-Ingest enqueues one rq job per accepted batch, with the batch_id as the job
-id, and in the same Redis transaction sets a short-lived "accepted" marker,
-so a batch is never marked accepted without being queued, nor queued twice
-while the marker lives. The worker's unique key on ``batches.batch_id`` is
+Ingest enqueues accepted batches in groups, one rq job per group (rq's
+bookkeeping costs several milliseconds per job, far more than storing a
+batch), and in the same Redis transaction sets a short-lived "accepted"
+marker per batch, so a batch is never marked accepted without being queued,
+nor queued twice while the marker lives. The worker's unique key on ``batches.batch_id`` is
 what finally makes storage exactly-once; the marker only lets ingest answer
 "duplicate" quickly.
 """
@@ -23,8 +24,8 @@ from atlas.contract import BatchContent
 
 from .config import Settings
 
-PERSIST_JOB = "atlas.worker.jobs.persist_batch"
-"""Dotted path of the job function the worker runs for each batch."""
+PERSIST_JOB = "atlas.worker.jobs.persist_batches"
+"""Dotted path of the job function the worker runs for each group of batches."""
 
 QUEUE_FORMAT = 1
 """Version of the job payload below, in case it ever has to change under a live queue."""
@@ -123,33 +124,62 @@ def retry_policy(settings: Settings) -> Retry:
     return Retry(max=count, interval=intervals)
 
 
-def enqueue_batch(queue: Queue, batch: QueuedBatch, settings: Settings) -> bool:
-    """Queue a batch unless it was accepted within the duplicate window.
+MAX_WATCH_RETRIES = 5
+"""Times a group is re-checked when a concurrent accept of one of its batch_ids interferes."""
 
-    Returns False for a duplicate. Marker and job are written in one
-    MULTI/EXEC under WATCH, so of two concurrent posts of the same batch
-    exactly one is queued. Raises redis errors when Redis is unreachable.
+
+def enqueue_batches(queue: Queue, batches: list[QueuedBatch], settings: Settings) -> list[bool]:
+    """Queue the batches not accepted within the duplicate window, as one rq job.
+
+    Returns, per batch, True if queued now, False for a duplicate (accepted
+    before, or earlier in this same list). Markers and the job are written in
+    one MULTI/EXEC under WATCH of every marker, so a batch is never marked
+    without being queued, and of two concurrent accepts of one batch exactly
+    one queues it. Raises redis errors when Redis is unreachable.
     """
-    marker = accepted_marker(settings, batch["batch_id"])
+    markers = [accepted_marker(settings, b["batch_id"]) for b in batches]
+    ttl = int(settings.duplicate_window.total_seconds())
     with queue.connection.pipeline() as pipe:
-        try:
-            pipe.watch(marker)
-            if pipe.exists(marker):
-                return False
-            pipe.multi()
-            pipe.set(marker, b"1", ex=int(settings.duplicate_window.total_seconds()))
-            job = queue.create_job(
-                PERSIST_JOB,
-                args=(batch,),
-                job_id=batch["batch_id"],
-                timeout=settings.job_timeout,
-                result_ttl=0,
-                failure_ttl=-1,
-                retry=retry_policy(settings),
-                description=f"persist batch {batch['batch_id']} ({len(batch['logs'])} logs)",
-            )
-            queue.enqueue_job(job, pipeline=pipe)
-            pipe.execute()
-        except WatchError:
-            return False
-    return True
+        for _ in range(MAX_WATCH_RETRIES):
+            try:
+                pipe.watch(*markers)
+                seen = set()
+                for marker, value in zip(markers, pipe.mget(markers), strict=True):
+                    if value is not None:
+                        seen.add(marker)
+                fresh = []
+                for index, marker in enumerate(markers):
+                    if marker not in seen:
+                        seen.add(marker)
+                        fresh.append(index)
+                if not fresh:
+                    pipe.unwatch()
+                    return [False] * len(batches)
+                pipe.multi()
+                for index in fresh:
+                    pipe.set(markers[index], b"1", ex=ttl)
+                group = [batches[i] for i in fresh]
+                logs = sum(len(b["logs"]) for b in group)
+                job = queue.create_job(
+                    PERSIST_JOB,
+                    args=(group,),
+                    timeout=settings.job_timeout,
+                    result_ttl=0,
+                    failure_ttl=-1,
+                    retry=retry_policy(settings),
+                    description=f"persist {len(group)} batch(es), {logs} logs: {group[0]['batch_id']}...",
+                )
+                queue.enqueue_job(job, pipeline=pipe)
+                pipe.execute()
+            except WatchError:
+                continue
+            queued = set(fresh)
+            return [i in queued for i in range(len(batches))]
+    # Still contended after several tries: someone keeps accepting these very batch_ids.
+    # Answering duplicate is safe only for those marked; re-check one by one.
+    return [enqueue_batches(queue, [b], settings)[0] for b in batches]
+
+
+def enqueue_batch(queue: Queue, batch: QueuedBatch, settings: Settings) -> bool:
+    """Queue one batch unless it is a duplicate; see enqueue_batches."""
+    return enqueue_batches(queue, [batch], settings)[0]

@@ -10,7 +10,7 @@ from atlas.server.config import get_settings
 from atlas.server.db import connect
 from atlas.server.queue import QUEUE_FORMAT, QueuedBatch
 
-from .store import persist_batch as store_batch
+from .store import persist_batches as store_batches
 
 log = logging.getLogger("atlas.worker")
 
@@ -35,24 +35,23 @@ def _db() -> psycopg.Connection:
     return _connection
 
 
-def persist_batch(batch: QueuedBatch) -> bool:
-    """Persist one queued batch; returns False if it was already stored.
+def persist_batches(batches: list[QueuedBatch]) -> int:
+    """Persist one queued group of batches; returns how many were stored now.
 
     Any error propagates, so rq retries the job with backoff and finally
     parks it in the failed registry, where ``atlas-server failed`` shows it.
     """
-    if batch.get("format") != QUEUE_FORMAT:
-        raise ValueError(f"unknown queued batch format {batch.get('format')!r}")
+    for batch in batches:
+        if batch.get("format") != QUEUE_FORMAT:
+            raise ValueError(f"unknown queued batch format {batch.get('format')!r}")
     try:
-        stored = store_batch(_db(), batch)
+        stored = store_batches(_db(), batches)
     except psycopg.OperationalError:
         global _connection
         if _connection is not None:
             _connection.close()
         _connection = None
         raise
-    if stored:
-        log.info("Stored batch %s: %d widget logs", batch["batch_id"], len(batch["logs"]))
-    else:
-        log.info("Batch %s was already stored; nothing written", batch["batch_id"])
-    return stored
+    logs = sum(len(b["logs"]) for b, new in zip(batches, stored, strict=True) if new)
+    log.info("Stored %d of %d batch(es), %d widget logs", sum(stored), len(batches), logs)
+    return sum(stored)

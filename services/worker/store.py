@@ -1,9 +1,10 @@
-"""Persisting a queued batch into PostgreSQL, exactly once.
+"""Persisting queued batches into PostgreSQL, exactly once.
 
-One transaction per batch: claim the batch_id in ``batches`` (its primary
-key makes a replay a no-op), upsert the machine, COPY the logs. A worker
-killed midway leaves nothing behind, because PostgreSQL rolls the open
-transaction back when the connection drops.
+One transaction per group of batches: claim their batch_ids in ``batches``
+(its primary key makes a replayed batch a no-op), upsert their machines,
+COPY the logs of the batches claimed now. A worker killed midway leaves
+nothing behind, because PostgreSQL rolls the open transaction back when the
+connection drops.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import psycopg
 
 from atlas.server.queue import QueuedBatch
 
-CLAIM_BATCH = """
+CLAIM_BATCHES = """
 INSERT INTO batches (batch_id, machine_id, created_at, received_at, log_count, kid)
-VALUES (%(batch_id)s, %(machine_id)s, %(created_at)s, %(received_at)s, %(log_count)s, %(kid)s)
+SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::int[], %s::text[])
 ON CONFLICT (batch_id) DO NOTHING
-RETURNING batch_id
+RETURNING batch_id::text
 """
 
 IDENTITY_COLUMNS = ("serial_number", "hostname", "model", "os_version", "agent_version")
@@ -47,27 +48,55 @@ COPY_LOGS = (
 )
 
 
+def persist_batches(conn: psycopg.Connection, batches: list[QueuedBatch]) -> list[bool]:
+    """Store a group of batches in one transaction; per batch, False if it was already stored."""
+    first: dict[str, int] = {}
+    for index, b in enumerate(batches):
+        first.setdefault(b["batch_id"], index)  # the first of a repeated batch_id is the one stored
+    ordered = sorted((batches[i] for i in first.values()), key=lambda b: b["batch_id"])  # one lock order
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            CLAIM_BATCHES,
+            [
+                [b["batch_id"] for b in ordered],
+                [b["machine"]["machine_id"] for b in ordered],
+                [b["created_at"] for b in ordered],
+                [b["received_at"] for b in ordered],
+                [len(b["logs"]) for b in ordered],
+                [b["kid"] for b in ordered],
+            ],
+        )
+        claimed = {row[0] for row in cur.fetchall()}
+        fresh = [b for b in ordered if b["batch_id"] in claimed]
+        if fresh:
+            cur.executemany(
+                UPSERT_MACHINE,
+                [
+                    {**b["machine"], "created_at": b["created_at"], "received_at": b["received_at"]}
+                    for b in sorted(fresh, key=lambda b: b["machine"]["machine_id"])
+                ],
+            )
+            with cur.copy(COPY_LOGS) as copy:
+                for b in fresh:
+                    machine_id, serial = b["machine"]["machine_id"], b["machine"]["serial_number"]
+                    batch_id, received_at = b["batch_id"], b["received_at"]
+                    for timestamp, level, widget_type, message, data_json in b["logs"]:
+                        copy.write_row(
+                            (
+                                machine_id,
+                                serial,
+                                timestamp,
+                                level,
+                                widget_type,
+                                message,
+                                data_json,
+                                batch_id,
+                                received_at,
+                            )
+                        )
+    return [b["batch_id"] in claimed and first[b["batch_id"]] == i for i, b in enumerate(batches)]
+
+
 def persist_batch(conn: psycopg.Connection, batch: QueuedBatch) -> bool:
     """Store one batch atomically. Returns False when it was already stored."""
-    machine = batch["machine"]
-    params = {
-        **machine,
-        "batch_id": batch["batch_id"],
-        "created_at": batch["created_at"],
-        "received_at": batch["received_at"],
-        "log_count": len(batch["logs"]),
-        "kid": batch["kid"],
-    }
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute(CLAIM_BATCH, params)
-        if cur.fetchone() is None:
-            return False
-        cur.execute(UPSERT_MACHINE, params)
-        machine_id, serial = machine["machine_id"], machine["serial_number"]
-        batch_id, received_at = batch["batch_id"], batch["received_at"]
-        with cur.copy(COPY_LOGS) as copy:
-            for timestamp, level, widget_type, message, data_json in batch["logs"]:
-                copy.write_row(
-                    (machine_id, serial, timestamp, level, widget_type, message, data_json, batch_id, received_at)
-                )
-    return True
+    return persist_batches(conn, [batch])[0]
