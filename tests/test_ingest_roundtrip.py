@@ -176,3 +176,18 @@ def test_health_readiness_and_openapi(ingest):
     op = schema["paths"]["/api/fleet/widget-logs"]["post"]
     assert {"200", "202", "400", "401", "413", "415", "422", "503"} <= set(op["responses"])
     assert "EncryptedBody" in schema["components"]["schemas"]
+
+
+def test_concurrent_distinct_batches_each_stored_once(ingest, keys, drain, db):
+    """Many agents at once: every batch answered 202 and stored exactly once, however ingest grouped them."""
+    envelopes = [batches.sealed(batches.content(3), keys["current"]) for _ in range(64)]
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda e: ingest.post(e), envelopes))
+    assert [a.status_code for a in answers] == [202] * 64
+    assert [a.json()["batch_id"] for a in answers] == [e["batch_id"] for e in envelopes]
+    drain()
+    ids = [e["batch_id"] for e in envelopes]
+    stored = db.execute(
+        "SELECT batch_id::text, count(*) FROM widget_logs WHERE batch_id::text = ANY(%s) GROUP BY 1", (ids,)
+    ).fetchall()
+    assert sorted(stored) == sorted((i, 3) for i in ids)
