@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -87,11 +88,13 @@ def test_concurrent_workers_on_the_same_batch_store_it_once(database_url, db):
 
 
 def start_worker(config_path, name: str) -> subprocess.Popen:
+    """A worker in a process group of its own (it forks rq's scheduler), as a container would hold it."""
     return subprocess.Popen(
         [BIN / "atlas-server", "worker", "--config", config_path, "--name", name],
         env=service_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 
@@ -141,7 +144,7 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path, server_config, settings
         assert in_transaction, "worker never reached the COPY"
         [started] = queue.started_job_registry.get_job_ids()
         assert [b["batch_id"] for b in queue.fetch_job(started).args[0]] == [batch["batch_id"]]
-        worker.send_signal(signal.SIGKILL)
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its scheduler, as when a container dies
         worker.wait(10)
     finally:
         locker.rollback()
@@ -158,7 +161,7 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path, server_config, settings
             queue.failed_job_registry.get_job_ids(),
         )
     finally:
-        survivor.terminate()
+        os.killpg(survivor.pid, signal.SIGTERM)
         survivor.wait(20)
     assert count(db, "widget_logs", batch["batch_id"]) == 20
 
