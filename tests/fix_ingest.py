@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from atlas.server.config import Settings
+from atlas.worker import jobs
 from atlas.worker.runner import build_worker
 
 from .fix_services import API_KEY
@@ -122,10 +123,11 @@ def ingest(start_ingest: Callable[..., IngestServer], server_config: dict[str, A
 
 
 @pytest.fixture
-def drain(settings: Settings) -> Callable[..., bool]:
+def drain(settings: Settings) -> Iterator[Callable[..., bool]]:
     """Run the real worker in this process until the queue is empty."""
 
     def run(with_settings: Settings | None = None) -> bool:
         return build_worker(with_settings or settings).work(burst=True, logging_level="WARNING")
 
-    return run
+    yield run
+    jobs.close_database()

@@ -27,6 +27,14 @@ def use_database(url: str) -> None:
     _database_url = url
 
 
+def close_database() -> None:
+    """Close this process's connection (it reopens on the next job)."""
+    global _connection
+    if _connection is not None:
+        _connection.close()
+        _connection = None
+
+
 def _db() -> psycopg.Connection:
     """This worker process's connection, reopened after it broke."""
     global _connection
