@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER_ONLY = {"fastapi", "uvicorn", "psycopg", "redis", "rq", "pyyaml"}
+SERVER_ONLY = {"fastapi", "uvicorn", "psycopg", "redis", "rq"}
 AGENT_ONLY = {"psutil", "speedtest-cli", "httpx"}
 
 

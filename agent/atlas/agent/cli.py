@@ -1,0 +1,153 @@
+"""``atlas-agent``: run the daemon, check on it, collect once, export the local store.
+
+atlas-agent run [--config agent.yaml]
+atlas-agent status [--config agent.yaml]
+atlas-agent collect --once [--config agent.yaml]
+atlas-agent export --format csv|json [--type wifi] [--since T] [--until T] [-o FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import replace
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+from atlas.contract.export import csv_lines, record
+
+from .config import AgentConfig, AgentConfigError, load_agent_config
+from .sender import SenderConfigError
+from .store import LocalStore, StoreError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+WIDGET_TYPES = ("wifi", "speedtest", "ping", "health", "processes", "agent")
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    return load_agent_config(args.config)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Agent
+    from .live import serve
+
+    config = _config(args)
+    agent = Agent(config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    live = serve(agent, config.live_host, config.live_port) if config.live_port else None
+    try:
+        agent.run(stop)
+    finally:
+        if live:
+            live.shutdown()
+            live.server_close()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _config(args)
+    status = LocalStore(config.store_path, config.keyring()).status()
+    print(
+        json.dumps(
+            {
+                "store": str(config.store_path),
+                "fleet_server": config.fleet_server,
+                "encryption": bool(config.encryption_keys),
+                **status,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from .daemon import Agent
+
+    config = _config(args)
+    agent = Agent(replace(config, fleet_server=None))  # collects only: nothing is stored or sent
+    entries = agent.collect(store=False)
+    print(json.dumps({"machine": agent.identity.as_machine(), "logs": entries}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _records(store: LocalStore, serial: str, args: argparse.Namespace) -> Iterable[dict[str, Any]]:
+    for log in store.iter_logs(widget_type=args.type, since=args.since, until=args.until):
+        yield record(log.id, serial, log.timestamp, log.level, log.widget_type, log.message, log.data)
+
+
+def _write(out: TextIO, records: Iterable[dict[str, Any]], fmt: str) -> int:
+    count = 0
+    if fmt == "csv":
+        for line in csv_lines(records):
+            out.write(line)
+            count += 1
+        return count - 1
+    out.write("[")
+    for rec in records:
+        out.write(("," if count else "") + "\n" + json.dumps(rec, ensure_ascii=False))
+        count += 1
+    out.write("\n]\n")
+    return count
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .collectors.identity import collect_identity
+
+    config = _config(args)
+    store = LocalStore(config.store_path, config.keyring())
+    serial = collect_identity(machine_id=config.machine_id).serial_number
+    if args.output:
+        with open(args.output, "w", encoding="utf-8", newline="") as out:
+            count = _write(out, _records(store, serial, args), args.format)
+        print(f"Exported {count} logs to {args.output}", file=sys.stderr)
+    else:
+        count = _write(sys.stdout, _records(store, serial, args), args.format)
+        print(f"Exported {count} logs", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atlas-agent", description="Atlas agent for macOS")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="agent.yaml")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="run the agent daemon").set_defaults(func=cmd_run)
+    sub.add_parser("status", parents=[common], help="show the local store and sending state").set_defaults(
+        func=cmd_status
+    )
+    p = sub.add_parser("collect", parents=[common], help="collect once and print what would be sent")
+    p.add_argument("--once", action="store_true", required=True, help="collect one round (required)")
+    p.set_defaults(func=cmd_collect)
+    p = sub.add_parser("export", parents=[common], help="export the local store, decrypted")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--type", choices=WIDGET_TYPES, help="only this widget type")
+    p.add_argument("--since", help="RFC 3339 time, inclusive (e.g. 2026-11-28T00:00:00Z)")
+    p.add_argument("--until", help="RFC 3339 time, exclusive")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        return args.func(args)
+    except (AgentConfigError, SenderConfigError) as exc:
+        print(f"atlas-agent: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"atlas-agent: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The agent daemon: collect on schedule, keep every log in the local store, send in batches.
+
+Collection runs every ``collect_interval_seconds`` (Wi-Fi, ping, health,
+processes), the speed test on its own slower schedule in a thread of its own,
+and the sender every ``send_interval_seconds``. The latest result of each
+widget is kept in memory for the live widget page.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .collectors.health import collect_health
+from .collectors.identity import collect_identity
+from .collectors.ping import default_targets, ping
+from .collectors.processes import ProcessSampler
+from .collectors.speedtest import SpeedtestRunner
+from .collectors.wifi import collect_wifi
+from .config import AgentConfig
+from .sender import Sender
+from .store import LocalStore
+from .widgets import LogEntry, agent_log, health_log, ping_log, processes_log, speedtest_log, wifi_log
+
+log = logging.getLogger("atlas.agent")
+
+
+class Agent:
+    """One agent: its store, collectors, sender (when a fleet server is set) and latest readings."""
+
+    def __init__(self, config: AgentConfig, *, speedtest: SpeedtestRunner | None = None) -> None:
+        self.config = config
+        self.keyring = config.keyring()
+        self.store = LocalStore(
+            config.store_path,
+            self.keyring,
+            max_age_days=config.store_max_age_days,
+            max_bytes=config.store_max_mb * 1024 * 1024,
+        )
+        self.identity = collect_identity(machine_id=config.machine_id)
+        self.processes = ProcessSampler()
+        self.speedtest = speedtest or SpeedtestRunner(interval_s=config.speedtest_interval_seconds)
+        self.latest: dict[str, LogEntry] = {}
+        self._lock = threading.Lock()
+        self.sender: Sender | None = None
+        if config.fleet_server:
+            self.sender = Sender(
+                self.store,
+                fleet_server=config.fleet_server,
+                api_key=config.api_key or "",
+                keyring=self.keyring,
+                machine=self.identity.as_machine,
+                allow_plaintext=config.allow_plaintext,
+                ca_bundle=config.ca_bundle,
+                send_interval_s=config.send_interval_seconds,
+            )
+
+    def ping_targets(self) -> list[str]:
+        return list(self.config.ping_targets) or default_targets(self.config.fleet_server)
+
+    def collect(self, *, store: bool = True) -> list[LogEntry]:
+        """One round of the fast widgets; each collector's failure becomes an ERROR log, not a crash."""
+        entries: list[LogEntry] = []
+        steps: list[tuple[str, Callable[[], list[LogEntry]]]] = [
+            ("wifi", lambda: [wifi_log(collect_wifi())]),
+            ("ping", lambda: [ping_log(ping(t, count=3, timeout_s=5)) for t in self.ping_targets()]),
+            ("health", lambda: [health_log(collect_health())]),
+            ("processes", lambda: [processes_log(self.processes.sample())]),
+        ]
+        for widget, step in steps:
+            try:
+                entries += step()
+            except Exception as exc:  # a collector bug must not stop the others
+                log.exception("Collector %s failed", widget)
+                entries.append(agent_log("ERROR", f"{widget} collector failed: {type(exc).__name__}"))
+        self._record(entries, store)
+        return entries
+
+    def run_speedtest(self, *, store: bool = True) -> LogEntry | None:
+        result = self.speedtest.run_if_due()
+        if result is None or result.status == "skipped_busy":
+            return None
+        entry = speedtest_log(result)
+        self._record([entry], store)
+        return entry
+
+    def _record(self, entries: list[LogEntry], store: bool) -> None:
+        with self._lock:
+            for entry in entries:
+                key = entry["widget_type"] if entry["widget_type"] != "ping" else f"ping:{entry['data'].get('target')}"
+                self.latest[key] = entry
+        if store:
+            for entry in entries:
+                self.store.add(**entry)
+
+    def send(self) -> None:
+        if self.sender is None:
+            return
+        dropped_before = self.store.status()["counters"].get("dropped_unsent", 0)
+        self.sender.run_cycle()
+        dropped = self.store.status()["counters"].get("dropped_unsent", 0) - dropped_before
+        if dropped:
+            self._record(
+                [
+                    agent_log(
+                        "WARNING",
+                        f"Local store limit reached: dropped {dropped} unsent logs",
+                        {"dropped_unsent": dropped},
+                    )
+                ],
+                True,
+            )
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            widgets = dict(self.latest)
+        status = self.store.status()
+        return {
+            "machine": self.identity.as_machine(),
+            "encryption": bool(self.keyring),
+            "fleet_server": self.config.fleet_server,
+            "last_sent_at": status["last_sent_at"],
+            "pending_batches": status["pending_batches"],
+            "widgets": widgets,
+        }
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set."""
+        next_collect = next_send = time.monotonic()
+        speedtest_thread: threading.Thread | None = None
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_collect:
+                self.collect()
+                next_collect = now + self.config.collect_interval_seconds
+            speedtest_idle = speedtest_thread is None or not speedtest_thread.is_alive()
+            if self.config.speedtest_interval_seconds and self.speedtest.due() and speedtest_idle:
+                speedtest_thread = threading.Thread(target=self.run_speedtest, name="speedtest", daemon=True)
+                speedtest_thread.start()
+            if now >= next_send:
+                try:
+                    self.send()
+                except Exception:
+                    log.exception("Send cycle failed")
+                next_send = now + self.config.send_interval_seconds
+            stop.wait(max(0.5, min(next_collect, next_send) - time.monotonic()))
+        if self.sender:
+            self.sender.close()

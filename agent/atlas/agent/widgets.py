@@ -1,0 +1,86 @@
+"""Turning collector results into widget logs: a message a person reads, and the data."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from atlas.contract import format_timestamp
+
+from .collectors.health import HealthReading
+from .collectors.ping import PingResult
+from .collectors.processes import ProcessesResult
+from .collectors.speedtest import SpeedtestResult
+from .collectors.wifi import WifiReading
+
+LogEntry = dict[str, Any]
+
+
+def _entry(widget_type: str, level: str, message: str, data: dict[str, Any]) -> LogEntry:
+    return {
+        "timestamp": format_timestamp(datetime.now(UTC)),
+        "level": level,
+        "widget_type": widget_type,
+        "message": message,
+        "data": data,
+    }
+
+
+def wifi_log(reading: WifiReading) -> LogEntry:
+    data = reading.as_data()
+    if reading.state != "connected":
+        text = {"disconnected": "WiFi disconnected", "off": "WiFi is off"}.get(reading.state, "No WiFi interface")
+        return _entry("wifi", "INFO", text, data)
+    name = reading.ssid or ("a network (SSID redacted by macOS)" if reading.ssid_redacted else "a network")
+    parts = [
+        f"RSSI {reading.rssi_dbm} dBm" if reading.rssi_dbm is not None else None,
+        f"channel {reading.channel}" if reading.channel is not None else None,
+        reading.band,
+    ]
+    return _entry("wifi", "INFO", f"WiFi connected to {name}: " + ", ".join(p for p in parts if p), data)
+
+
+def ping_log(result: PingResult) -> LogEntry:
+    data = result.as_data()
+    if result.status in ("ok", "partial_loss"):
+        avg = f", avg {result.rtt_avg_ms:g} ms" if result.rtt_avg_ms is not None else ""
+        level = "INFO" if result.status == "ok" else "WARNING"
+        return _entry("ping", level, f"Ping {result.target}: {result.loss_pct:g}% loss{avg}", data)
+    reason = {"unreachable": "100% loss", "unknown_host": "unknown host"}.get(result.status, result.reason or "error")
+    return _entry("ping", "ERROR", f"Ping {result.target}: {reason}", data)
+
+
+def health_log(reading: HealthReading) -> LogEntry:
+    data = reading.as_data()
+    sample = data.get("psutil") or {}
+    cpu = sample.get("cpu_percent")
+    memory = (sample.get("memory") or {}).get("percent")
+    parts = [
+        f"CPU {cpu:g}%" if isinstance(cpu, int | float) else None,
+        f"memory {memory:g}%" if isinstance(memory, int | float) else None,
+    ]
+    text = ", ".join(p for p in parts if p) or "health sampled"
+    return _entry("health", "INFO", f"Health: {text}", data)
+
+
+def processes_log(result: ProcessesResult) -> LogEntry:
+    data = result.as_data()
+    if result.status != "ok":
+        return _entry("processes", "ERROR", f"Processes: {result.status}", data)
+    top = data.get("top_cpu") or []
+    lead = f"; top CPU {top[0].get('name')} ({top[0].get('cpu_percent')}%)" if top else ""
+    return _entry("processes", "INFO", f"Processes: {data.get('process_count')} running{lead}", data)
+
+
+def speedtest_log(result: SpeedtestResult) -> LogEntry:
+    data = result.as_data()
+    if result.status != "ok":
+        return _entry("speedtest", "ERROR", f"Speed test failed: {result.reason}", data)
+    down = f"{result.download_mbps:.1f}" if result.download_mbps is not None else "?"
+    up = f"{result.upload_mbps:.1f}" if result.upload_mbps is not None else "?"
+    latency = f", {result.latency_ms:.0f} ms" if result.latency_ms is not None else ""
+    return _entry("speedtest", "INFO", f"Speed test completed: {down} Mbps down, {up} Mbps up{latency}", data)
+
+
+def agent_log(level: str, message: str, data: dict[str, Any] | None = None) -> LogEntry:
+    return _entry("agent", level, message, data or {})
