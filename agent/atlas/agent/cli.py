@@ -14,8 +14,8 @@ import logging
 import signal
 import sys
 import threading
-from dataclasses import replace
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any, TextIO
 
 from atlas.contract.export import csv_lines, record
