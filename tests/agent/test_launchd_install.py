@@ -1,0 +1,379 @@
+"""deploy/macos: the LaunchDaemon plist, install.sh, uninstall.sh and build-pkg.sh, exercised on Linux.
+
+install.sh runs for real against a temporary root (``ATLAS_ROOT``) with ``launchctl`` replaced, at the PATH
+level, by a stub that records its arguments. The scripts and the ``contract``/``agent`` sources are copied to
+a temporary repository layout first, so that building the packages leaves no ``build/`` behind in the working
+tree. pip installs into the temporary venv once per module (``installed``); the other runs reuse that venv
+through a symlink and ``--skip-venv``.
+"""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MACOS = REPO / "deploy" / "macos"
+SCRIPTS = ("install.sh", "uninstall.sh", "build-pkg.sh")
+LABEL = "com.atlas.agent"
+PLIST_REL = Path("Library/LaunchDaemons/com.atlas.agent.plist")
+VENV_REL = Path("Library/Atlas/venv")
+CONFIG_REL = Path("Library/Application Support/Atlas/agent.yaml")
+LOGS_REL = Path("Library/Logs/Atlas")
+
+FLEET_SERVER = "https://fleet.example.test:8768"
+API_KEY = "api-key-Zq7Xw2Lr9Tp4"
+ENCRYPTION_KEY = "eOUGS0c5Lhz9oVIioRte3eImfdNpe5uMoo06vTy/Xro="  # AES-256, base64
+
+BASH = shutil.which("bash") or "/bin/bash"
+
+STUB = """#!/bin/sh
+printf '%s\\n' "$*" >> "$LAUNCHCTL_LOG"
+if [ "$1" = bootout ]; then
+    echo "Boot-out failed: 3: No such process" >&2
+    exit 3
+fi
+"""
+
+
+@dataclass
+class Run:
+    root: Path
+    proc: subprocess.CompletedProcess[str]
+    launchctl_log: Path
+
+    @property
+    def output(self) -> str:
+        return self.proc.stdout + self.proc.stderr
+
+    @property
+    def launchctl(self) -> list[str]:
+        return self.launchctl_log.read_text().splitlines() if self.launchctl_log.exists() else []
+
+
+def _ignore_build(directory: str, names: list[str]) -> set[str]:
+    return {n for n in names if n in {"build", "dist", "__pycache__"} or n.endswith(".egg-info")}
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the repository's deploy/macos, contract and agent; its bin/ holds the launchctl stub."""
+    base = tmp_path_factory.mktemp("launchd")
+    repo = base / "repo"
+    shutil.copytree(MACOS, repo / "deploy" / "macos")
+    for folder in ("contract", "agent"):
+        shutil.copytree(REPO / folder, repo / folder, ignore=_ignore_build)
+    stub = base / "bin" / "launchctl"
+    stub.parent.mkdir()
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    return base
+
+
+def run_script(layout: Path, script: str, root: Path, *args: str, **env: str) -> Run:
+    log = root.parent / f"{root.name}-launchctl.log"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
+    environ.update(
+        PATH=f"{layout / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        ATLAS_ROOT=str(root),
+        PYTHON=sys.executable,
+        LAUNCHCTL_LOG=str(log),
+        **env,
+    )
+    proc = subprocess.run(
+        [BASH, str(layout / "repo" / "deploy" / "macos" / script), *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    return Run(root, proc, log)
+
+
+def install_args(*extra: str) -> list[str]:
+    return ["--fleet-server", FLEET_SERVER, "--api-key", API_KEY, "--encryption-key", ENCRYPTION_KEY, *extra]
+
+
+@pytest.fixture(scope="module")
+def installed(layout: Path) -> Run:
+    """The one real install (pip into a fresh venv) of this module."""
+    root = layout / "root"
+    root.mkdir()
+    run = run_script(layout, "install.sh", root, *install_args())
+    assert run.proc.returncode == 0, run.output
+    return run
+
+
+@pytest.fixture
+def clone(installed: Run, tmp_path: Path) -> Path:
+    """A copy of the installed root whose venv is a symlink to the installed one."""
+    venv = installed.root / VENV_REL
+
+    def skip_venv(directory: str, names: list[str]) -> set[str]:
+        return {"venv"} if Path(directory) == venv.parent else set()
+
+    root = tmp_path / "root"
+    shutil.copytree(installed.root, root, ignore=skip_venv)
+    (root / VENV_REL).symlink_to(venv, target_is_directory=True)
+    return root
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --- the plist ----------------------------------------------------------------------------------
+
+
+def test_plist_is_a_launch_daemon_for_the_agent():
+    with (MACOS / "com.atlas.agent.plist").open("rb") as f:
+        plist = plistlib.load(f)
+    assert plist["Label"] == LABEL
+    assert plist["ProgramArguments"] == [
+        "/Library/Atlas/venv/bin/atlas-agent",
+        "run",
+        "--config",
+        "/Library/Application Support/Atlas/agent.yaml",
+    ]
+    assert plist["RunAtLoad"] is True
+    assert plist["KeepAlive"] is True
+    assert plist["ThrottleInterval"] == 30
+    assert plist["ProcessType"] in {"Background", "Standard"}
+    assert "UserName" not in plist  # a LaunchDaemon runs as root
+    for key, name in (("StandardOutPath", "agent.log"), ("StandardErrorPath", "agent.err.log")):
+        assert Path(plist[key]) == Path("/Library/Logs/Atlas") / name
+    path = plist["EnvironmentVariables"]["PATH"].split(":")
+    assert {"/usr/sbin", "/usr/bin", "/sbin"} <= set(path)  # wdutil, system_profiler, ioreg, powermetrics, ping
+
+
+# --- syntax -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_parses(script: str):
+    path = MACOS / script
+    assert path.read_text().startswith("#!/bin/bash\n")
+    assert "set -euo pipefail" in path.read_text()
+    assert os.access(path, os.X_OK)
+    proc = subprocess.run([BASH, "-n", str(path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_pkg_postinstall_parses(tmp_path: Path):
+    source = (MACOS / "build-pkg.sh").read_text()
+    body = re.search(r"<<'POSTINSTALL'\n(.*?)\nPOSTINSTALL\n", source, re.DOTALL)
+    assert body is not None
+    postinstall = tmp_path / "postinstall"
+    postinstall.write_text(body.group(1) + "\n")
+    proc = subprocess.run([BASH, "-n", str(postinstall)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "/Library/Managed Preferences/com.atlas.agent" in body.group(1)
+    assert "--wheels" in body.group(1)
+
+
+# --- install.sh ----------------------------------------------------------------------------------
+
+
+def test_install_puts_the_agent_in_its_own_venv(installed: Run):
+    venv = installed.root / VENV_REL
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import atlas.agent, atlas.contract; print(atlas.agent.__file__)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).is_relative_to(venv)  # not the test runner's editable install
+    console = venv / "bin" / "atlas-agent"
+    if console.exists():
+        assert os.access(console, os.X_OK)
+        assert console.read_text().startswith(f"#!{venv}/bin/python")
+
+
+def test_install_writes_a_private_config_and_never_prints_keys(installed: Run):
+    config = installed.root / CONFIG_REL
+    assert mode(config) == 0o600
+    assert mode(config.parent) == 0o700
+    assert yaml.safe_load(config.read_text()) == {
+        "fleet_server": FLEET_SERVER,
+        "api_key": API_KEY,
+        "encryption_key": ENCRYPTION_KEY,
+        "allow_plaintext": False,
+    }
+    assert FLEET_SERVER in installed.proc.stdout
+    assert API_KEY not in installed.output
+    assert ENCRYPTION_KEY not in installed.output
+
+
+def test_installed_agent_reads_the_config(installed: Run):
+    """The agent in the venv loads agent.yaml as install.sh wrote it."""
+    check = (
+        "import sys; from atlas.agent.config import load_agent_config as load; c = load(sys.argv[1]); "
+        "print(c.fleet_server, len(c.keyring()), c.allow_plaintext)"
+    )
+    venv = installed.root / VENV_REL
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", check, str(installed.root / CONFIG_REL)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [FLEET_SERVER, "1", "False"]
+
+
+def test_install_copies_the_plist_and_creates_the_log_folder(installed: Run):
+    daemon = installed.root / PLIST_REL
+    assert daemon.read_bytes() == (MACOS / "com.atlas.agent.plist").read_bytes()
+    assert mode(daemon) == 0o644
+    assert (installed.root / LOGS_REL).is_dir()
+
+
+def test_install_reloads_the_daemon_with_launchctl(installed: Run):
+    assert installed.launchctl == [
+        f"bootout system/{LABEL}",
+        f"bootstrap system {installed.root / PLIST_REL}",
+        f"enable system/{LABEL}",
+    ]
+    assert "was not loaded" in installed.proc.stdout  # the stub's bootout fails like launchctl's "not loaded"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--fleet-server", FLEET_SERVER, "--api-key", API_KEY],
+            "--encryption-key KEY (or ATLAS_ENCRYPTION_KEY) is required",
+        ),
+        (["--api-key", API_KEY, "--encryption-key", ENCRYPTION_KEY], "--fleet-server URL is required"),
+        (["--fleet-server", "fleet.example.test", "--api-key", API_KEY], "--fleet-server must be an http(s):// URL"),
+        (install_args("--wheels", "/nonexistent/wheels"), "--wheels /nonexistent/wheels: no such folder"),
+        (install_args("--wheels", str(MACOS)), f"--wheels {MACOS} must hold exactly one atlas_contract-*.whl"),
+        (install_args("--skip-venv"), "--skip-venv: there is no virtual environment"),
+        (install_args("--bogus"), "unknown option: --bogus"),
+    ],
+)
+def test_install_refuses_before_changing_anything(layout: Path, tmp_path: Path, args: list[str], message: str):
+    root = tmp_path / "root"
+    root.mkdir()
+    run = run_script(layout, "install.sh", root, *args)
+    assert run.proc.returncode == 1
+    assert f"atlas install: error: {message}" in run.proc.stderr
+    assert API_KEY not in run.output
+    assert ENCRYPTION_KEY not in run.output
+    assert list(root.iterdir()) == []
+    assert run.launchctl == []
+
+
+def test_install_without_encryption_key_is_allowed_with_allow_plaintext(layout: Path, clone: Path):
+    (clone / CONFIG_REL).unlink()
+    run = run_script(
+        layout, "install.sh", clone, "--skip-venv", "--allow-plaintext", "--fleet-server", FLEET_SERVER,
+        "--api-key", API_KEY,
+    )  # fmt: skip
+    assert run.proc.returncode == 0, run.output
+    assert "widget logs will be sent in plaintext" in run.proc.stderr
+    config = yaml.safe_load((clone / CONFIG_REL).read_text())
+    assert config == {"fleet_server": FLEET_SERVER, "api_key": API_KEY, "allow_plaintext": True}
+
+
+def test_reinstall_keeps_the_config(layout: Path, clone: Path):
+    before = (clone / CONFIG_REL).read_bytes()
+    run = run_script(layout, "install.sh", clone, "--skip-venv")
+    assert run.proc.returncode == 0, run.output
+    assert "kept existing" in run.proc.stdout
+    assert (clone / CONFIG_REL).read_bytes() == before
+    assert run.launchctl[-2:] == [f"bootstrap system {clone / PLIST_REL}", f"enable system/{LABEL}"]
+
+    run = run_script(layout, "install.sh", clone, "--skip-venv", "--fleet-server", "https://other.example.test")
+    assert run.proc.returncode == 0, run.output
+    assert "ignored because the existing configuration was kept" in run.proc.stderr
+    assert (clone / CONFIG_REL).read_bytes() == before
+
+
+def test_reinstall_with_force_replaces_the_config(layout: Path, clone: Path, tmp_path: Path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    odd_key = 'k"ey\\with: yaml # chars'
+    run = run_script(
+        layout, "install.sh", clone, "--skip-venv", "--force", "--fleet-server", "https://other.example.test",
+        "--api-key", odd_key, "--machine-id", "mac-17", "--ca-bundle", str(ca),
+        ATLAS_ENCRYPTION_KEY=ENCRYPTION_KEY,
+    )  # fmt: skip
+    assert run.proc.returncode == 0, run.output
+    assert mode(clone / CONFIG_REL) == 0o600
+    assert yaml.safe_load((clone / CONFIG_REL).read_text()) == {
+        "fleet_server": "https://other.example.test",
+        "api_key": odd_key,
+        "encryption_key": ENCRYPTION_KEY,
+        "allow_plaintext": False,
+        "machine_id": "mac-17",
+        "ca_bundle": str(ca),
+    }
+    assert odd_key not in run.output
+    assert ENCRYPTION_KEY not in run.output
+
+
+# --- uninstall.sh --------------------------------------------------------------------------------
+
+
+def test_uninstall_removes_daemon_and_venv_but_keeps_data_and_logs(layout: Path, installed: Run, clone: Path):
+    (clone / LOGS_REL / "agent.log").write_text("log line\n")
+    (clone / CONFIG_REL).with_name("atlas-agent.db").write_bytes(b"unsent")
+    run = run_script(layout, "uninstall.sh", clone)
+    assert run.proc.returncode == 0, run.output
+    assert run.launchctl == [f"bootout system/{LABEL}"]
+    assert not (clone / PLIST_REL).exists()
+    assert not os.path.lexists(clone / VENV_REL)
+    assert not (clone / "Library" / "Atlas").exists()
+    assert (clone / CONFIG_REL).exists()
+    assert (clone / CONFIG_REL).with_name("atlas-agent.db").exists()
+    assert (clone / LOGS_REL / "agent.log").exists()
+    assert "kept configuration and data" in run.proc.stdout
+    assert (installed.root / VENV_REL / "bin" / "python").exists()  # only the clone's symlink went
+
+
+def test_uninstall_purge_removes_data_and_logs(layout: Path, clone: Path):
+    run = run_script(layout, "uninstall.sh", clone, "--purge")
+    assert run.proc.returncode == 0, run.output
+    for rel in (PLIST_REL, VENV_REL, CONFIG_REL.parent, LOGS_REL):
+        assert not os.path.lexists(clone / rel), rel
+    assert "purged" in run.proc.stdout
+
+    again = run_script(layout, "uninstall.sh", clone)  # nothing left to remove: still succeeds
+    assert again.proc.returncode == 0, again.output
+
+
+# --- build-pkg.sh --------------------------------------------------------------------------------
+
+
+def test_build_pkg_fails_clearly_without_pkgbuild(tmp_path: Path):
+    bin_dir = tmp_path / "bin"  # a PATH without pkgbuild, even on a Mac
+    bin_dir.mkdir()
+    for tool in ("dirname", "mktemp", "rm"):
+        found = shutil.which(tool)
+        assert found is not None
+        (bin_dir / tool).symlink_to(found)
+    proc = subprocess.run(
+        [BASH, str(MACOS / "build-pkg.sh"), "--out", str(tmp_path / "out")],
+        env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "pkgbuild not found" in proc.stderr
+    assert "macOS" in proc.stderr
+    assert not (tmp_path / "out").exists()
