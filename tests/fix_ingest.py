@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -41,9 +42,10 @@ def service_env(**extra: str) -> dict[str, str]:
 class IngestServer:
     """``atlas-server ingest`` in a subprocess, with its log captured to a file."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+    def __init__(self, config: dict[str, Any], workdir: Path, tls: tuple[Path, Path] | None = None) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.verify: Any = ssl.create_default_context(cafile=tls[0].parent / "ca.pem") if tls else True
         self.config_path = workdir / f"ingest-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / f"ingest-{self.port}.log"
@@ -58,6 +60,7 @@ class IngestServer:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                *(["--ssl-certfile", tls[0], "--ssl-keyfile", tls[1]] if tls else []),
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -71,7 +74,7 @@ class IngestServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ingest exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1, verify=self.verify).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -106,8 +109,8 @@ def start_ingest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     started: list[IngestServer] = []
     workdir = tmp_path_factory.mktemp("ingest")
 
-    def start(config: dict[str, Any]) -> IngestServer:
-        server = IngestServer(config, workdir)
+    def start(config: dict[str, Any], tls: tuple[Path, Path] | None = None) -> IngestServer:
+        server = IngestServer(config, workdir, tls)
         started.append(server)
         return server
 

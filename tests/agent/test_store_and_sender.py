@@ -222,3 +222,23 @@ def test_backoff_is_jittered_bounded_and_honours_retry_after():
     assert len(set(delays)) == len(delays)
     assert backoff_delay(0, 60, rng) >= 60
     _ = format_timestamp
+
+
+def test_https_with_a_custom_ca_bundle(
+    store, start_ingest, server_config, keys, machine, drain, db, senders, tmp_path_factory
+):
+    """The sender speaks HTTPS; a private CA works through ca_bundle, and an unknown CA is refused."""
+    from ..tls import make_ca_and_server_cert
+
+    folder = tmp_path_factory.mktemp("tls")
+    server = start_ingest(server_config, tls=make_ca_and_server_cert(folder))
+    assert server.url.startswith("https://")
+    fill(store, 3)
+    untrusted = sender_for(store, server.url, keys, machine, senders)
+    report = untrusted.run_cycle()
+    assert (report.sent_batches, report.retried) == (0, 1)
+    assert "CERTIFICATE_VERIFY_FAILED" in store.status()["last_error"]
+    trusted = sender_for(store, server.url, keys, machine, senders, ca_bundle=str(folder / "ca.pem"))
+    assert trusted.run_cycle(now=time.time() + 10**6).sent_logs == 3
+    drain()
+    assert len(rows_for_machine(db, machine()["machine_id"])) == 3

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ class Sender:
         self.machine = machine
         self.rng = rng or random.SystemRandom()
         self.client = httpx.Client(
-            verify=ca_bundle or True,
+            verify=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True,
             timeout=timeout_s,
             headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
         )
