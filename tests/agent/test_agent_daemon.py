@@ -181,3 +181,47 @@ def test_status_and_bad_config(filled_store, tmp_path):
     assert result.stderr.strip() == (
         "atlas-agent: configuration error: encryption_key: key is not valid standard base64"
     )
+
+
+def test_agent_killed_repeatedly_loses_nothing_and_duplicates_nothing(tmp_path, ingest, keys, drain, db):
+    """SIGKILL the running agent at arbitrary points (collecting, sealing, sending), again and again:
+    every log it stored reaches PostgreSQL exactly once."""
+    import signal
+
+    machine_id = f"agent-kill-{tmp_path.name[-12:]}"
+    path = write_config(
+        tmp_path,
+        fleet_server=ingest.url,
+        api_key=API_KEY,
+        encryption_key=keys["current"],
+        machine_id=machine_id,
+        collect_interval_seconds=1,
+        send_interval_seconds=1,
+    )
+    rng = __import__("random").Random(11)
+    for _ in range(6):
+        proc = subprocess.Popen(
+            [BIN / "atlas-agent", "run", "--config", str(path)],
+            env=service_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(3.0, 7.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    final = Agent(load_agent_config(path))  # a last, clean run delivers whatever is left
+    try:
+        final.send()
+    finally:
+        final.sender.close()
+    status = final.store.status()
+    assert status["pending_batches"] == 0
+    assert status["unbatched_logs"] == 0
+    stored = list(final.store.iter_logs())
+    assert len(stored) >= 8  # several rounds collected before their kill
+    drain()
+    rows = db.execute(
+        "SELECT timestamp, widget_type, message FROM widget_logs WHERE machine_id = %s", (machine_id,)
+    ).fetchall()
+    assert len(rows) == len(stored)
+    assert sorted((r[1], r[2]) for r in rows) == sorted((s.widget_type, s.message) for s in stored)
