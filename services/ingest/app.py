@@ -103,6 +103,9 @@ class Ingest:
         except RedisError as exc:
             log.warning("Queue unavailable, answering 503 for batch %s: %s", batch_id, type(exc).__name__)
             return problem(503, "queue unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        except Exception:  # not queued, for a reason of ours: the agent keeps the batch and retries
+            log.exception("Enqueueing batch %s failed; answering 503", batch_id)
+            return problem(503, "queue unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         if not queued:
             log.info("Duplicate batch %s: already accepted", batch_id)
             return JSONResponse(Duplicate(batch_id=batch_id).model_dump(), status_code=200)
