@@ -137,6 +137,11 @@ def test_refused_batch_is_quarantined_not_looped(store, ingest, keys, machine, s
     assert status["quarantined_batches"] == 1
     assert sender.run_cycle(now=time.time() + 10**6).quarantined == 0  # never retried
 
+    # The operator fixes the API key and requeues: the batch is delivered.
+    assert store.requeue_quarantined() == 1
+    fixed = sender_for(store, ingest.url, keys, machine, senders)
+    assert fixed.run_cycle().sent_logs == 2
+
 
 def test_no_key_refuses_to_send_unless_plaintext_allowed(tmp_path, machine):
     store = LocalStore(tmp_path / "plain.db", Keyring())

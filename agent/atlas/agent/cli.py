@@ -78,6 +78,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_requeue(args: argparse.Namespace) -> int:
+    config = _config(args)
+    count = LocalStore(config.store_path, config.keyring()).requeue_quarantined()
+    print(f"Requeued {count} quarantined batch(es); they are sent on the next cycle")
+    return 0
+
+
 def _records(store: LocalStore, serial: str, args: argparse.Namespace) -> Iterable[dict[str, Any]]:
     for log in store.iter_logs(widget_type=args.type, since=args.since, until=args.until):
         yield record(log.id, serial, log.timestamp, log.level, log.widget_type, log.message, log.data)
@@ -123,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common], help="show the local store and sending state").set_defaults(
         func=cmd_status
     )
+    sub.add_parser(
+        "requeue", parents=[common], help="send quarantined batches again (after fixing what the server refused)"
+    ).set_defaults(func=cmd_requeue)
     p = sub.add_parser("collect", parents=[common], help="collect once and print what would be sent")
     p.add_argument("--once", action="store_true", required=True, help="collect one round (required)")
     p.set_defaults(func=cmd_collect)

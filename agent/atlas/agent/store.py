@@ -213,6 +213,14 @@ class LocalStore:
                 (reason[:500], batch_id),
             )
 
+    def requeue_quarantined(self) -> int:
+        """Make quarantined batches pending again (after an operator fixed, say, the API key)."""
+        with closing(self._connect()) as conn, conn:
+            cur = conn.execute(
+                "UPDATE batches SET state = 'pending', attempts = 0, next_attempt_at = 0 WHERE state = 'quarantined'"
+            )
+            return cur.rowcount
+
     # --- limits ------------------------------------------------------------------------------
 
     def enforce_limits(self, now: datetime | None = None) -> dict[str, int]:
