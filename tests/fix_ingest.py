@@ -66,7 +66,11 @@ class IngestServer:
             stderr=subprocess.STDOUT,
             env=service_env(),
         )
-        self._wait_healthy()
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()  # never leave a server behind
+            raise
 
     def _wait_healthy(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
