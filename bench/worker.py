@@ -1,9 +1,9 @@
 """Worker benchmark: rows/s the real rq worker persists from a full queue, against a raw COPY.
 
 Each round fills the queue with ``--batches`` batches of 15 logs through
-``enqueue_batch`` (as ingest does), then times ``build_worker(settings).work(burst=True)``
-in this process until the queue is empty, and checks that ``widget_logs`` and
-``batches`` hold exactly what was queued. The baseline is one psycopg
+``enqueue_batches``, ``--group`` per rq job as ingest groups them under load, then
+times ``build_worker(settings).work(burst=True)`` in this process until the queue is
+empty, and checks that ``widget_logs`` and ``batches`` hold exactly what was queued. The baseline is one psycopg
 ``COPY widget_logs (...) FROM STDIN`` of the same rows into the same table, same
 indexes, in one transaction: the median of 3 COPYs just before and 3 just after the
 worker run, so that baseline and worker alternate and drift on a noisy machine hits
