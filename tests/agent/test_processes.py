@@ -508,7 +508,7 @@ def test_sampler_finds_busy_child(busy_child: subprocess.Popen[bytes]) -> None:
     assert busy.name is not None
     assert "python" in busy.name.lower()
     assert busy.command is not None
-    assert "while True: pass" in busy.command
+    assert busy.command == sys.executable  # the executable only: arguments can carry secrets
     assert busy.rss_bytes is not None
     assert busy.rss_bytes > 0
     assert busy.memory_percent is not None
@@ -666,7 +666,7 @@ def test_sampler_reports_real_zombie() -> None:
 def test_hostile_process_name_is_bounded(tmp_path: Path) -> None:
     # A real process whose argv[0] has control characters, a bidi override and 5000 characters.
     evil = "\x1b[2J\u202eevil\x07" + "B" * 5000
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", evil])
+    child = subprocess.Popen([evil, "30"], executable="/bin/sleep")
     try:
         sampler = ProcessSampler(first_interval=0.05)
         sampler.sample()
@@ -735,3 +735,34 @@ def test_collect_processes_falls_back_to_ps(monkeypatch: pytest.MonkeyPatch) -> 
     result = pr.collect_processes(3, sampler=ProcessSampler(first_interval=0.0, process_iter=process_iter))
     assert result.source == "ps"
     assert result.status == "ok"
+
+
+def test_secrets_in_arguments_never_leave_the_mac():
+    """Found in review: a process started with the agent's keys as arguments leaked them into telemetry."""
+    import subprocess
+    import sys
+
+    from atlas.agent.collectors.processes import ProcessInfo, ProcessSampler, redact_arguments
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "x = bytearray(300 * 2**20); import time; time.sleep(30)",
+            "--api-key",
+            "SECRETAPIKEY123",
+            "--encryption-key=SECRETENCKEY456",
+        ]
+    )
+    try:
+        time.sleep(1.0)
+        text = json.dumps(ProcessSampler(first_interval=0.2).sample().as_data())
+        assert str(child.pid) in text  # the process is there (it is the top memory user)
+        assert "SECRETAPIKEY123" not in text
+        assert "SECRETENCKEY456" not in text
+    finally:
+        child.kill()
+        child.wait()
+    row = ProcessInfo(pid=1, command="mysql -u root --password=hunter2 --auth-token abc db")
+    assert row.as_data()["command"] == "mysql -u root --password=[redacted] --auth-token [redacted] db"
+    assert redact_arguments("/usr/bin/vim notes.txt") == "/usr/bin/vim notes.txt"

@@ -217,8 +217,25 @@ class ProcessInfo:
     command: str | None = None
 
     def as_data(self) -> dict[str, Any]:
-        """JSON-safe dict (str/int/float/None only)."""
-        return asdict(self)
+        """JSON-safe dict (str/int/float/None only); secret-looking arguments are redacted."""
+        data = asdict(self)
+        if data["command"]:
+            data["command"] = redact_arguments(data["command"])
+        return data
+
+
+_SECRET_ARGUMENT = re.compile(
+    r"(?i)(--?[\w.-]*(?:key|token|secret|passw(?:or)?d|pwd|auth|credential|cookie|session)[\w.-]*)(=|\s+)(\S+)"
+)
+
+
+def redact_arguments(command: str) -> str:
+    """Replace the value of any ``--api-key X`` / ``--password=X``-style argument with ``[redacted]``.
+
+    Command lines leave the Mac in telemetry; the values people pass as arguments
+    include the agent's own keys and database passwords.
+    """
+    return _SECRET_ARGUMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", command)
 
 
 STATUSES = ("ok", "error")
@@ -722,7 +739,7 @@ def _from_psutil(pid: int, info: dict[str, Any], cpu: object) -> ProcessInfo:
     cmdline = info.get("cmdline")
     command = None
     if isinstance(cmdline, list | tuple) and cmdline:
-        command = clean_text(" ".join(str(a) for a in cmdline[:256]))
+        command = clean_text(str(cmdline[0]))  # the executable only: arguments can carry secrets
     return ProcessInfo(
         pid=pid,
         name=clean_text(info.get("name")),
