@@ -303,7 +303,7 @@ CLEAN_JSON = st.recursive(
 def timestamps(draw: st.DrawFn) -> tuple[str, datetime]:
     """An RFC 3339 date-time with an explicit offset, and the instant it denotes."""
     moment = draw(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)))
-    offset = draw(st.integers(-(23 * 60 + 59), 23 * 60 + 59))
+    offset = draw(st.integers(-14 * 60, 14 * 60))  # the contract refuses offsets no time zone uses
     fraction = draw(st.text("0123456789", min_size=0, max_size=9))
     t = draw(st.sampled_from("Tt"))
     text = (

@@ -11,7 +11,7 @@ what finally makes storage exactly-once; the marker only lets ingest answer
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypedDict
 
 from redis import Redis
@@ -62,12 +62,13 @@ def queued_batch(
     return {
         "format": QUEUE_FORMAT,
         "batch_id": batch_id.lower(),
-        "created_at": created_at.isoformat(),
-        "received_at": received_at.isoformat(),
+        "created_at": created_at.astimezone(UTC).isoformat(),
+        "received_at": received_at.astimezone(UTC).isoformat(),
         "kid": kid,
         "machine": content.machine.model_dump(),  # type: ignore[typeddict-item]
         "logs": [
-            (log.timestamp.isoformat(), log.level, log.widget_type, log.message, log.data_json) for log in content.logs
+            (log.timestamp.astimezone(UTC).isoformat(), log.level, log.widget_type, log.message, log.data_json)
+            for log in content.logs
         ],
     }
 

@@ -43,6 +43,25 @@ def _db() -> psycopg.Connection:
     return _connection
 
 
+class UnstorableBatchError(Exception):
+    """Some batches of a group could not be stored; the others were. Names the batch_ids."""
+
+
+def _one_by_one(batches: list[QueuedBatch]) -> list[bool]:
+    """Store each batch in its own transaction; raise, naming the failures, once all were tried."""
+    stored, failed = [], []
+    for batch in batches:
+        try:
+            stored.append(store_batches(_db(), [batch])[0])
+        except psycopg.DataError as exc:
+            failed.append(f"{batch['batch_id']} ({type(exc).__name__})")
+            stored.append(False)
+    if failed:
+        log.error("Stored %d batch(es); could not store %s", sum(stored), ", ".join(failed))
+        raise UnstorableBatchError(f"could not store batch(es) {', '.join(failed)}")
+    return stored
+
+
 def persist_batches(batches: list[QueuedBatch]) -> int:
     """Persist one queued group of batches; returns how many were stored now.
 
@@ -54,6 +73,10 @@ def persist_batches(batches: list[QueuedBatch]) -> int:
             raise ValueError(f"unknown queued batch format {batch.get('format')!r}")
     try:
         stored = store_batches(_db(), batches)
+    except psycopg.DataError:
+        if len(batches) == 1:
+            raise
+        stored = _one_by_one(batches)  # one bad batch must not hold back the others of its group
     except psycopg.OperationalError:
         global _connection
         if _connection is not None:

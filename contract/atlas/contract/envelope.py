@@ -34,6 +34,9 @@ AAD_LABEL = "atlas-widget-logs/v1"
 COMPRESSIONS = ("gzip", "none")
 """Allowed values of ``compression``."""
 
+MAX_UTC_OFFSET = timedelta(hours=14)
+"""Largest offset any time zone uses (Kiribati, +14:00); PostgreSQL refuses beyond ±15:59."""
+
 NONCE_BYTES = 12
 """AES-GCM nonce length."""
 
@@ -90,9 +93,14 @@ def parse_timestamp(text: object, field: str) -> datetime:
         digits = re.match(r"\d+", tail).group(0)  # type: ignore[union-attr]
         normalised = f"{head}.{digits[:6].ljust(6, '0')}{tail[len(digits) :]}"
     try:
-        return datetime.fromisoformat(normalised)
-    except ValueError:
+        moment = datetime.fromisoformat(normalised)
+        moment.astimezone(UTC)  # year 1 with a positive offset has no UTC form
+    except (ValueError, OverflowError):
         raise EnvelopeError(field, "is not a valid date-time") from None
+    offset = moment.utcoffset()
+    if offset is not None and abs(offset) > MAX_UTC_OFFSET:
+        raise EnvelopeError(field, "has a UTC offset beyond ±14:00, which no time zone uses")
+    return moment
 
 
 def parse_batch_id(text: object) -> str:
