@@ -130,3 +130,19 @@ def test_migrate_is_idempotent(database_url):
             check=True,
         )
         assert "Schema up to date (0 migration(s) applied)" in result.stdout
+
+
+def test_unreachable_database_is_one_line(tmp_path):
+    port = __import__("tests.fix_ingest", fromlist=["free_port"]).free_port()
+    result = subprocess.run(
+        [BIN / "atlas-server", "migrate"],
+        env=service_env(DATABASE_URL=f"postgresql://u:pw@127.0.0.1:{port}/x"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("atlas-server: cannot reach PostgreSQL:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "pw" not in result.stderr.replace("PostgreSQL", "")

@@ -138,6 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"atlas-server: configuration error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # unreachable services: one line, not a traceback
+        import psycopg
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        if isinstance(exc, psycopg.OperationalError):
+            print(f"atlas-server: cannot reach PostgreSQL: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+            return 1
+        if isinstance(exc, RedisConnectionError):
+            print(f"atlas-server: cannot reach Redis: {exc}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         return 130
 
