@@ -766,3 +766,13 @@ def test_secrets_in_arguments_never_leave_the_mac():
     row = ProcessInfo(pid=1, command="mysql -u root --password=hunter2 --auth-token abc db")
     assert row.as_data()["command"] == "mysql -u root --password=[redacted] --auth-token [redacted] db"
     assert redact_arguments("/usr/bin/vim notes.txt") == "/usr/bin/vim notes.txt"
+
+
+def test_absurd_elapsed_time_does_not_fail_the_parse():
+    """Found in CI: a real ps row gave an elapsed time past datetime's range (OverflowError)."""
+    header = "  PID  PPID USER      UID %CPU %MEM   RSS    VSZ STAT     ELAPSED UCOMM ARGS\n"
+    # HAND-WRITTEN: the layout of PS_COMMAND's header, with an impossible 99999999-day elapsed time.
+    row = "    7     1 root        0  0.0  0.0  1000   2000 S   99999999-00:00:00 sleep sleep 30\n"
+    parsed = parse_ps(header + row, now=datetime.now(UTC))
+    assert [p.pid for p in parsed.processes] == [7]
+    assert parsed.processes[0].start_time is None

@@ -515,10 +515,13 @@ def _parse_row(line: str, columns: list[tuple[str, int]], now: datetime | None) 
             name = base
     start_time: str | None = None
     if now is not None:
-        if (elapsed := parse_etime(values.get("etime", ""))) is not None:
-            start_time = _dt_rfc3339(now - timedelta(seconds=elapsed))
-        elif values.get("started") and (started := parse_started(values["started"], now)) is not None:
-            start_time = _dt_rfc3339(started)
+        try:
+            if (elapsed := parse_etime(values.get("etime", ""))) is not None:
+                start_time = _dt_rfc3339(now - timedelta(seconds=elapsed))
+            elif values.get("started") and (started := parse_started(values["started"], now)) is not None:
+                start_time = _dt_rfc3339(started)
+        except (OverflowError, ValueError):  # a misaligned or absurd column: no start time, no failure
+            start_time = None
     rss = _int_text(values.get("rss"))
     vsz = _int_text(values.get("vsz"))
     return ProcessInfo(
