@@ -11,9 +11,21 @@ import yaml
 from atlas.contract import generate_encryption_key, key_id, parse_key
 from atlas.server.config import ConfigError, load_settings, settings_from_mapping
 
-from .fix_ingest import BIN, service_env
+from .fix_ingest import BIN, free_port, service_env
 
 API_KEY = "an-api-key-of-enough-length"
+
+
+def atlas_server(*args: object, **env: str) -> subprocess.CompletedProcess:
+    """Run the real ``atlas-server`` command with this run's environment (plus ``env``)."""
+    return subprocess.run(
+        [BIN / "atlas-server", *args],
+        env=service_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def test_users_config_shape(tmp_path):
@@ -79,14 +91,7 @@ def test_invalid_settings_name_the_setting(server, env, message):
 def test_missing_api_key_stops_ingest_with_one_line(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"server": {"encryption_key": generate_encryption_key()}}))
-    result = subprocess.run(
-        [BIN / "atlas-server", "ingest", "--config", path],
-        env=service_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = atlas_server("ingest", "--config", path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "atlas-server: configuration error: server.api_key: no API key configured (set server.api_key or FLEET_API_KEY)"
@@ -97,14 +102,7 @@ def test_bad_key_error_never_shows_the_key(tmp_path):
     secret = base64.b64encode(b"s" * 31).decode()
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"server": {"api_key": API_KEY, "encryption_key": secret}}))
-    result = subprocess.run(
-        [BIN / "atlas-server", "worker", "--config", path],
-        env=service_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = atlas_server("worker", "--config", path)
     assert result.returncode == 2
     assert "server.encryption_key" in result.stderr
     assert secret not in result.stderr
@@ -119,30 +117,16 @@ def test_keygen_prints_a_usable_key():
 
 
 def test_migrate_is_idempotent(database_url):
-    from .fix_ingest import service_env as env
-
     for _ in range(2):
-        result = subprocess.run(
-            [BIN / "atlas-server", "migrate"],
-            env=env(DATABASE_URL=database_url),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        result = atlas_server("migrate", DATABASE_URL=database_url)
+        assert result.returncode == 0, result.stderr
         assert "Schema up to date (0 migration(s) applied)" in result.stdout
 
 
 def test_unreachable_database_is_one_line(tmp_path):
-    port = __import__("tests.fix_ingest", fromlist=["free_port"]).free_port()
-    result = subprocess.run(
-        [BIN / "atlas-server", "migrate"],
-        env=service_env(DATABASE_URL=f"postgresql://u:pw@127.0.0.1:{port}/x"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    port = free_port()
+    result = atlas_server("migrate", DATABASE_URL=f"postgresql://u:sekrit-pw-123@127.0.0.1:{port}/x")
     assert result.returncode == 1
     assert result.stderr.strip().startswith("atlas-server: cannot reach PostgreSQL:")
     assert len(result.stderr.strip().splitlines()) == 1
-    assert "pw" not in result.stderr.replace("PostgreSQL", "")
+    assert "sekrit-pw-123" not in result.stderr

@@ -11,7 +11,7 @@ import pytest
 
 from atlas.agent.sender import Sender, SenderConfigError, backoff_delay, classify
 from atlas.agent.store import LocalStore, StoreKeyError
-from atlas.contract import Keyring, format_timestamp, generate_encryption_key
+from atlas.contract import Keyring, generate_encryption_key
 
 from .. import batches
 from ..fix_ingest import free_port
@@ -226,7 +226,6 @@ def test_backoff_is_jittered_bounded_and_honours_retry_after():
     assert all(0 <= d <= min(900, 5 * 2**n) for n, d in enumerate(delays))
     assert len(set(delays)) == len(delays)
     assert backoff_delay(0, 60, rng) >= 60
-    _ = format_timestamp
 
 
 def test_https_with_a_custom_ca_bundle(
