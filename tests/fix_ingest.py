@@ -23,7 +23,16 @@ from atlas.worker.runner import build_worker
 from .fix_services import API_KEY
 
 BIN = Path(sys.executable).parent
-SCRUBBED_ENV = ("FLEET_API_KEY", "FLEET_ENCRYPTION_KEY", "DATABASE_URL", "REDIS_URL", "ATLAS_CONFIG")
+SCRUBBED_ENV = (
+    "FLEET_API_KEY",
+    "FLEET_ENCRYPTION_KEY",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "ATLAS_CONFIG",
+    "ATLAS_SECRET_KEY",
+    "ATLAS_ADMIN_USERNAME",
+    "ATLAS_ADMIN_PASSWORD",
+)
 
 
 def free_port() -> int:
@@ -39,21 +48,29 @@ def service_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class IngestServer:
-    """``atlas-server ingest`` in a subprocess, with its log captured to a file."""
+class ServerProcess:
+    """``atlas-server <command>`` (ingest, exporter, dashboard) in a subprocess, its log captured to a file."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        command: str,
+        config: dict[str, Any],
+        workdir: Path,
+        tls: tuple[Path, Path] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.command = command
         self.port = free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.verify: Any = ssl.create_default_context(cafile=tls[0].parent / "ca.pem") if tls else True
-        self.config_path = workdir / f"ingest-{self.port}.yaml"
+        self.config_path = workdir / f"{command}-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.log_path = workdir / f"ingest-{self.port}.log"
+        self.log_path = workdir / f"{command}-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
                 BIN / "atlas-server",
-                "ingest",
+                command,
                 "--config",
                 self.config_path,
                 "--host",
@@ -64,7 +81,7 @@ class IngestServer:
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=service_env(),
+            env=service_env(**(env or {})),
         )
         try:
             self._wait_healthy()
@@ -76,22 +93,14 @@ class IngestServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ingest exited with {self.proc.returncode}:\n{self.logs()}")
+                raise RuntimeError(f"{self.command} exited with {self.proc.returncode}:\n{self.logs()}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1, verify=self.verify).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"ingest did not become healthy:\n{self.logs()}")
-
-    def post(self, body: Any, *, api_key: str | None = API_KEY, headers: dict | None = None, **kw: Any):
-        hdrs = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        hdrs.update(headers or {})
-        if isinstance(body, bytes):
-            hdrs.setdefault("Content-Type", "application/json")
-            return httpx.post(f"{self.url}/api/fleet/widget-logs", content=body, headers=hdrs, timeout=30, **kw)
-        return httpx.post(f"{self.url}/api/fleet/widget-logs", json=body, headers=hdrs, timeout=30, **kw)
+        raise RuntimeError(f"{self.command} did not become healthy:\n{self.logs()}")
 
     def logs(self) -> str:
         self._log.flush()
@@ -107,6 +116,21 @@ class IngestServer:
         self._log.close()
 
 
+class IngestServer(ServerProcess):
+    """``atlas-server ingest`` with a helper to post batches."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, tls: tuple[Path, Path] | None = None) -> None:
+        super().__init__("ingest", config, workdir, tls)
+
+    def post(self, body: Any, *, api_key: str | None = API_KEY, headers: dict | None = None, **kw: Any):
+        hdrs = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        hdrs.update(headers or {})
+        if isinstance(body, bytes):
+            hdrs.setdefault("Content-Type", "application/json")
+            return httpx.post(f"{self.url}/api/fleet/widget-logs", content=body, headers=hdrs, timeout=30, **kw)
+        return httpx.post(f"{self.url}/api/fleet/widget-logs", json=body, headers=hdrs, timeout=30, **kw)
+
+
 @pytest.fixture(scope="session")
 def start_ingest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., IngestServer]]:
     """Start an ingest server with the given config mapping; all are stopped at the end."""
@@ -115,6 +139,22 @@ def start_ingest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
 
     def start(config: dict[str, Any], tls: tuple[Path, Path] | None = None) -> IngestServer:
         server = IngestServer(config, workdir, tls)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``atlas-server <command>`` with a config mapping (and extra environment); stopped at the end."""
+    started: list[ServerProcess] = []
+    workdir = tmp_path_factory.mktemp("servers")
+
+    def start(command: str, config: dict[str, Any], env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(command, config, workdir, env=env)
         started.append(server)
         return server
 

@@ -3,7 +3,12 @@
     atlas-server migrate            create or upgrade the database schema
     atlas-server ingest             serve the ingest API
     atlas-server worker             persist queued batches
+    atlas-server exporter           serve the export API (/api/exports/logs)
+    atlas-server dashboard          serve the dashboard (and the export API beside it)
     atlas-server failed             list (or --requeue) batches that failed to persist
+    atlas-server create-admin       create the first admin (or --reset-password)
+    atlas-server create-user        add a dashboard user
+    atlas-server create-token       make an API token for scripted exports
     atlas-server keygen             print a new encryption key (or --api-key)
 
 Each reads ``--config config.yaml`` (or $ATLAS_CONFIG) and the environment.
@@ -48,22 +53,103 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
+def _serve(app: str, args: argparse.Namespace, host: str, port: int) -> int:
     import uvicorn
 
-    settings = _settings(args)
-    settings.require_api_keys()
     uvicorn.run(
-        "atlas.ingest.app:create_app",
+        app,
         factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
+        host=args.host or host,
+        port=args.port or port,
         workers=args.workers,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
         log_level="info",
         proxy_headers=True,
     )
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    settings.require_api_keys()
+    return _serve("atlas.ingest.app:create_app", args, settings.host, settings.port)
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    return _serve("atlas.exporter.app:create_app", args, settings.host, settings.exporter_port)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    return _serve("atlas.dashboard.app:create_app", args, settings.host, settings.dashboard_port)
+
+
+def _password(args: argparse.Namespace) -> tuple[str, bool]:
+    """The password from stdin if --password-stdin, else a generated one (True: show it)."""
+    from .accounts import generate_password
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n"), False
+    return generate_password(), True
+
+
+def cmd_create_user(args: argparse.Namespace, role: str | None = None) -> int:
+    from .accounts import AccountError, create_user, set_password
+    from .db import connect
+
+    settings = _settings(args)
+    role = role or args.role
+    password, show = _password(args)
+    with connect(settings.database_url, autocommit=True) as conn:
+        try:
+            if getattr(args, "reset_password", False):
+                row = conn.execute(
+                    "SELECT id FROM users WHERE lower(username) = lower(%s)", (args.username,)
+                ).fetchone()
+                if row is None:
+                    print(f"atlas-server: no user named {args.username!r}", file=sys.stderr)
+                    return 1
+                set_password(conn, row[0], password)
+                print(f"Password of {args.username!r} reset; their sessions are ended")
+            else:
+                user = create_user(conn, args.username, password, role)
+                print(f"Created {user.role} {user.username!r}")
+        except AccountError as exc:
+            print(f"atlas-server: {exc}", file=sys.stderr)
+            return 1
+    if show:
+        print(f"Password: {password}")
+        print("It is shown only now; the user can change it from the dashboard.")
+    return 0
+
+
+def cmd_create_admin(args: argparse.Namespace) -> int:
+    return cmd_create_user(args, role="admin")
+
+
+def cmd_create_token(args: argparse.Namespace) -> int:
+    from .accounts import AccountError, create_token
+    from .db import connect
+
+    settings = _settings(args)
+    with connect(settings.database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT id, username, role FROM users WHERE lower(username) = lower(%s)", (args.username,)
+        ).fetchone()
+        if row is None:
+            print(f"atlas-server: no user named {args.username!r}", file=sys.stderr)
+            return 1
+        from .accounts import User
+
+        try:
+            token = create_token(conn, User(*row), args.name)
+        except AccountError as exc:
+            print(f"atlas-server: {exc}", file=sys.stderr)
+            return 1
+    print(f"API token {args.name!r} for {row[1]!r} (shown only now; send it as 'Authorization: Bearer <token>'):")
+    print(token)
     return 0
 
 
@@ -106,13 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("ingest", parents=[common], help="serve the ingest API")
+    served = argparse.ArgumentParser(add_help=False)
+    served.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    served.add_argument("--ssl-certfile", help="serve HTTPS with this certificate")
+    served.add_argument("--ssl-keyfile", help="private key for --ssl-certfile")
+
+    p = sub.add_parser("ingest", parents=[common, served], help="serve the ingest API")
     p.add_argument("--host", help="address to bind (default: server.host, 0.0.0.0)")
     p.add_argument("--port", type=int, help="port (default: server.port, 8768)")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    p.add_argument("--ssl-certfile", help="serve HTTPS with this certificate")
-    p.add_argument("--ssl-keyfile", help="private key for --ssl-certfile")
     p.set_defaults(func=cmd_ingest)
+    for command, func, port, what in (
+        ("exporter", cmd_exporter, "exporter.port, 8769", "serve the export API"),
+        ("dashboard", cmd_dashboard, "dashboard.port, 8770", "serve the dashboard and the export API"),
+    ):
+        p = sub.add_parser(command, parents=[common, served], help=what)
+        p.add_argument("--host", help="address to bind (default: server.host, 0.0.0.0)")
+        p.add_argument("--port", type=int, help=f"port (default: {port})")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("worker", parents=[common], help="persist queued batches into PostgreSQL")
     p.add_argument("--burst", action="store_true", help="exit once the queue is empty")
@@ -123,6 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requeue", nargs="+", metavar="BATCH_ID", help="requeue these batches")
     p.add_argument("--requeue-all", action="store_true", help="requeue every failed batch")
     p.set_defaults(func=cmd_failed)
+
+    account = argparse.ArgumentParser(add_help=False)
+    account.add_argument("--username", required=True, help="login name")
+    account.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin (default: generate and print one)"
+    )
+    p = sub.add_parser("create-admin", parents=[common, account], help="create a dashboard admin")
+    p.add_argument("--reset-password", action="store_true", help="set a new password for an existing user instead")
+    p.set_defaults(func=cmd_create_admin)
+    p = sub.add_parser("create-user", parents=[common, account], help="add a dashboard user")
+    p.add_argument("--role", choices=("viewer", "admin"), default="viewer")
+    p.set_defaults(func=cmd_create_user)
+    p = sub.add_parser("create-token", parents=[common], help="make an API token for scripted exports")
+    p.add_argument("--username", required=True, help="the user the token acts as")
+    p.add_argument("--name", required=True, help="what the token is for, e.g. 'nightly export'")
+    p.set_defaults(func=cmd_create_token)
 
     p = sub.add_parser("keygen", help="print a new AES-256 encryption key (base64)")
     p.add_argument("--api-key", action="store_true", help="print a random API key instead")

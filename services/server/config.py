@@ -12,8 +12,17 @@
     redis:
       url: redis://...
 
+    exporter:
+      port: 8769
+    dashboard:
+      port: 8770
+      secret_key: "..."         # signs session cookies; default: one kept in the database
+      session_max_age_seconds: 28800
+      online_seconds: 900       # last seen within: online; within stale_seconds: stale
+      stale_seconds: 86400
+
 Environment variables override the file: FLEET_API_KEY, FLEET_ENCRYPTION_KEY,
-DATABASE_URL, REDIS_URL, ATLAS_REDIS_PREFIX. A bad setting raises ConfigError
+DATABASE_URL, REDIS_URL, ATLAS_REDIS_PREFIX, ATLAS_SECRET_KEY. A bad setting raises ConfigError
 whose message is one line naming the setting and never showing a secret.
 """
 
@@ -33,6 +42,15 @@ from atlas.contract import Key, KeyFormatError, Keyring
 
 DEFAULT_PORT = 8768
 """The port agents are pointed at: ``https://<host>:8768``."""
+
+DEFAULT_EXPORTER_PORT = 8769
+"""Port of ``atlas-server exporter`` when run on its own (the proxy serves it under /api/exports/)."""
+
+DEFAULT_DASHBOARD_PORT = 8770
+"""Port of ``atlas-server dashboard`` when run on its own (the proxy serves it under /)."""
+
+MIN_SECRET_KEY_CHARS = 32
+"""Shortest dashboard.secret_key accepted."""
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/atlas"
 """PostgreSQL used when neither config nor DATABASE_URL names one."""
@@ -82,6 +100,13 @@ class Settings:
     job_retry_intervals: tuple[int, ...] = (2, 5, 15, 30, 60, 120, 300, 600)
     job_monitoring_interval: int = 10
     maintenance_interval: int = 30
+    exporter_port: int = DEFAULT_EXPORTER_PORT
+    dashboard_port: int = DEFAULT_DASHBOARD_PORT
+    secret_key: str | None = field(default=None, repr=False)
+    session_max_age: timedelta = timedelta(hours=8)
+    online_within: timedelta = timedelta(minutes=15)
+    stale_within: timedelta = timedelta(days=1)
+    export_chunk_bytes: int = 256 * 1024
 
     @property
     def queue_name(self) -> str:
@@ -123,6 +148,27 @@ def _int(section: Mapping[str, Any], key: str, default: int, setting: str, minim
     return value
 
 
+def _port(section: Mapping[str, Any], default: int, setting: str) -> int:
+    port = _int(section, "port", default, setting)
+    if port > 65535:
+        raise ConfigError(f"{setting}: must be at most 65535")
+    return port
+
+
+def _secret_key(dashboard: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    """The key that signs dashboard session cookies; None means one kept in the database."""
+    setting, value = "ATLAS_SECRET_KEY", env.get("ATLAS_SECRET_KEY")
+    if not value:
+        setting, value = "dashboard.secret_key", dashboard.get("secret_key")
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) < MIN_SECRET_KEY_CHARS:
+        raise ConfigError(f"{setting}: must be a string of at least {MIN_SECRET_KEY_CHARS} characters")
+    if value.strip().lower() in PLACEHOLDER_SECRETS:
+        raise ConfigError(f"{setting}: is a documentation placeholder; generate one with `atlas-server keygen`")
+    return value
+
+
 def _api_keys(server: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, ...]:
     keys = _str_list(server.get("api_key"), "server.api_key") + _str_list(server.get("api_keys"), "server.api_keys")
     if env.get("FLEET_API_KEY"):
@@ -161,12 +207,12 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
     database = _section(data, "database")
     redis = _section(data, "redis")
     worker = _section(data, "worker")
+    exporter = _section(data, "exporter")
+    dashboard = _section(data, "dashboard")
     allow_plaintext = server.get("allow_plaintext", False)
     if not isinstance(allow_plaintext, bool):
         raise ConfigError("server.allow_plaintext: must be true or false")
-    port = _int(server, "port", DEFAULT_PORT, "server.port")
-    if port > 65535:
-        raise ConfigError("server.port: must be at most 65535")
+    port = _port(server, DEFAULT_PORT, "server.port")
     prefix = env.get("ATLAS_REDIS_PREFIX") or redis.get("key_prefix", "atlas")
     if not isinstance(prefix, str) or not prefix.replace("-", "").replace("_", "").isalnum():
         raise ConfigError("redis.key_prefix: letters, digits, - and _ only")
@@ -197,6 +243,15 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
         job_retries=_int(worker, "retries", 8, "worker.retries"),
         job_monitoring_interval=_int(worker, "monitoring_interval", 10, "worker.monitoring_interval"),
         maintenance_interval=_int(worker, "maintenance_interval", 30, "worker.maintenance_interval"),
+        exporter_port=_port(exporter, DEFAULT_EXPORTER_PORT, "exporter.port"),
+        export_chunk_bytes=_int(exporter, "chunk_bytes", 256 * 1024, "exporter.chunk_bytes", 1024),
+        dashboard_port=_port(dashboard, DEFAULT_DASHBOARD_PORT, "dashboard.port"),
+        secret_key=_secret_key(dashboard, env),
+        session_max_age=timedelta(
+            seconds=_int(dashboard, "session_max_age_seconds", 8 * 3600, "dashboard.session_max_age_seconds", 60)
+        ),
+        online_within=timedelta(seconds=_int(dashboard, "online_seconds", 900, "dashboard.online_seconds")),
+        stale_within=timedelta(seconds=_int(dashboard, "stale_seconds", 86400, "dashboard.stale_seconds")),
     )
 
 

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 CSV_COLUMNS = ("ID", "Serial Number", "Timestamp", "Level", "Widget Type", "Message", "Data")
@@ -28,6 +29,13 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d"
 def neutralise(cell: str) -> str:
     """Prefix a cell that would start a formula with an apostrophe, so it is shown as text."""
     return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
+
+
+def format_export_timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC: ``2026-11-28T16:00:00Z``, with ``.ffffff`` only when there is a fraction."""
+    utc = moment.astimezone(UTC)
+    fraction = f".{utc.microsecond:06d}" if utc.microsecond else ""
+    return utc.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
 
 
 def record(
@@ -52,9 +60,9 @@ def csv_cells(rec: dict[str, Any]) -> list[str]:
 
 
 def csv_lines(records: Iterable[dict[str, Any]]) -> Iterable[str]:
-    """The header, then one RFC 4180 line per record (CRLF line ends, quoted as needed)."""
+    """The header, then one line per record: RFC 4180 quoting, LF line ends (as PostgreSQL's COPY writes)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     yield buffer.getvalue()
     for rec in records:

@@ -1,0 +1,1 @@
+"""The Atlas dashboard: fleet list, machine detail and export menu."""

@@ -1,0 +1,1 @@
+"""The Atlas exporter: streaming CSV, JSON and NDJSON exports of widget logs."""

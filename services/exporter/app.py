@@ -1,0 +1,265 @@
+"""The export API: ``GET /api/exports/logs`` streams CSV, JSON or NDJSON of any size.
+
+PostgreSQL writes the export (one ``COPY ... TO STDOUT``, see ``query``);
+this service authenticates, records the export in the audit log, and passes
+the bytes on in chunks, gzipped when the client asks. The first chunk is read
+before the response starts, so a database that is down gives a 503, not an
+empty file. A stream that fails later is cut off without HTTP's final chunk
+(and, for JSON, without the closing bracket; for gzip, without the trailer),
+so the client can tell the file is incomplete.
+
+``add_export_routes`` also mounts these routes on the dashboard, so its
+export links work on the dashboard's own origin.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated
+
+import anyio
+import psycopg
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from psycopg_pool import PoolTimeout
+from starlette.concurrency import run_in_threadpool
+
+from atlas.server.config import Settings, get_settings
+from atlas.server.web import Principal, WebState
+
+from .audit import finish_export, recent_exports, start_export
+from .query import MEDIA_TYPES, FilterError, accepts_gzip, copy_statement, export_filename, parse_filters
+from .stream import RowCount, chunked, copy_out, frame, gzipped
+
+log = logging.getLogger("atlas.exporter")
+
+EXPORT_PATH = "/api/exports/logs"
+AUDIT_PATH = "/api/exports/audit"
+RETRY_AFTER_SECONDS = 5
+
+_END = object()
+
+
+def problem(status: int, detail: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
+
+
+UNAUTHENTICATED = "authentication required: a dashboard session or 'Authorization: Bearer <API token>'"
+
+
+def _unauthenticated() -> JSONResponse:
+    return problem(401, UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _database_down() -> JSONResponse:
+    return problem(503, "database unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+class Export:
+    """One export from start to end: the audit row, the COPY, and how it finished."""
+
+    def __init__(self, web: WebState, principal: Principal, client: str | None, fmt: str, filters) -> None:
+        self.web = web
+        self.principal = principal
+        self.client = client
+        self.fmt = fmt
+        self.filters = filters
+        self.count = RowCount()
+        self.audit_id: int | None = None
+        self.started = time.monotonic()
+
+    def begin(self) -> str | None:
+        """Record the export; returns the device's serial number when filtering by machine (for the name)."""
+        with self.web.pool.connection() as conn:
+            self.audit_id = start_export(
+                conn,
+                username=self.principal.user.username,
+                auth=self.principal.auth,
+                client=self.client,
+                fmt=self.fmt,
+                filters=self.filters.as_dict(),
+            )
+            if self.filters.machine_id and not self.filters.serial_number:
+                row = conn.execute(
+                    "SELECT serial_number FROM machines WHERE machine_id = %s", (self.filters.machine_id,)
+                ).fetchone()
+                return row[0] if row else None
+        return None
+
+    def chunks(self, gzip: bool) -> Iterator[bytes]:
+        """The export's bytes; the audit row is finished however the iteration ends."""
+        status, error = "aborted", None
+        try:
+            with self.web.pool.connection() as conn:
+                statement, params = copy_statement(self.fmt, self.filters)  # type: ignore[arg-type]
+                rows = frame(copy_out(conn, statement, params, self.count), self.fmt, self.count)
+                out = chunked(rows, self.web.settings.export_chunk_bytes)
+                yield from gzipped(out) if gzip else out
+            status = "complete"
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            status, error = "failed", f"{type(exc).__name__}: {first_line}"
+            raise
+        finally:
+            self.finish(status, error)
+
+    def finish(self, status: str, error: str | None) -> None:
+        seconds = time.monotonic() - self.started
+        log.info(
+            "Export %s by %s (%s): %s %s, %d rows in %.1f s, %s",
+            self.audit_id,
+            self.principal.user.username,
+            self.principal.auth,
+            self.fmt,
+            self.filters.as_dict() or "all logs",
+            self.count.rows,
+            seconds,
+            status,
+        )
+        if self.audit_id is None:
+            return
+        try:
+            with self.web.pool.connection() as conn:
+                finish_export(conn, self.audit_id, status, self.count.rows, error)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("Could not finish audit row %s: %s", self.audit_id, type(exc).__name__)
+
+
+async def _drain(chunks: Iterator[bytes], first: bytes) -> AsyncIterator[bytes]:
+    """Iterate a blocking iterator from worker threads, closing it promptly if the client goes away."""
+    try:
+        if first:
+            yield first
+        while True:
+            chunk = await run_in_threadpool(next, chunks, _END)
+            if chunk is _END:
+                return
+            yield chunk  # type: ignore[misc]
+    finally:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(chunks.close)  # type: ignore[attr-defined]
+
+
+def add_export_routes(app: FastAPI, web: WebState) -> None:
+    """Add ``GET /api/exports/logs`` and ``GET /api/exports/audit`` to ``app``."""
+
+    @app.get(
+        EXPORT_PATH,
+        summary="Export widget logs as CSV, JSON or NDJSON",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "The export, streamed; gzip when Accept-Encoding allows it",
+                "content": {media.split(";")[0]: {} for media in MEDIA_TYPES.values()},
+            },
+            401: {"description": "No session and no valid API token"},
+            422: {"description": "A filter cannot be used; `field` names it"},
+            503: {"description": "Database unavailable; retry after Retry-After seconds"},
+        },
+    )
+    async def export_logs(
+        request: Request,
+        format: Annotated[str | None, Query(description="csv (default), json or ndjson")] = None,
+        widget_type: Annotated[
+            str | None, Query(description="wifi, speedtest, ping, health, processes or agent")
+        ] = None,
+        machine_id: Annotated[str | None, Query(description="one machine")] = None,
+        serial_number: Annotated[str | None, Query(description="one device by serial number")] = None,
+        level: Annotated[str | None, Query(description="DEBUG, INFO, WARNING or ERROR")] = None,
+        since: Annotated[str | None, Query(description="ISO 8601, inclusive; no offset means UTC")] = None,
+        until: Annotated[str | None, Query(description="ISO 8601, exclusive; no offset means UTC")] = None,
+    ):
+        try:
+            principal = await run_in_threadpool(web.principal, request)
+        except (psycopg.OperationalError, PoolTimeout):
+            return _database_down()
+        if principal is None:
+            return _unauthenticated()
+        try:
+            fmt, filters = parse_filters(
+                format=format,
+                widget_type=widget_type,
+                machine_id=machine_id,
+                serial_number=serial_number,
+                level=level,
+                since=since,
+                until=until,
+            )
+        except FilterError as exc:
+            return problem(422, str(exc), exc.field)
+        export = Export(web, principal, request.client.host if request.client else None, fmt, filters)
+        gzip = accepts_gzip(request.headers.get("accept-encoding"))
+        try:
+            serial = await run_in_threadpool(export.begin)
+            chunks = export.chunks(gzip)
+            first = await run_in_threadpool(next, chunks, b"")
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            log.warning("Export refused, database unavailable: %s", type(exc).__name__)
+            return _database_down()
+        name = export_filename(fmt, filters, datetime.now(UTC).date(), serial)
+        headers = {
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "X-Atlas-Export-Id": str(export.audit_id),
+            "Vary": "Accept-Encoding",
+        }
+        if gzip:
+            headers["Content-Encoding"] = "gzip"
+        return StreamingResponse(_drain(chunks, first), media_type=MEDIA_TYPES[fmt], headers=headers)
+
+    @app.get(
+        AUDIT_PATH,
+        summary="The latest exports (admins only)",
+        responses={401: {"description": "Not signed in"}, 403: {"description": "Not an admin"}},
+    )
+    async def export_audit(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 200):
+        principal = await run_in_threadpool(web.principal, request)
+        if principal is None:
+            return _unauthenticated()
+        if not principal.user.is_admin:
+            return problem(403, "admins only")
+
+        def read() -> list[dict]:
+            with web.pool.connection() as conn:
+                return recent_exports(conn, limit)
+
+        rows = await run_in_threadpool(read)
+        for row in rows:
+            for key in ("started_at", "finished_at"):
+                row[key] = row[key].isoformat() if row[key] else None
+        return {"exports": rows}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The exporter on its own (``atlas-server exporter``)."""
+    settings = settings or get_settings()
+    web = WebState(settings, name="exporter")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        web.open()
+        yield
+        web.close()
+
+    app = FastAPI(title="Atlas exporter", version="1", lifespan=lifespan)
+    app.state.web = web
+    add_export_routes(app, web)
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="PostgreSQL is reachable")
+    async def readyz():
+        if await run_in_threadpool(web.ready):
+            return {"status": "ready"}
+        return _database_down()
+
+    return app

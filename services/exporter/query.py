@@ -1,0 +1,198 @@
+"""What an export asks for, and the SQL that lets PostgreSQL write it.
+
+Nothing here touches the network or the database: filters are parsed and
+checked, then turned into one ``COPY (SELECT ...) TO STDOUT`` statement whose
+output is the export itself, so rows never pass through Python objects.
+
+* CSV: PostgreSQL's CSV writer quotes per RFC 4180; ``atlas_csv_cell`` (a SQL
+  function of migration 2) neutralises cells a spreadsheet would run as a
+  formula, exactly as ``atlas.contract.export.neutralise`` does.
+* JSON and NDJSON: each row is built as one JSON object in SQL; COPY's CSV
+  mode with a quote and delimiter byte that JSON text can never contain
+  (PostgreSQL escapes every control character inside JSON strings) passes it
+  through unchanged, one object a line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Literal, get_args
+
+from psycopg import sql
+
+from atlas.contract.schema import LEVELS, WIDGET_TYPES
+
+ExportFormat = Literal["csv", "json", "ndjson"]
+FORMATS: tuple[str, ...] = get_args(ExportFormat)
+
+MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json", "ndjson": "application/x-ndjson"}
+
+MAX_ID_CHARS = 128
+"""Longest machine_id or serial_number filter accepted (the record schema bounds them lower)."""
+
+
+class FilterError(ValueError):
+    """A query parameter that cannot be used; ``field`` names it, the message says why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ExportFilters:
+    """The rows an export contains: every filter given must hold (since inclusive, until exclusive)."""
+
+    widget_type: str | None = None
+    machine_id: str | None = None
+    serial_number: str | None = None
+    level: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        """The filters given, as strings, for the audit log."""
+        out: dict[str, str] = {}
+        for name in ("widget_type", "machine_id", "serial_number", "level", "since", "until"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+def _blank_to_none(value: str | None) -> str | None:
+    return value if value else None
+
+
+def parse_time(value: str | None, field: str) -> datetime | None:
+    """ISO 8601 date-time (``2026-11-28T10:00``, ``...Z``, ``...+01:00``) or date; no offset means UTC."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise FilterError(field, "must be an ISO 8601 date-time, e.g. 2026-11-28T10:00:00Z") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def parse_filters(
+    *,
+    format: str | None,
+    widget_type: str | None = None,
+    machine_id: str | None = None,
+    serial_number: str | None = None,
+    level: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> tuple[ExportFormat, ExportFilters]:
+    """Check the query parameters of an export; empty strings count as absent (an HTML form sends them)."""
+    fmt = (format or "csv").lower()
+    if fmt not in FORMATS:
+        raise FilterError("format", f"must be one of {', '.join(FORMATS)}")
+    widget_type, machine_id, serial_number, level = map(_blank_to_none, (widget_type, machine_id, serial_number, level))
+    if widget_type is not None and widget_type not in WIDGET_TYPES:
+        raise FilterError("widget_type", f"must be one of {', '.join(WIDGET_TYPES)}")
+    if level is not None:
+        level = level.upper()
+        if level not in LEVELS:
+            raise FilterError("level", f"must be one of {', '.join(LEVELS)}")
+    for name, value in (("machine_id", machine_id), ("serial_number", serial_number)):
+        if value is not None and (len(value) > MAX_ID_CHARS or not value.isprintable()):
+            raise FilterError(name, f"must be at most {MAX_ID_CHARS} printable characters")
+    start, end = parse_time(since, "since"), parse_time(until, "until")
+    if start is not None and end is not None and end <= start:
+        raise FilterError("until", "must be later than since")
+    filters = ExportFilters(widget_type, machine_id, serial_number, level, start, end)
+    return fmt, filters  # type: ignore[return-value]
+
+
+def where_clause(filters: ExportFilters) -> tuple[sql.Composable, dict[str, Any]]:
+    """The WHERE clause (or nothing) and its parameters; values are always bound, never interpolated."""
+    conditions: list[sql.Composable] = []
+    params: dict[str, Any] = {}
+    for column in ("widget_type", "machine_id", "serial_number", "level"):
+        value = getattr(filters, column)
+        if value is not None:
+            conditions.append(sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column)))
+            params[column] = value
+    if filters.since is not None:
+        conditions.append(sql.SQL('"timestamp" >= {}').format(sql.Placeholder("since")))
+        params["since"] = filters.since
+    if filters.until is not None:
+        conditions.append(sql.SQL('"timestamp" < {}').format(sql.Placeholder("until")))
+        params["until"] = filters.until
+    if not conditions:
+        return sql.SQL(""), params
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions), params
+
+
+TIMESTAMP_SQL = sql.SQL(
+    """to_char("timestamp" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')"""
+    """ || CASE WHEN mod(extract(microseconds FROM "timestamp"), 1000000) = 0 THEN ''"""
+    """ ELSE to_char("timestamp" AT TIME ZONE 'UTC', '.US') END || 'Z'"""
+)
+"""RFC 3339 in UTC, as ``atlas.contract.export.format_export_timestamp`` writes it."""
+
+CSV_SELECT = sql.SQL(
+    'SELECT id AS "ID", atlas_csv_cell(serial_number) AS "Serial Number", {ts} AS "Timestamp",'
+    ' level AS "Level", widget_type AS "Widget Type", atlas_csv_cell(message) AS "Message", data AS "Data"'
+).format(ts=TIMESTAMP_SQL)
+"""The CSV columns. Level and widget type are enumerations the record schema enforces and data is a
+JSON object (it starts with ``{``), so only serial number and message can start a formula."""
+
+JSON_SELECT = sql.SQL(
+    """SELECT '{{"id": ' || id || ', "serial_number": ' || to_json(serial_number)"""
+    """ || ', "timestamp": "' || {ts} || '", "level": ' || to_json(level)"""
+    """ || ', "widget_type": ' || to_json(widget_type) || ', "message": ' || to_json(message)"""
+    """ || ', "data": ' || data::text || '}}'"""
+).format(ts=TIMESTAMP_SQL)
+"""One JSON object per row, with the fields of ``atlas.contract.export.JSON_FIELDS`` in order."""
+
+COPY_OPTIONS = {
+    "csv": sql.SQL("(FORMAT csv, HEADER true)"),
+    # \x01 and \x02 never occur in JSON text, so COPY passes each object through unquoted.
+    "json": sql.SQL("(FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"),
+    "ndjson": sql.SQL("(FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"),
+}
+
+
+def copy_statement(fmt: ExportFormat, filters: ExportFilters) -> tuple[sql.Composed, dict[str, Any]]:
+    """``COPY (SELECT ... ORDER BY id) TO STDOUT ...`` writing the export, and its parameters."""
+    where, params = where_clause(filters)
+    select = CSV_SELECT if fmt == "csv" else JSON_SELECT
+    statement = sql.SQL("COPY ({select} FROM widget_logs{where} ORDER BY id) TO STDOUT {options}").format(
+        select=select, where=where, options=COPY_OPTIONS[fmt]
+    )
+    return statement, params
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def export_filename(fmt: ExportFormat, filters: ExportFilters, today: date, serial_number: str | None = None) -> str:
+    """``atlas-logs-<scope>-<date>.<ext>``: scope is the device's serial, the widget type, both, or ``all``."""
+    parts = [p for p in (serial_number or filters.serial_number or filters.machine_id, filters.widget_type) if p]
+    scope = "-".join(_UNSAFE_NAME.sub("_", p).strip("._-")[:64] or "device" for p in parts) or "all"
+    return f"atlas-logs-{scope}-{today.isoformat()}.{fmt}"
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """True if an Accept-Encoding header allows gzip (``gzip`` or ``*`` with a q-value above zero)."""
+    for item in (accept_encoding or "").split(","):
+        token, _, params = item.strip().partition(";")
+        if token.strip().lower() not in ("gzip", "x-gzip", "*"):
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > 0:
+            return True
+    return False
