@@ -96,9 +96,12 @@ class Export:
         try:
             with self.web.pool.connection() as conn:
                 statement, params = copy_statement(self.fmt, self.filters)  # type: ignore[arg-type]
-                rows = frame(copy_out(conn, statement, params, self.count), self.fmt, self.count)
-                out = chunked(rows, self.web.settings.export_chunk_bytes)
-                yield from gzipped(out) if gzip else out
+                source = copy_out(conn, statement, params, self.count)
+                try:
+                    out = chunked(frame(source, self.fmt, self.count), self.web.settings.export_chunk_bytes)
+                    yield from gzipped(out) if gzip else out
+                finally:
+                    source.close()  # cancels the COPY if it did not run to the end
             status = "complete"
         except GeneratorExit:
             raise

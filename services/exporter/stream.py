@@ -25,11 +25,20 @@ class RowCount:
 
 
 def copy_out(conn: psycopg.Connection, statement: sql.Composed, params: dict, count: RowCount) -> Iterator[bytes]:
-    """The rows of a ``COPY ... TO STDOUT``, one line each, as PostgreSQL wrote them."""
+    """The rows of a ``COPY ... TO STDOUT``, one line each, as PostgreSQL wrote them.
+
+    Stopped early (the client went away, or a later step failed), the COPY is
+    cancelled on the server: otherwise PostgreSQL would go on writing rows
+    nobody reads, and the connection would never come back to the pool.
+    """
     with conn.cursor() as cursor, cursor.copy(statement, params) as copy:
-        for row in copy:
-            count.rows += 1
-            yield row
+        try:
+            for row in copy:
+                count.rows += 1
+                yield row
+        except BaseException:
+            conn.cancel_safe(timeout=5)
+            raise
 
 
 def frame(rows: Iterator[bytes], fmt: str, count: RowCount) -> Iterator[bytes]:

@@ -45,7 +45,7 @@ class WebState:
             max_size=max_size,
             open=False,
             name=name,
-            timeout=10,
+            timeout=5,  # waiting for a connection longer than this: answer 503
             kwargs={"autocommit": True, "connect_timeout": 5, "application_name": f"atlas-{name}"},
         )
         self._signer: Signer | None = None
