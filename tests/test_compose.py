@@ -20,7 +20,7 @@ def compose() -> dict:
 def test_server_services_run_real_subcommands():
     subcommands = set(build_parser()._subparsers._group_actions[0].choices)
     services = compose()["services"]
-    for name in ("migrate", "ingest", "worker"):
+    for name in ("migrate", "ingest", "worker", "exporter", "dashboard"):
         command = services[name]["command"]
         assert command[0] in subcommands, (name, command)
         build_parser().parse_args(command)  # flags are real too

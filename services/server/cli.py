@@ -96,13 +96,16 @@ def _password(args: argparse.Namespace) -> tuple[str, bool]:
 
 
 def cmd_create_user(args: argparse.Namespace, role: str | None = None) -> int:
-    from .accounts import AccountError, create_user, set_password
+    from .accounts import AccountError, count_users, create_user, set_password
     from .db import connect
 
     settings = _settings(args)
     role = role or args.role
     password, show = _password(args)
     with connect(settings.database_url, autocommit=True) as conn:
+        if getattr(args, "if_no_users", False) and count_users(conn):
+            print("Dashboard users exist already; no admin created")
+            return 0
         try:
             if getattr(args, "reset_password", False):
                 row = conn.execute(
@@ -227,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("create-admin", parents=[common, account], help="create a dashboard admin")
     p.add_argument("--reset-password", action="store_true", help="set a new password for an existing user instead")
+    p.add_argument("--if-no-users", action="store_true", help="do nothing if any dashboard user exists (for scripts)")
     p.set_defaults(func=cmd_create_admin)
     p = sub.add_parser("create-user", parents=[common, account], help="add a dashboard user")
     p.add_argument("--role", choices=("viewer", "admin"), default="viewer")
