@@ -1,0 +1,191 @@
+"""Signing in and out, and the dependencies that guard every page and form.
+
+* Pages need a live session (a signed ``atlas_session`` cookie whose id is in
+  ``sessions``); without one a page redirects to ``/login?next=<path>``.
+  API tokens are for scripted exports, not for the dashboard's pages.
+* Every state-changing request is a POST carrying the session's CSRF token in
+  a hidden field, compared in constant time; a POST whose ``Origin`` is another
+  site is refused before anything else.
+* The login form has no session yet, so it uses a double-submit token: a
+  random value in an HttpOnly cookie and the same value in the form.
+* A failed login says only "Invalid username or password", with status 401.
+
+The dependencies are sync functions: FastAPI runs them in its thread pool,
+where ``WebState.principal`` may block on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+
+from atlas.server.accounts import authenticate, create_session, end_session
+from atlas.server.web import SESSION_COOKIE, Principal, WebState
+
+from .render import render
+from .security import new_token, safe_next, same_origin, tokens_match
+
+LOGIN_CSRF_COOKIE = "atlas_login_csrf"
+"""Double-submit token of the login form (HttpOnly, path /login)."""
+
+LOGIN_CSRF_MAX_AGE = 3600
+"""Seconds a login form stays usable."""
+
+INVALID_LOGIN = "Invalid username or password"
+EXPIRED_FORM = "This form has expired or came from another site. Please try again."
+
+
+class LoginRequired(Exception):
+    """No live session: the page answers with a redirect to the login form."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
+
+
+def web_state(request: Request) -> WebState:
+    return request.app.state.web
+
+
+def login_url(next_path: str) -> str:
+    target = safe_next(next_path, "")
+    return "/login?next=" + quote(target, safe="/") if target and target != "/" else "/login"
+
+
+def _current_path(request: Request) -> str:
+    query = request.url.query
+    return request.url.path + ("?" + query if query else "")
+
+
+def require_session(request: Request) -> Principal:
+    """The signed-in user of a page request; otherwise redirect to the login form."""
+    principal = web_state(request).principal(request)
+    if principal is None or principal.session is None:
+        raise LoginRequired(_current_path(request) if request.method == "GET" else "/")
+    return principal
+
+
+SessionUser = Annotated[Principal, Depends(require_session)]
+
+
+def check_origin(request: Request) -> None:
+    """Refuse a request a browser says came from another site."""
+    if not same_origin(request.headers.get("origin"), request.headers.get("host")):
+        raise HTTPException(403, "Cross-site request refused.")
+
+
+def require_form(request: Request, principal: SessionUser, csrf_token: Annotated[str, Form()] = "") -> Principal:
+    """The user of a state-changing POST, once its origin and CSRF token check out."""
+    check_origin(request)
+    assert principal.session is not None
+    if not tokens_match(principal.session.csrf_token, csrf_token):
+        raise HTTPException(403, EXPIRED_FORM)
+    return principal
+
+
+FormUser = Annotated[Principal, Depends(require_form)]
+
+
+def require_admin(principal: SessionUser) -> Principal:
+    if not principal.user.is_admin:
+        raise HTTPException(403, "This page is for administrators.")
+    return principal
+
+
+def require_admin_form(principal: FormUser) -> Principal:
+    return require_admin(principal)
+
+
+AdminUser = Annotated[Principal, Depends(require_admin)]
+AdminForm = Annotated[Principal, Depends(require_admin_form)]
+
+
+def set_session_cookie(response: Response, request: Request, session_id: str) -> None:
+    """Set ``atlas_session``: signed id, HttpOnly, SameSite=Lax, Secure over HTTPS."""
+    web = web_state(request)
+    response.set_cookie(
+        SESSION_COOKIE,
+        web.sign_session(session_id),
+        max_age=int(web.settings.session_max_age.total_seconds()),
+        path="/",
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="lax",
+    )
+
+
+def clear_session_cookie(response: Response, request: Request) -> None:
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", secure=request.url.scheme == "https", httponly=True, samesite="lax"
+    )
+
+
+router = APIRouter()
+
+
+def _login_page(
+    request: Request, next_path: str, *, status: int = 200, error: str = "", username: str = ""
+) -> Response:
+    """The login form with a fresh double-submit token (also set as a cookie)."""
+    token = new_token()
+    response = render("login.html", status=status, next=next_path, error=error, username=username, login_csrf=token)
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        max_age=LOGIN_CSRF_MAX_AGE,
+        path="/login",
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@router.get("/login")
+def login_form(request: Request, next: str = "") -> Response:
+    """The login form; a user already signed in goes straight on."""
+    target = safe_next(next, "")
+    principal = web_state(request).principal(request)
+    if principal is not None and principal.session is not None:
+        return RedirectResponse(target or "/", status_code=303)
+    return _login_page(request, target)
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    username: Annotated[str, Form(max_length=256)] = "",
+    password: Annotated[str, Form(max_length=4096)] = "",
+    csrf_token: Annotated[str, Form(max_length=256)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    target = safe_next(next, "")
+    presented_cookie = request.cookies.get(LOGIN_CSRF_COOKIE)
+    if not same_origin(request.headers.get("origin"), request.headers.get("host")) or not tokens_match(
+        presented_cookie, csrf_token
+    ):
+        return _login_page(request, target, status=403, error=EXPIRED_FORM, username=username)
+    web = web_state(request)
+    with web.pool.connection() as conn:
+        user = authenticate(conn, username, password) if username and password else None
+        if user is None:
+            return _login_page(request, target, status=401, error=INVALID_LOGIN, username=username)
+        session_id, _ = create_session(conn, user, web.settings.session_max_age)
+    response = RedirectResponse(target or "/", status_code=303)
+    set_session_cookie(response, request, session_id)
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login", httponly=True, samesite="strict")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, principal: FormUser) -> Response:
+    """End the session in the database (so the cookie is worthless) and clear it."""
+    assert principal.session_id is not None
+    with web_state(request).pool.connection() as conn:
+        end_session(conn, principal.session_id)
+    response = RedirectResponse("/login", status_code=303)
+    clear_session_cookie(response, request)
+    return response
