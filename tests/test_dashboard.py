@@ -915,3 +915,17 @@ def test_fleet_query_parsing_and_helpers():
     assert render.utc(now) == "2026-11-28 12:00 UTC"
     assert levels_from("WARNING") == ("WARNING", "ERROR")
     assert levels_from("") == ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def test_a_nul_byte_is_a_bad_request_not_a_server_error(browserless, make_user, dashboard) -> None:
+    """PostgreSQL refuses NUL in text; a URL or form carrying one gets a 400 page, and the server logs no traceback."""
+    client = browserless()
+    client.login(make_user())
+    assert client.get("/machines/%00").status_code == 400
+    assert client.get("/", params={"q": "a\x00b"}).status_code == 400
+    anonymous = browserless()
+    token = anonymous.login_form_token()
+    refused = anonymous.post("/login", {"username": "ad\x00min", "password": PASSWORD, "csrf_token": token})
+    assert refused.status_code in (400, 401)
+    assert client.get("/").status_code == 200  # the same connection goes on working
+    assert "Traceback" not in dashboard.logs()

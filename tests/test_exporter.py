@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -20,7 +21,7 @@ from psycopg.types.json import Jsonb
 
 from atlas.contract.export import CSV_COLUMNS, JSON_FIELDS, csv_lines, format_export_timestamp, record
 from atlas.server.accounts import create_session, create_token, create_user, revoke_token, signing_key
-from atlas.server.web import SESSION_COOKIE
+from atlas.server.web import EXPORT_CONNECTIONS, SESSION_COOKIE
 
 from .batches import logs, machine, sealed
 from .fix_ingest import ServerProcess
@@ -351,6 +352,7 @@ def _kill_exporter_backend(db: psycopg.Connection) -> int:
     return db.execute(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
         " WHERE application_name = 'atlas-exporter' AND query LIKE 'COPY%%' AND pid <> pg_backend_pid()"
+        " AND datname = current_database()"
     ).fetchone()[0]
 
 
@@ -417,7 +419,7 @@ def test_a_client_that_hangs_up_is_recorded_as_aborted(exporter, accounts, db) -
     assert 0 < row[1] < 100001
     idle = db.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'atlas-exporter' AND state = 'active'"
-        " AND query LIKE 'COPY%%' AND pid <> pg_backend_pid()"
+        " AND query LIKE 'COPY%%' AND pid <> pg_backend_pid() AND datname = current_database()"
     ).fetchone()[0]
     assert idle == 0  # the COPY did not go on for nobody
 
@@ -443,3 +445,29 @@ def test_encrypted_batch_comes_out_as_readable_plain_text(ingest, drain, exporte
     assert [(e["message"], e["data"]) for e in exported] == [(log["message"], log["data"]) for log in sent["logs"]]
     assert all(e["serial_number"] == "C02PLAINTXT" for e in exported)
     assert zlib.crc32(response.content)  # plain UTF-8 JSON, not ciphertext
+
+
+def test_slow_downloads_cannot_take_every_connection(exporter, accounts, db) -> None:
+    """Exports have a few connections of their own: one too many gets 429, and other requests still work."""
+    dev = device(db, count=1)
+    db.execute(
+        'INSERT INTO widget_logs (machine_id, serial_number, "timestamp", level, widget_type, message, data,'
+        " batch_id, received_at) SELECT %s, %s, now(), 'INFO', 'wifi', repeat('z', 4000), '{}', gen_random_uuid(),"
+        " now() FROM generate_series(1, 40000)",  # 160 MB each: more than loopback's socket buffers hold
+        (dev["machine_id"], dev["serial"]),
+    )
+    headers = {"Authorization": f"Bearer {accounts['viewer_token']}"}
+    mine = {"machine_id": dev["machine_id"]}
+    with contextlib.ExitStack() as stack:
+        for _ in range(EXPORT_CONNECTIONS):  # clients that stop reading after the headers
+            client = stack.enter_context(httpx.Client(timeout=60))
+            held = stack.enter_context(
+                client.stream("GET", f"{exporter.url}/api/exports/logs", params=mine, headers=headers)
+            )
+            assert held.status_code == 200
+        one_more = get(exporter, accounts["viewer_token"], machine_id=dev["machine_id"])
+        assert one_more.status_code == 429
+        assert one_more.headers["retry-after"] == "5"
+        assert httpx.get(f"{exporter.url}/readyz", timeout=10).status_code == 200
+        assert get(exporter, None).status_code == 401  # authentication still reaches the database at once
+    assert get(exporter, accounts["viewer_token"], machine_id="none").status_code == 200

@@ -34,6 +34,7 @@ from atlas.server.config import Settings, get_settings
 from atlas.server.web import WebState
 
 from . import admin, auth, views
+from .machine import ContentLocked
 from .render import render
 from .security import SecurityHeadersMiddleware
 
@@ -118,6 +119,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return await request_validation_exception_handler(request, exc)
         return render("error.html", status=400, title="Bad request", detail="The request could not be understood.")
 
+    async def content_locked(request: Request, exc: ContentLocked) -> Response:
+        return render("error.html", status=503, title="Encrypted logs cannot be read", detail=exc.detail)
+
     async def database_down(request: Request, exc: Exception) -> Response:
         log.warning("Database unavailable for %s: %s", request.url.path, type(exc).__name__)
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
@@ -131,6 +135,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             detail="Atlas cannot reach its database right now. Try again in a moment.",
         )
 
+    async def unusable_input(request: Request, exc: Exception) -> Response:
+        # PostgreSQL refuses some text (a NUL byte) that HTML forms and URLs can carry: the request is bad.
+        log.info("Refused input for %s: %s", request.url.path, type(exc).__name__)
+        if _is_api(request):
+            return JSONResponse({"detail": "the request holds characters that cannot be stored"}, status_code=400)
+        return render("error.html", status=400, title="Bad request", detail="The request holds unusable characters.")
+
+    app.add_exception_handler(ContentLocked, content_locked)
+    app.add_exception_handler(psycopg.DataError, unusable_input)
     app.add_exception_handler(psycopg.OperationalError, database_down)
     app.add_exception_handler(PoolTimeout, database_down)
     return app

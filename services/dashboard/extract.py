@@ -5,9 +5,9 @@ a number is an int or a finite float (never a bool or a string), text is a
 string cut to a bounded length, and a missing or oddly shaped field reads as
 None. Templates escape whatever text comes out of here.
 
-``decode_data`` is the one place a stored ``data`` value becomes a dict. Today
-PostgreSQL hands back the parsed JSONB; when ``data`` is encrypted at rest,
-only this function has to learn to decrypt.
+``decode_data`` is the one place a stored ``data`` value becomes a dict: the
+parsed JSONB of a clear row, or the JSON text of a row opened by
+``machine.LogContent`` when it is encrypted at rest.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The request's parameters are parsed into a ``FleetQuery`` by pure code;
 ``load_fleet`` runs three statements: the status counts of the matches, one page
 of machines, and the latest Wi-Fi and speed-test logs of just that page (LATERAL
-lookups on the ``(machine_id, "timestamp")`` index). So a page costs the same
+lookups on the ``(machine_id, "timestamp")`` index), opened through one
+``machine.LogContent`` (they may be encrypted at rest). So a page costs the same
 with 10 machines or 10,000. Sort columns and directions come from a whitelist
 and are composed with ``psycopg.sql``; user text is only ever a bound parameter.
 """
@@ -20,7 +21,10 @@ from urllib.parse import urlencode
 import psycopg
 from psycopg import sql
 
+from atlas.contract import Keyring
+
 from . import extract
+from .machine import LogContent, content_columns
 
 PAGE_SIZE = 50
 """Machines per page of the fleet list."""
@@ -173,26 +177,37 @@ _PAGE = sql.SQL(
     " FROM machines WHERE {where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s"
 )
 
-_LATEST = """
-SELECT m.machine_id, w.data, s.data
+_LATEST = f"""
+SELECT m.machine_id, w.*, s.*
 FROM unnest(%(ids)s::text[], %(seen)s::timestamptz[]) AS m (machine_id, last_seen)
 LEFT JOIN LATERAL (
-    SELECT data FROM widget_logs
+    SELECT {content_columns()} FROM widget_logs
     WHERE machine_id = m.machine_id AND widget_type = 'wifi' AND "timestamp" >= m.last_seen - %(lookback)s
     ORDER BY "timestamp" DESC LIMIT 1
 ) w ON TRUE
 LEFT JOIN LATERAL (
-    SELECT data FROM widget_logs
+    SELECT {content_columns()} FROM widget_logs
     WHERE machine_id = m.machine_id AND widget_type = 'speedtest' AND "timestamp" >= m.last_seen - %(lookback)s
     ORDER BY "timestamp" DESC LIMIT 1
 ) s ON TRUE
-"""
+"""  # noqa: S608 - constant columns
+"""Each listed machine's latest Wi-Fi log, then its latest speed test: ``content_columns()`` each, all NULL if none."""
 
 
 def load_fleet(
-    conn: psycopg.Connection, query: FleetQuery, *, now: datetime, online_within: timedelta, stale_within: timedelta
+    conn: psycopg.Connection,
+    query: FleetQuery,
+    *,
+    now: datetime,
+    online_within: timedelta,
+    stale_within: timedelta,
+    keyring: Keyring | None = None,
 ) -> FleetPage:
-    """One page of the fleet list with status counts and each listed machine's latest readings."""
+    """One page of the fleet list with status counts and each listed machine's latest readings.
+
+    ``keyring``: the database keys (``Settings.db_keyring``) that open logs encrypted at rest; without the
+    key of a listed machine's latest log, ``machine.ContentLocked``.
+    """
     where, params = _conditions(query, now, online_within, stale_within)
     row = conn.execute(_COUNTS.format(where), params).fetchone()
     online, stale, offline, matching = (int(v) for v in row) if row else (0, 0, 0, 0)
@@ -215,15 +230,28 @@ def load_fleet(
             _LATEST,
             {"ids": [r.machine_id for r in rows], "seen": [r.last_seen for r in rows], "lookback": LATEST_LOOKBACK},
         ).fetchall()
-        by_id = {machine_id: (wifi, speed) for machine_id, wifi, speed in latest}
+        by_id = _latest_data(LogContent(conn, Keyring() if keyring is None else keyring), latest)
         for r in rows:
             wifi, speed = by_id.get(r.machine_id, (None, None))
-            add_latest(r, _decoded(wifi), _decoded(speed))
+            add_latest(r, wifi, speed)
     return FleetPage(query, rows, total, counts, matching)
 
 
-def _decoded(stored: Any) -> dict[str, Any] | None:
-    return None if stored is None else extract.decode_data(stored)
+def _latest_data(
+    content: LogContent, latest: list[tuple[Any, ...]]
+) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    """Machine id -> (decoded data of its latest Wi-Fi log, of its latest speed test), from ``_LATEST``'s rows."""
+    found = [
+        (row[0], kind, stored)
+        for row in latest
+        for kind, stored in enumerate((row[1:9], row[9:17]))
+        if stored[5] is not None  # its "timestamp": NULL when the machine has no such log
+    ]
+    opened = content.open([stored for _, _, stored in found])
+    by_id: dict[str, list[dict[str, Any] | None]] = {row[0]: [None, None] for row in latest}
+    for (machine_id, kind, _), (_, data) in zip(found, opened, strict=True):
+        by_id[machine_id][kind] = data
+    return {machine_id: (wifi, speed) for machine_id, (wifi, speed) in by_id.items()}
 
 
 def add_latest(row: FleetRow, wifi: Mapping[str, Any] | None, speed: Mapping[str, Any] | None) -> None:

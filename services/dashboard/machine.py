@@ -1,13 +1,19 @@
 """One machine's page: identity, the latest log of each widget, recent logs and charts.
 
 Queries select rows; every number and string is read out of ``data`` in Python
-(``extract``), never with SQL's ``->>``, so that encrypting ``data`` at rest
-only changes ``extract.decode_data``. Charts are built by pure functions from
-(widget type, timestamp, data) rows and averaged into buckets.
+(``extract``), never with SQL's ``->>``. A log's ``message`` and ``data`` may be
+encrypted at rest (``atlas.server.atrest``): every query reading them selects
+``content_columns()`` and hands those to one ``LogContent`` per request, which
+passes clear rows through and opens sealed ones with the database keys
+(``server.db_encryption_key``); a key that is missing or wrong raises
+``ContentLocked``, a 503 naming the setting, never ciphertext. Charts are built
+by pure functions from (widget type, timestamp, data) rows and averaged into
+buckets.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,8 +21,11 @@ from typing import Any
 
 import psycopg
 from markupsafe import Markup
+from starlette.exceptions import HTTPException
 
-from atlas.contract import LEVELS
+from atlas.contract import LEVELS, Keyring
+from atlas.server.atrest import SETTING, AtRestError
+from atlas.server.content import ContentReader
 
 from . import extract
 from .charts import Series, bucket_average, line_chart
@@ -39,6 +48,67 @@ the sampling stride in minutes: a week's charts read the logs of every 5th minut
 of them), which keeps an hourly average of about 12 samples while reading a fifth of the rows."""
 
 CHART_WIDGETS = ("wifi", "speedtest", "ping", "health")
+
+log = logging.getLogger("atlas.dashboard")
+
+
+# --- stored content, clear or encrypted at rest ------------------------------------------
+
+
+def content_columns(*, data: bool = True) -> str:
+    """The widget_logs columns ``LogContent.open`` reads, in its order.
+
+    With ``data=False`` a clear row's ``data`` is not read (a sealed row holds both anyway).
+    """
+    return (
+        f'message, {"data" if data else "NULL::jsonb"}, sealed, batch_id::text, machine_id, "timestamp", level,'
+        " widget_type"
+    )
+
+
+class ContentLocked(HTTPException):
+    """Stored logs are encrypted at rest under a database key this dashboard lacks (or has wrong): a 503.
+
+    The page names the setting to fix; the details (key ids, batch ids) go to the log, not the page.
+    """
+
+    DETAIL = (
+        "The logs of this page are encrypted at rest, and this dashboard cannot open them: its database"
+        f" encryption key is missing or wrong. Set {SETTING} (or FLEET_DB_ENCRYPTION_KEY) to the key the"
+        " workers store logs with, keeping older keys in server.db_encryption_keys, then restart the dashboard."
+    )
+
+    def __init__(self) -> None:
+        super().__init__(503, self.DETAIL)
+
+
+class LogContent:
+    """The message and data of stored logs, for one request.
+
+    Clear rows pass through; sealed rows are opened with their batch's data key,
+    unwrapped once per batch (a page's batches in one query) and cached for the request.
+    """
+
+    def __init__(self, conn: psycopg.Connection, keyring: Keyring) -> None:
+        self.reader = ContentReader(conn, keyring)
+
+    def open(self, stored: Sequence[Sequence[Any]], *, data: bool = True) -> list[tuple[str, dict[str, Any]]]:
+        """(message, decoded data) of each row's ``content_columns()``, in order.
+
+        ``data=False``: the data is not decoded (an empty dict). Raises ContentLocked if a row cannot be opened.
+        """
+        try:
+            self.reader.prefetch({row[3] for row in stored if row[2] is not None})
+            return [self._open(row, data) for row in stored]
+        except AtRestError as exc:
+            log.warning("Cannot open logs encrypted at rest: %s", exc)
+            raise ContentLocked() from None
+
+    def _open(self, row: Sequence[Any], data: bool) -> tuple[str, dict[str, Any]]:
+        message, stored, sealed, batch_id, machine_id, moment, level, widget_type = row
+        if sealed is not None:
+            message, stored = self.reader.open(batch_id, machine_id, moment, level, widget_type, sealed)
+        return message or "", extract.decode_data(stored) if data else {}
 
 
 def levels_from(level: str) -> tuple[str, ...]:
@@ -104,70 +174,92 @@ def load_identity(conn: psycopg.Connection, machine_id: str) -> dict[str, Any] |
     return dict(zip(_IDENTITY_COLUMNS, row, strict=True)) if row else None
 
 
-def load_latest(conn: psycopg.Connection, machine_id: str, widget_type: str, since: datetime) -> Latest | None:
+def load_latest(
+    conn: psycopg.Connection, content: LogContent, machine_id: str, widget_type: str, since: datetime
+) -> Latest | None:
     row = conn.execute(
-        'SELECT "timestamp", level, message, data FROM widget_logs'
+        f"SELECT {content_columns()} FROM widget_logs"  # noqa: S608 - constant columns
         ' WHERE machine_id = %s AND widget_type = %s AND "timestamp" >= %s ORDER BY "timestamp" DESC LIMIT 1',
         (machine_id, widget_type, since),
     ).fetchone()
     if row is None:
         return None
-    return Latest(row[0], row[1], extract.text(row[2], 500) or "", _SUMMARIES[widget_type](extract.decode_data(row[3])))
+    [(message, data)] = content.open([row])
+    return Latest(row[5], row[6], extract.text(message, 500) or "", _SUMMARIES[widget_type](data))
 
 
-def load_pings(conn: psycopg.Connection, machine_id: str, since: datetime) -> list[tuple[datetime, dict[str, Any]]]:
+def load_pings(
+    conn: psycopg.Connection, content: LogContent, machine_id: str, since: datetime
+) -> list[tuple[datetime, dict[str, Any]]]:
     """Each target's latest ping within ``PING_WINDOW`` before the machine's newest ping."""
     rows = conn.execute(
-        'WITH newest AS (SELECT max("timestamp") AS at FROM widget_logs'
+        'WITH newest AS (SELECT max("timestamp") AS at FROM widget_logs'  # noqa: S608 - constant columns
         "   WHERE machine_id = %(id)s AND widget_type = 'ping' AND \"timestamp\" >= %(since)s)"
-        ' SELECT l."timestamp", l.data FROM widget_logs l, newest'
-        " WHERE l.machine_id = %(id)s AND l.widget_type = 'ping'"
-        ' AND l."timestamp" > newest.at - %(window)s AND l."timestamp" <= newest.at',
+        f" SELECT {content_columns()} FROM widget_logs, newest"
+        " WHERE machine_id = %(id)s AND widget_type = 'ping'"
+        ' AND "timestamp" > newest.at - %(window)s AND "timestamp" <= newest.at',
         {"id": machine_id, "since": since, "window": PING_WINDOW},
     ).fetchall()
-    return extract.latest_per_target((when, extract.decode_data(data)) for when, data in rows)
+    opened = content.open(rows)
+    return extract.latest_per_target((row[5], data) for row, (_, data) in zip(rows, opened, strict=True))
 
 
-def load_logs(conn: psycopg.Connection, machine_id: str, level: str) -> list[LogRow]:
+def load_logs(conn: psycopg.Connection, content: LogContent, machine_id: str, level: str) -> list[LogRow]:
     """The newest ``RECENT_LOGS`` logs at ``level`` or above."""
     rows = conn.execute(
-        'SELECT id, "timestamp", level, widget_type, message FROM widget_logs'
+        f"SELECT id, {content_columns(data=False)} FROM widget_logs"  # noqa: S608 - constant columns
         ' WHERE machine_id = %s AND level = ANY(%s) ORDER BY "timestamp" DESC, id DESC LIMIT %s',
         (machine_id, list(levels_from(level)), RECENT_LOGS),
     ).fetchall()
-    return [LogRow(r[0], r[1], r[2], r[3], extract.text(r[4], 500) or "") for r in rows]
+    opened = content.open([r[1:] for r in rows], data=False)
+    return [
+        LogRow(r[0], r[6], r[7], r[8], extract.text(message, 500) or "")
+        for r, (message, _) in zip(rows, opened, strict=True)
+    ]
 
 
 def load_chart_rows(
-    conn: psycopg.Connection, machine_id: str, start: datetime, end: datetime, stride: int = 1
+    conn: psycopg.Connection, content: LogContent, machine_id: str, start: datetime, end: datetime, stride: int = 1
 ) -> list[tuple[str, datetime, dict[str, Any]]]:
     """(widget type, timestamp, decoded data) of the charted logs in [start, end), of every ``stride``-th minute."""
     rows = conn.execute(
-        'SELECT widget_type, "timestamp", data FROM widget_logs WHERE machine_id = %(id)s'
+        f"SELECT {content_columns()} FROM widget_logs WHERE machine_id = %(id)s"  # noqa: S608 - constant columns
         ' AND "timestamp" >= %(start)s AND "timestamp" < %(end)s AND widget_type = ANY(%(types)s)'
         " AND (%(stride)s = 1 OR widget_type = 'speedtest'"
         '      OR floor(extract(epoch FROM "timestamp") / 60)::bigint %% %(stride)s = 0)',
         {"id": machine_id, "start": start, "end": end, "types": list(CHART_WIDGETS), "stride": stride},
     ).fetchall()
-    return [(widget_type, when, extract.decode_data(data)) for widget_type, when, data in rows]
+    opened = content.open(rows)
+    return [(row[7], row[5], data) for row, (_, data) in zip(rows, opened, strict=True)]
 
 
 def load_machine(
-    conn: psycopg.Connection, machine_id: str, *, now: datetime, chart_range: str, level: str
+    conn: psycopg.Connection,
+    machine_id: str,
+    *,
+    now: datetime,
+    chart_range: str,
+    level: str,
+    keyring: Keyring | None = None,
 ) -> MachineView | None:
-    """Everything the machine page shows, or None for an unknown machine."""
+    """Everything the machine page shows, or None for an unknown machine.
+
+    ``keyring``: the database keys (``Settings.db_keyring``) that open logs encrypted at rest; without the
+    key of a stored log, ContentLocked.
+    """
     identity = load_identity(conn, machine_id)
     if identity is None:
         return None
+    content = LogContent(conn, Keyring() if keyring is None else keyring)
     view = MachineView(identity)
     since = identity["last_seen"] - LATEST_LOOKBACK
     for widget_type in _SUMMARIES:
-        setattr(view, widget_type, load_latest(conn, machine_id, widget_type, since))
-    view.pings = load_pings(conn, machine_id, since)
-    view.logs = load_logs(conn, machine_id, level)
+        setattr(view, widget_type, load_latest(conn, content, machine_id, widget_type, since))
+    view.pings = load_pings(conn, content, machine_id, since)
+    view.logs = load_logs(conn, content, machine_id, level)
     span, buckets, stride = RANGES[chart_range]
     start = now - span
-    view.charts = build_charts(load_chart_rows(conn, machine_id, start, now, stride), start, now, buckets)
+    view.charts = build_charts(load_chart_rows(conn, content, machine_id, start, now, stride), start, now, buckets)
     return view
 
 

@@ -37,7 +37,12 @@ def fleet_list(request: Request, principal: SessionUser) -> Response:
     now = datetime.now(UTC)
     with web_state(request).pool.connection() as conn:
         page = load_fleet(
-            conn, query, now=now, online_within=settings.online_within, stale_within=settings.stale_within
+            conn,
+            query,
+            now=now,
+            online_within=settings.online_within,
+            stale_within=settings.stale_within,
+            keyring=settings.db_keyring,
         )
     return render("fleet.html", principal=principal, page=page, machine_url=machine_url, checked_at=now)
 
@@ -51,7 +56,9 @@ def machine_page(
     settings = web_state(request).settings
     now = datetime.now(UTC)
     with web_state(request).pool.connection() as conn:
-        view = load_machine(conn, machine_id, now=now, chart_range=chart_range, level=level)
+        view = load_machine(
+            conn, machine_id, now=now, chart_range=chart_range, level=level, keyring=settings.db_keyring
+        )
     if view is None:
         raise HTTPException(404, "No machine with this id has reported to Atlas.")
     return render(

@@ -28,10 +28,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
+from atlas.server.atrest import AtRestError
 from atlas.server.config import Settings, get_settings
-from atlas.server.web import Principal, WebState
+from atlas.server.content import require_keys
+from atlas.server.web import EXPORT_CONNECTIONS, Principal, WebState
 
 from .audit import finish_export, recent_exports, start_export
+from .decrypted import decrypted_lines
 from .query import MEDIA_TYPES, FilterError, accepts_gzip, copy_statement, export_filename, parse_filters
 from .stream import RowCount, chunked, copy_out, frame, gzipped
 
@@ -59,6 +62,10 @@ def _database_down() -> JSONResponse:
     return problem(503, "database unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
+class ExportsBusy(Exception):
+    """Every export connection is streaming already."""
+
+
 class Export:
     """One export from start to end: the audit row, the COPY, and how it finished."""
 
@@ -70,11 +77,13 @@ class Export:
         self.filters = filters
         self.count = RowCount()
         self.audit_id: int | None = None
+        self.sealed = False
         self.started = time.monotonic()
 
     def begin(self) -> str | None:
         """Record the export; returns the device's serial number when filtering by machine (for the name)."""
         with self.web.pool.connection() as conn:
+            self.sealed = require_keys(conn, self.web.settings.db_keyring)
             self.audit_id = start_export(
                 conn,
                 username=self.principal.user.username,
@@ -90,19 +99,34 @@ class Export:
                 return row[0] if row else None
         return None
 
+    def _lines(self, conn: psycopg.Connection) -> Iterator[bytes]:
+        """PostgreSQL's COPY writes the lines, unless some stored content is sealed: then Python opens it."""
+        if self.sealed:
+            return decrypted_lines(conn, self.fmt, self.filters, self.web.settings.db_keyring, self.count)
+        statement, params = copy_statement(self.fmt, self.filters)  # type: ignore[arg-type]
+        return copy_out(conn, statement, params, self.count, header=self.fmt == "csv")
+
     def chunks(self, gzip: bool) -> Iterator[bytes]:
         """The export's bytes; the audit row is finished however the iteration ends."""
         status, error = "aborted", None
         try:
-            with self.web.pool.connection() as conn:
-                statement, params = copy_statement(self.fmt, self.filters)  # type: ignore[arg-type]
-                source = copy_out(conn, statement, params, self.count)
+            try:
+                conn = self.web.export_pool.getconn()
+            except PoolTimeout:
+                raise ExportsBusy from None
+            try:
+                source = self._lines(conn)
                 try:
-                    out = chunked(frame(source, self.fmt, self.count), self.web.settings.export_chunk_bytes)
+                    out = chunked(frame(source, self.fmt), self.web.settings.export_chunk_bytes)
                     yield from gzipped(out) if gzip else out
                 finally:
                     source.close()  # cancels the COPY if it did not run to the end
+            finally:
+                self.web.export_pool.putconn(conn)
             status = "complete"
+        except ExportsBusy:
+            status, error = "failed", "too many exports running"
+            raise
         except GeneratorExit:
             raise
         except Exception as exc:
@@ -127,11 +151,14 @@ class Export:
         )
         if self.audit_id is None:
             return
-        try:
-            with self.web.pool.connection() as conn:
-                finish_export(conn, self.audit_id, status, self.count.rows, error)
-        except (psycopg.Error, PoolTimeout) as exc:
-            log.warning("Could not finish audit row %s: %s", self.audit_id, type(exc).__name__)
+        for attempt in (1, 2):  # a connection PostgreSQL dropped mid-export fails once; the pool replaces it
+            try:
+                with self.web.pool.connection() as conn:
+                    finish_export(conn, self.audit_id, status, self.count.rows, error)
+                return
+            except (psycopg.Error, PoolTimeout) as exc:
+                if attempt == 2:
+                    log.warning("Could not finish audit row %s: %s", self.audit_id, type(exc).__name__)
 
 
 async def _drain(chunks: Iterator[bytes], first: bytes) -> AsyncIterator[bytes]:
@@ -202,9 +229,18 @@ def add_export_routes(app: FastAPI, web: WebState) -> None:
             serial = await run_in_threadpool(export.begin)
             chunks = export.chunks(gzip)
             first = await run_in_threadpool(next, chunks, b"")
+        except ExportsBusy:
+            return problem(
+                429,
+                f"{EXPORT_CONNECTIONS} exports are running already; retry later",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         except (psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("Export refused, database unavailable: %s", type(exc).__name__)
             return _database_down()
+        except AtRestError as exc:
+            log.error("Export refused: %s", exc)
+            return problem(503, f"cannot decrypt stored logs: {exc}")
         name = export_filename(fmt, filters, datetime.now(UTC).date(), serial)
         headers = {
             "Content-Disposition": f'attachment; filename="{name}"',

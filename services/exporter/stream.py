@@ -24,13 +24,18 @@ class RowCount:
         self.rows = 0
 
 
-def copy_out(conn: psycopg.Connection, statement: sql.Composed, params: dict, count: RowCount) -> Iterator[bytes]:
+def copy_out(
+    conn: psycopg.Connection, statement: sql.Composed, params: dict, count: RowCount, *, header: bool = False
+) -> Iterator[bytes]:
     """The rows of a ``COPY ... TO STDOUT``, one line each, as PostgreSQL wrote them.
 
     Stopped early (the client went away, or a later step failed), the COPY is
     cancelled on the server: otherwise PostgreSQL would go on writing rows
     nobody reads, and the connection would never come back to the pool.
+    With ``header``, the first line (CSV's header) is not counted as a row.
     """
+    if header:
+        count.rows -= 1
     with conn.cursor() as cursor, cursor.copy(statement, params) as copy:
         try:
             for row in copy:
@@ -41,18 +46,9 @@ def copy_out(conn: psycopg.Connection, statement: sql.Composed, params: dict, co
             raise
 
 
-def frame(rows: Iterator[bytes], fmt: str, count: RowCount) -> Iterator[bytes]:
-    """Wrap COPY lines as the export format: CSV and NDJSON as they are, JSON as an array.
-
-    The CSV header comes out of COPY as the first line; it is not counted as a row.
-    """
-    if fmt == "csv":
-        header = next(rows, None)
-        if header is not None:
-            count.rows -= 1
-            yield header
-        yield from rows
-    elif fmt == "json":
+def frame(rows: Iterator[bytes], fmt: str) -> Iterator[bytes]:
+    """Wrap export lines as the format: CSV (its header first) and NDJSON as they are, JSON as an array."""
+    if fmt == "json":
         separator = b"[\n"
         for row in rows:
             yield separator

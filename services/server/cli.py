@@ -9,6 +9,7 @@
     atlas-server create-admin       create the first admin (or --reset-password)
     atlas-server create-user        add a dashboard user
     atlas-server create-token       make an API token for scripted exports
+    atlas-server rotate-db-key      put every stored batch under the current database key
     atlas-server keygen             print a new encryption key (or --api-key)
 
 Each reads ``--config config.yaml`` (or $ATLAS_CONFIG) and the environment.
@@ -132,6 +133,30 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     return cmd_create_user(args, role="admin")
 
 
+def cmd_rotate_db_key(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .db import connect
+    from .rotation import remaining, rotate
+
+    settings = _settings(args)
+    current = settings.db_keyring.current
+    if current is None:
+        raise ConfigError("server.db_encryption_key: not set; it is the key stored logs are moved under")
+    with connect(settings.database_url, autocommit=True) as conn:
+        work = remaining(conn, current)
+        print(
+            f"Database key {current.kid}: {work.rewrap} batch(es) to re-wrap from older keys,"
+            f" {work.encrypt} batch(es) stored in the clear to encrypt"
+        )
+        with tqdm(total=work.total, unit="batch", disable=None if args.progress == "auto" else False) as bar:
+            retired = rotate(conn, settings.db_keyring, chunk=args.chunk, progress=bar.update)
+    print(f"Done: every stored batch is under database key {current.kid}")
+    for kid in retired:
+        print(f"Database key {kid} is no longer used: remove it from server.db_encryption_keys")
+    return 0
+
+
 def cmd_create_token(args: argparse.Namespace) -> int:
     from .accounts import AccountError, create_token
     from .db import connect
@@ -239,6 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--username", required=True, help="the user the token acts as")
     p.add_argument("--name", required=True, help="what the token is for, e.g. 'nightly export'")
     p.set_defaults(func=cmd_create_token)
+
+    p = sub.add_parser(
+        "rotate-db-key",
+        parents=[common],
+        help="re-wrap stored data keys under the current database key, and encrypt rows stored in the clear",
+    )
+    p.add_argument("--chunk", type=int, default=500, help="batches per transaction (default 500)")
+    p.add_argument(
+        "--progress", choices=("auto", "always"), default="auto", help="progress bar: on a terminal, or always"
+    )
+    p.set_defaults(func=cmd_rotate_db_key)
 
     p = sub.add_parser("keygen", help="print a new AES-256 encryption key (base64)")
     p.add_argument("--api-key", action="store_true", help="print a random API key instead")

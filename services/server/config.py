@@ -7,6 +7,8 @@
       api_key: "..."            # or api_keys: [...] to rotate
       encryption_key: "..."     # current payload key
       encryption_keys: [...]    # older keys still accepted while agents move over
+      db_encryption_key: "..."  # encrypts message and data at rest (a different key)
+      db_encryption_keys: [...] # older database keys, still read until rotate-db-key is done
     database:
       url: postgresql://...
     redis:
@@ -22,7 +24,7 @@
       stale_seconds: 86400
 
 Environment variables override the file: FLEET_API_KEY, FLEET_ENCRYPTION_KEY,
-DATABASE_URL, REDIS_URL, ATLAS_REDIS_PREFIX, ATLAS_SECRET_KEY. A bad setting raises ConfigError
+FLEET_DB_ENCRYPTION_KEY, DATABASE_URL, REDIS_URL, ATLAS_REDIS_PREFIX, ATLAS_SECRET_KEY. A bad setting raises ConfigError
 whose message is one line naming the setting and never showing a secret.
 """
 
@@ -85,6 +87,7 @@ class Settings:
     port: int = DEFAULT_PORT
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     keyring: Keyring = field(default_factory=Keyring)
+    db_keyring: Keyring = field(default_factory=Keyring)
     allow_plaintext: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_plaintext_bytes: int = DEFAULT_MAX_PLAINTEXT_BYTES
@@ -199,6 +202,30 @@ def _keyring(server: Mapping[str, Any], env: Mapping[str, str]) -> Keyring:
     return Keyring(keys)
 
 
+def _db_keyring(server: Mapping[str, Any], env: Mapping[str, str], payload: Keyring) -> Keyring:
+    """The database keys: the current one first (it encrypts), then older ones still read."""
+    named: list[tuple[str, str]] = []
+    if env.get("FLEET_DB_ENCRYPTION_KEY"):
+        named.append(("FLEET_DB_ENCRYPTION_KEY", env["FLEET_DB_ENCRYPTION_KEY"]))
+    named += [
+        ("server.db_encryption_key", k) for k in _str_list(server.get("db_encryption_key"), "server.db_encryption_key")
+    ]
+    named += [
+        ("server.db_encryption_keys", k)
+        for k in _str_list(server.get("db_encryption_keys"), "server.db_encryption_keys")
+    ]
+    keys = []
+    for setting, text in named:
+        try:
+            key = Key.from_base64(text)
+        except KeyFormatError as exc:
+            raise ConfigError(f"{setting}: {exc}") from None
+        if key.kid in payload:
+            raise ConfigError(f"{setting}: must differ from the payload key (make one: atlas-server keygen)")
+        keys.append(key)
+    return Keyring(keys)
+
+
 def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     """Build Settings from a parsed config file and an environment."""
     if not isinstance(data, Mapping):
@@ -216,11 +243,17 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
     prefix = env.get("ATLAS_REDIS_PREFIX") or redis.get("key_prefix", "atlas")
     if not isinstance(prefix, str) or not prefix.replace("-", "").replace("_", "").isalnum():
         raise ConfigError("redis.key_prefix: letters, digits, - and _ only")
+    keyring = _keyring(server, env)
+    online = _int(dashboard, "online_seconds", 900, "dashboard.online_seconds")
+    stale = _int(dashboard, "stale_seconds", 86400, "dashboard.stale_seconds")
+    if stale <= online:
+        raise ConfigError("dashboard.stale_seconds: must be more than dashboard.online_seconds")
     return Settings(
         host=str(server.get("host", "0.0.0.0")),
         port=port,
         api_keys=_api_keys(server, env),
-        keyring=_keyring(server, env),
+        keyring=keyring,
+        db_keyring=_db_keyring(server, env, keyring),
         allow_plaintext=allow_plaintext,
         max_body_bytes=_int(server, "max_body_bytes", DEFAULT_MAX_BODY_BYTES, "server.max_body_bytes"),
         max_plaintext_bytes=_int(
@@ -250,8 +283,8 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
         session_max_age=timedelta(
             seconds=_int(dashboard, "session_max_age_seconds", 8 * 3600, "dashboard.session_max_age_seconds", 60)
         ),
-        online_within=timedelta(seconds=_int(dashboard, "online_seconds", 900, "dashboard.online_seconds")),
-        stale_within=timedelta(seconds=_int(dashboard, "stale_seconds", 86400, "dashboard.stale_seconds")),
+        online_within=timedelta(seconds=online),
+        stale_within=timedelta(seconds=stale),
     )
 
 

@@ -135,6 +135,33 @@ MIGRATIONS: tuple[Migration, ...] = (
                               THEN '''' || cell ELSE cell END $$;
         """,
     ),
+    Migration(
+        3,
+        "encryption at rest: sealed widget_logs, wrapped data keys in batches, db_key_ids",
+        """
+        ALTER TABLE batches ADD COLUMN dek_kid text, ADD COLUMN dek_wrapped bytea;
+        COMMENT ON COLUMN batches.dek_wrapped IS
+            'The batch''s data key, AES-256-GCM under the database key dek_kid; NULL: its logs are stored clear';
+
+        ALTER TABLE widget_logs
+            ALTER COLUMN message DROP NOT NULL,
+            ALTER COLUMN data DROP NOT NULL,
+            ADD COLUMN sealed bytea;
+        COMMENT ON COLUMN widget_logs.sealed IS
+            'message and data sealed under the batch''s data key (atlas.server.atrest); then both are NULL';
+        ALTER TABLE widget_logs ADD CONSTRAINT widget_logs_clear_or_sealed CHECK (
+            (sealed IS NULL AND message IS NOT NULL AND data IS NOT NULL)
+            OR (sealed IS NOT NULL AND message IS NULL AND data IS NULL)
+        ) NOT VALID;
+
+        CREATE TABLE db_key_ids (
+            kid            text PRIMARY KEY,
+            first_used_at  timestamptz NOT NULL DEFAULT now()
+        );
+        COMMENT ON TABLE db_key_ids IS
+            'Database keys that wrap at least one stored data key; empty means nothing is encrypted at rest';
+        """,
+    ),
 )
 """Every migration, oldest first."""
 

@@ -20,6 +20,9 @@ from .config import Settings
 
 log = logging.getLogger(__name__)
 
+EXPORT_CONNECTIONS = 4
+"""Exports streaming at once per process; one more gets 429 with Retry-After."""
+
 SESSION_COOKIE = "atlas_session"
 """The signed session cookie set at login, read by the dashboard and the exporter."""
 
@@ -39,6 +42,7 @@ class WebState:
 
     def __init__(self, settings: Settings, *, name: str, max_size: int = 10) -> None:
         self.settings = settings
+        kwargs = {"autocommit": True, "connect_timeout": 5, "application_name": f"atlas-{name}"}
         self.pool = ConnectionPool(
             settings.database_url,
             min_size=1,
@@ -46,15 +50,30 @@ class WebState:
             open=False,
             name=name,
             timeout=5,  # waiting for a connection longer than this: answer 503
-            kwargs={"autocommit": True, "connect_timeout": 5, "application_name": f"atlas-{name}"},
+            kwargs=kwargs,
+            check=ConnectionPool.check_connection,  # a connection PostgreSQL dropped is replaced, not handed out
         )
+        self.export_pool = ConnectionPool(
+            settings.database_url,
+            min_size=0,
+            max_size=EXPORT_CONNECTIONS,
+            open=False,
+            name=f"{name}-exports",
+            timeout=1,  # every export connection busy: answer 429 rather than queue
+            kwargs=kwargs,
+            check=ConnectionPool.check_connection,
+        )
+        """Exports hold a connection for as long as the client reads; they get their own few, so slow
+        downloads can never take the connections that pages and sign-ins need."""
         self._signer: Signer | None = None
         self._lock = threading.Lock()
 
     def open(self) -> None:
         self.pool.open(wait=False)
+        self.export_pool.open(wait=False)
 
     def close(self) -> None:
+        self.export_pool.close()
         self.pool.close()
 
     @property

@@ -6,7 +6,8 @@ import logging
 
 import psycopg
 
-from atlas.server.config import get_settings
+from atlas.contract import Key
+from atlas.server.config import Settings, get_settings
 from atlas.server.db import connect
 from atlas.server.queue import QUEUE_FORMAT, QueuedBatch
 
@@ -16,6 +17,19 @@ log = logging.getLogger("atlas.worker")
 
 _connection: psycopg.Connection | None = None
 _database_url: str | None = None
+_settings: Settings | None = None
+
+
+def use_settings(settings: Settings) -> None:
+    """Point this process's jobs at these settings: database and database key (the worker calls it)."""
+    global _settings
+    _settings = settings
+    use_database(settings.database_url)
+
+
+def _db_key() -> Key | None:
+    """The current database key: logs are stored sealed under it; None stores them clear."""
+    return (_settings or get_settings()).db_keyring.current
 
 
 def use_database(url: str) -> None:
@@ -52,7 +66,7 @@ def _one_by_one(batches: list[QueuedBatch]) -> list[bool]:
     stored, failed = [], []
     for batch in batches:
         try:
-            stored.append(store_batches(_db(), [batch])[0])
+            stored.append(store_batches(_db(), [batch], _db_key())[0])
         except psycopg.DataError as exc:
             failed.append(f"{batch['batch_id']} ({type(exc).__name__})")
             stored.append(False)
@@ -72,7 +86,7 @@ def persist_batches(batches: list[QueuedBatch]) -> int:
         if batch.get("format") != QUEUE_FORMAT:
             raise ValueError(f"unknown queued batch format {batch.get('format')!r}")
     try:
-        stored = store_batches(_db(), batches)
+        stored = store_batches(_db(), batches, _db_key())
     except psycopg.DataError:
         if len(batches) == 1:
             raise

@@ -29,7 +29,7 @@ class BatchWorker(SimpleWorker):
 
 
 def build_worker(settings: Settings, *, name: str | None = None) -> BatchWorker:
-    jobs.use_database(settings.database_url)
+    jobs.use_settings(settings)
     connection = redis_client(settings.redis_url)
     queue = batch_queue(connection, settings)
     return BatchWorker(

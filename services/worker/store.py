@@ -9,16 +9,25 @@ connection drops.
 
 from __future__ import annotations
 
-import psycopg
+from collections.abc import Iterator
+from datetime import datetime
 
+import psycopg
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from atlas.contract import Key
+from atlas.server.atrest import epoch_micros, new_data_key, seal_log, wrap_data_key
 from atlas.server.queue import QueuedBatch
 
 CLAIM_BATCHES = """
-INSERT INTO batches (batch_id, machine_id, created_at, received_at, log_count, kid)
-SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::int[], %s::text[])
+INSERT INTO batches (batch_id, machine_id, created_at, received_at, log_count, kid, dek_kid, dek_wrapped)
+SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::int[], %s::text[],
+                     %s::text[], %s::bytea[])
 ON CONFLICT (batch_id) DO NOTHING
 RETURNING batch_id::text
 """
+
+RECORD_KEY_ID = "INSERT INTO db_key_ids (kid) VALUES (%s) ON CONFLICT (kid) DO NOTHING"
 
 IDENTITY_COLUMNS = ("serial_number", "hostname", "model", "os_version", "agent_version")
 
@@ -47,13 +56,36 @@ COPY_LOGS = (
     " batch_id, received_at) FROM STDIN"
 )
 
+COPY_SEALED_LOGS = (
+    'COPY widget_logs (machine_id, serial_number, "timestamp", level, widget_type, sealed,'
+    " batch_id, received_at) FROM STDIN"
+)
 
-def persist_batches(conn: psycopg.Connection, batches: list[QueuedBatch]) -> list[bool]:
-    """Store a group of batches in one transaction; per batch, False if it was already stored."""
+
+def _sealed_rows(batch: QueuedBatch, data_key: bytes) -> Iterator[tuple]:
+    """A batch's COPY rows with message and data sealed under its data key."""
+    aead = AESGCM(data_key)
+    machine_id, serial = batch["machine"]["machine_id"], batch["machine"]["serial_number"]
+    batch_id, received_at = batch["batch_id"], batch["received_at"]
+    for timestamp, level, widget_type, message, data_json in batch["logs"]:
+        micros = epoch_micros(datetime.fromisoformat(timestamp))
+        sealed = seal_log(aead, batch_id, machine_id, micros, level, widget_type, message, data_json)
+        yield (machine_id, serial, timestamp, level, widget_type, sealed, batch_id, received_at)
+
+
+def persist_batches(conn: psycopg.Connection, batches: list[QueuedBatch], db_key: Key | None = None) -> list[bool]:
+    """Store a group of batches in one transaction; per batch, False if it was already stored.
+
+    With ``db_key`` (the current database key), each batch gets a new data key,
+    wrapped under ``db_key`` in its ``batches`` row, and its logs' message and
+    data are stored sealed under it (``atlas.server.atrest``).
+    """
     first: dict[str, int] = {}
     for index, b in enumerate(batches):
         first.setdefault(b["batch_id"], index)  # the first of a repeated batch_id is the one stored
     ordered = sorted((batches[i] for i in first.values()), key=lambda b: b["batch_id"])  # one lock order
+    data_keys = {b["batch_id"]: new_data_key() for b in ordered} if db_key else {}
+    wrapped = [wrap_data_key(db_key, b["batch_id"], data_keys[b["batch_id"]]) for b in ordered] if db_key else None
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
             CLAIM_BATCHES,
@@ -64,6 +96,8 @@ def persist_batches(conn: psycopg.Connection, batches: list[QueuedBatch]) -> lis
                 [b["received_at"] for b in ordered],
                 [len(b["logs"]) for b in ordered],
                 [b["kid"] for b in ordered],
+                [db_key.kid if db_key else None] * len(ordered),
+                wrapped or [None] * len(ordered),
             ],
         )
         claimed = {row[0] for row in cur.fetchall()}
@@ -76,27 +110,38 @@ def persist_batches(conn: psycopg.Connection, batches: list[QueuedBatch]) -> lis
                     for b in sorted(fresh, key=lambda b: b["machine"]["machine_id"])
                 ],
             )
-            with cur.copy(COPY_LOGS) as copy:
-                for b in fresh:
-                    machine_id, serial = b["machine"]["machine_id"], b["machine"]["serial_number"]
-                    batch_id, received_at = b["batch_id"], b["received_at"]
-                    for timestamp, level, widget_type, message, data_json in b["logs"]:
-                        copy.write_row(
-                            (
-                                machine_id,
-                                serial,
-                                timestamp,
-                                level,
-                                widget_type,
-                                message,
-                                data_json,
-                                batch_id,
-                                received_at,
-                            )
-                        )
+            if db_key:
+                cur.execute(RECORD_KEY_ID, (db_key.kid,))
+                with cur.copy(COPY_SEALED_LOGS) as copy:
+                    for b in fresh:
+                        for row in _sealed_rows(b, data_keys[b["batch_id"]]):
+                            copy.write_row(row)
+            else:
+                _copy_clear(cur, fresh)
     return [b["batch_id"] in claimed and first[b["batch_id"]] == i for i, b in enumerate(batches)]
 
 
-def persist_batch(conn: psycopg.Connection, batch: QueuedBatch) -> bool:
+def _copy_clear(cur: psycopg.Cursor, fresh: list[QueuedBatch]) -> None:
+    with cur.copy(COPY_LOGS) as copy:
+        for b in fresh:
+            machine_id, serial = b["machine"]["machine_id"], b["machine"]["serial_number"]
+            batch_id, received_at = b["batch_id"], b["received_at"]
+            for timestamp, level, widget_type, message, data_json in b["logs"]:
+                copy.write_row(
+                    (
+                        machine_id,
+                        serial,
+                        timestamp,
+                        level,
+                        widget_type,
+                        message,
+                        data_json,
+                        batch_id,
+                        received_at,
+                    )
+                )
+
+
+def persist_batch(conn: psycopg.Connection, batch: QueuedBatch, db_key: Key | None = None) -> bool:
     """Store one batch atomically. Returns False when it was already stored."""
-    return persist_batches(conn, [batch])[0]
+    return persist_batches(conn, [batch], db_key)[0]

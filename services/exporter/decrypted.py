@@ -1,0 +1,68 @@
+"""Export rows through Python, opening what is encrypted at rest.
+
+Used instead of PostgreSQL's COPY when some stored content is sealed
+(``atlas.server.atrest``): rows come from a server-side cursor a page at a
+time, sealed ones are opened with their batch's data key, and each row is
+written as the same line COPY would write (the CSV header first), so
+``stream.frame`` wraps both sources alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+
+import psycopg
+from psycopg import sql
+
+from atlas.contract import Keyring
+from atlas.contract.export import CSV_COLUMNS, neutralise
+from atlas.server.content import ContentReader
+
+from .query import TIMESTAMP_SQL, ExportFilters, where_clause
+from .stream import RowCount
+
+PAGE_ROWS = 2000
+"""Rows fetched from the server-side cursor at a time."""
+
+SELECT = sql.SQL(
+    "SELECT id, serial_number, {ts}, level, widget_type, message, data::text, sealed, batch_id::text,"
+    ' machine_id, "timestamp" FROM widget_logs{where} ORDER BY id'
+)
+
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def decrypted_lines(
+    conn: psycopg.Connection, fmt: str, filters: ExportFilters, keyring: Keyring, count: RowCount
+) -> Iterator[bytes]:
+    """The export's lines (CSV with its header, or one JSON object a line), decrypted."""
+    where, params = where_clause(filters)
+    reader = ContentReader(conn, keyring)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if fmt == "csv":
+        writer.writerow(CSV_COLUMNS)
+        yield buffer.getvalue().encode()
+    with conn.transaction(), conn.cursor(name="atlas_export") as cursor:
+        cursor.itersize = PAGE_ROWS
+        cursor.execute(SELECT.format(ts=TIMESTAMP_SQL, where=where), params)
+        while page := cursor.fetchmany(PAGE_ROWS):
+            reader.prefetch({row[8] for row in page if row[7] is not None})
+            for log_id, serial, ts, level, widget_type, message, data, sealed, batch_id, machine_id, moment in page:
+                if sealed is not None:
+                    message, data = reader.open(batch_id, machine_id, moment, level, widget_type, sealed)
+                count.rows += 1
+                if fmt == "csv":
+                    buffer.seek(0)
+                    buffer.truncate()
+                    writer.writerow((log_id, neutralise(serial), ts, level, widget_type, neutralise(message), data))
+                    yield buffer.getvalue().encode()
+                else:
+                    yield (
+                        f'{{"id": {log_id}, "serial_number": {_dumps(serial)}, "timestamp": "{ts}",'
+                        f' "level": {_dumps(level)}, "widget_type": {_dumps(widget_type)},'
+                        f' "message": {_dumps(message)}, "data": {data}}}\n'
+                    ).encode()
