@@ -458,6 +458,7 @@ def test_slow_downloads_cannot_take_every_connection(exporter, accounts, db) -> 
     )
     headers = {"Authorization": f"Bearer {accounts['viewer_token']}"}
     mine = {"machine_id": dev["machine_id"]}
+    held_ids: list[int] = []
     with contextlib.ExitStack() as stack:
         for _ in range(EXPORT_CONNECTIONS):  # clients that stop reading after the headers
             client = stack.enter_context(httpx.Client(timeout=60))
@@ -465,8 +466,11 @@ def test_slow_downloads_cannot_take_every_connection(exporter, accounts, db) -> 
                 client.stream("GET", f"{exporter.url}/api/exports/logs", params=mine, headers=headers)
             )
             assert held.status_code == 200
+            held_ids.append(int(held.headers["x-atlas-export-id"]))
+        states = db.execute("SELECT id, status, row_count FROM export_audit WHERE id = ANY(%s)", (held_ids,)).fetchall()
+        assert all(state == "running" for _, state, _ in states), states
         one_more = get(exporter, accounts["viewer_token"], machine_id=dev["machine_id"])
-        assert one_more.status_code == 429
+        assert one_more.status_code == 429, (one_more.headers, states, exporter.logs()[-3000:])
         assert one_more.headers["retry-after"] == "5"
         assert httpx.get(f"{exporter.url}/readyz", timeout=10).status_code == 200
         assert get(exporter, None).status_code == 401  # authentication still reaches the database at once

@@ -666,10 +666,12 @@ def test_sampler_reports_real_zombie() -> None:
 def test_hostile_process_name_is_bounded(tmp_path: Path) -> None:
     # A real process whose argv[0] has control characters, a bidi override and 5000 characters.
     evil = "\x1b[2J\u202eevil\x07" + "B" * 5000
-    child = subprocess.Popen([evil, "30"], executable="/bin/sleep")
+    # It spins, so it ranks among the top CPU users however many other processes the machine runs.
+    child = subprocess.Popen([evil, "-c", "while :; do :; done"], executable="/bin/sh")
     try:
         sampler = ProcessSampler(first_interval=0.05)
         sampler.sample()
+        time.sleep(0.5)
         result = sampler.sample(top_n=25)
         rows = [p for p in (*result.top_cpu, *result.top_memory) if p.pid == child.pid]
         assert rows, "child not in the top lists"
