@@ -58,14 +58,15 @@ class ServerProcess:
         workdir: Path,
         tls: tuple[Path, Path] | None = None,
         env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
         self.command = command
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.verify: Any = ssl.create_default_context(cafile=tls[0].parent / "ca.pem") if tls else True
-        self.config_path = workdir / f"{command}-{self.port}.yaml"
+        self.config_path = workdir / f"{command}-{self.port}-{time.monotonic_ns()}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.log_path = workdir / f"{command}-{self.port}.log"
+        self.log_path = self.config_path.with_suffix(".log")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
@@ -153,8 +154,10 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     started: list[ServerProcess] = []
     workdir = tmp_path_factory.mktemp("servers")
 
-    def start(command: str, config: dict[str, Any], env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(command, config, workdir, env=env)
+    def start(
+        command: str, config: dict[str, Any], env: dict[str, str] | None = None, port: int | None = None
+    ) -> ServerProcess:
+        server = ServerProcess(command, config, workdir, env=env, port=port)
         started.append(server)
         return server
 

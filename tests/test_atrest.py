@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -236,8 +237,22 @@ def test_rotation_interrupted_then_resumed_loses_nothing(atrest_url, db_keys, ex
     half = json.loads(export(both, token, machine_id=machine_id, format="json").content)
     assert [(e["message"], e["data"]) for e in half] == sent  # mid-rotation: everything readable
 
+    during: list[tuple[str, Any]] = []
+
+    def keep_storing() -> None:  # the workers go on storing, under the new key, while rotation runs
+        for i in range(30):
+            content = secret_batch(machine_id)
+            for log in content["logs"]:
+                log["message"] += f" during {i}"
+            store(atrest_url, content, db_keys["b"])
+            during.extend((g["message"], g["data"]) for g in content["logs"])
+
+    worker = threading.Thread(target=keep_storing)
+    worker.start()
     second = _rotate(config, "--chunk", "50", "--progress", "always")
     out, _ = second.communicate(timeout=120)
+    worker.join(60)
+    sent += during
     assert second.returncode == 0, out
     assert "Done: every stored batch is under database key" in out
     assert f"Database key {Key.from_base64(db_keys['a']).kid} is no longer used" in out

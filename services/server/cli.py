@@ -10,6 +10,7 @@
     atlas-server create-user        add a dashboard user
     atlas-server create-token       make an API token for scripted exports
     atlas-server rotate-db-key      put every stored batch under the current database key
+    atlas-server keys               which keys are configured, and which ones stored batches use
     atlas-server keygen             print a new encryption key (or --api-key)
 
 Each reads ``--config config.yaml`` (or $ATLAS_CONFIG) and the environment.
@@ -157,6 +158,40 @@ def cmd_rotate_db_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .db import connect
+
+    settings = _settings(args)
+    with connect(settings.database_url, autocommit=True) as conn:
+        payload = {
+            kid: (day, latest)
+            for kid, day, latest in conn.execute(
+                "SELECT coalesce(b.kid, '(plaintext)'),"
+                " count(*) FILTER (WHERE b.received_at > now() - interval '1 day'),"
+                " count(*) FILTER (WHERE b.latest) FROM (SELECT kid, received_at, created_at = max(created_at)"
+                " OVER (PARTITION BY machine_id) AS latest FROM batches) b GROUP BY 1 ORDER BY 1"
+            )
+        }
+        stored = dict(
+            conn.execute("SELECT coalesce(dek_kid, '(clear)'), count(*) FROM batches GROUP BY 1 ORDER BY 1").fetchall()
+        )
+    print("Payload keys (server.encryption_key, then server.encryption_keys):")
+    for index, key in enumerate(settings.keyring):
+        day, latest = payload.pop(key.kid, (0, 0))
+        role = "current" if index == 0 else "accepted"
+        print(f"  {key.kid}  {role:8}  {day} batch(es) in the last day; latest batch of {latest} machine(s)")
+    for kid, (day, latest) in payload.items():
+        print(f"  {kid}  {'retired':8}  {day} batch(es) in the last day; latest batch of {latest} machine(s)")
+    print("Database keys (server.db_encryption_key, then server.db_encryption_keys):")
+    for index, key in enumerate(settings.db_keyring):
+        role = "current" if index == 0 else "readable"
+        print(f"  {key.kid}  {role:8}  wraps the data keys of {stored.pop(key.kid, 0)} batch(es)")
+    for kid, count in stored.items():
+        note = "stored in the clear" if kid == "(clear)" else "MISSING from this configuration"
+        print(f"  {kid:16}  {count} batch(es), {note}")
+    return 0
+
+
 def cmd_create_token(args: argparse.Namespace) -> int:
     from .accounts import AccountError, create_token
     from .db import connect
@@ -275,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", choices=("auto", "always"), default="auto", help="progress bar: on a terminal, or always"
     )
     p.set_defaults(func=cmd_rotate_db_key)
+
+    p = sub.add_parser("keys", parents=[common], help="which keys are configured, and which ones stored batches use")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("keygen", help="print a new AES-256 encryption key (base64)")
     p.add_argument("--api-key", action="store_true", help="print a random API key instead")
