@@ -130,9 +130,8 @@ def where_clause(filters: ExportFilters) -> tuple[sql.Composable, dict[str, Any]
 
 
 TIMESTAMP_SQL = sql.SQL(
-    """to_char("timestamp" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')"""
-    """ || CASE WHEN mod(extract(microseconds FROM "timestamp"), 1000000) = 0 THEN ''"""
-    """ ELSE to_char("timestamp" AT TIME ZONE 'UTC', '.US') END || 'Z'"""
+    'to_char("timestamp" AT TIME ZONE \'UTC\', CASE WHEN date_trunc(\'second\', "timestamp") = "timestamp"'
+    ' THEN \'YYYY-MM-DD"T"HH24:MI:SS"Z"\' ELSE \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\' END)'
 )
 """RFC 3339 in UTC, as ``atlas.contract.export.format_export_timestamp`` writes it."""
 
