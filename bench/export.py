@@ -647,6 +647,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gzip", action="store_true", help="also export each format with Accept-Encoding: gzip, reported apart"
     )
+    parser.add_argument(
+        "--atrest",
+        action="store_true",
+        help="then encrypt the table at rest (rotate-db-key) and export again through a keyed exporter",
+    )
     add_common_arguments(parser)
     return parser.parse_args(argv)
 
@@ -658,7 +663,7 @@ def require_clients() -> None:
 
 
 @contextmanager
-def exporter_served(env: BenchEnv) -> Iterator[Server]:
+def exporter_served(env: BenchEnv, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
     """Start ``atlas-server exporter`` as ``bench.ingest.served`` starts its servers; stop it on exit."""
     atlas_server = Path(sys.executable).with_name("atlas-server")
     if not atlas_server.exists():
@@ -668,7 +673,7 @@ def exporter_served(env: BenchEnv) -> Iterator[Server]:
         # a session of its own: Ctrl-C reaches only the bench, which then stops the server in order
         process = subprocess.Popen(
             [str(atlas_server), "exporter", "--host", HOST, "--port", str(port)],
-            env=env.subprocess_environ(),
+            env={**env.subprocess_environ(), **(extra_env or {})},
             cwd=env.workdir,
             stdout=out,
             stderr=out,
@@ -718,11 +723,66 @@ def run(env: BenchEnv, args: argparse.Namespace) -> bool:
             results = {fmt: format_rounds(bench, fmt, args.rounds, args.gzip) for fmt in args.formats}
             life_hwm = vm_hwm(server.process.pid)
             problems = log_problems(server)
+        if args.atrest:
+            sealed_problems = atrest_phase(env, conn, token, args, results)
+            problems += sealed_problems
     report(results, args.rows, life_hwm, problems + bench.problems, bool(bench.problems))
     exports = sum(len(runs) for runs in results.values())
     outcome = f"{len(bench.problems)} FAILED (listed above)" if bench.problems else "OK"
     say(f"checks: {exports} exports, each complete with {args.rows} rows (HTTP 200, audit row, line count): {outcome}")
     return not bench.problems
+
+
+def atrest_phase(
+    env: BenchEnv, conn: psycopg.Connection, token: str, args: argparse.Namespace, clear: dict[str, list[Run]]
+) -> list[str]:
+    """Seal every row under a database key (as rotate-db-key does), then export through a keyed exporter.
+
+    Sequential after the clear rounds (sealing is one-way), in the same run and on the same rows; reports
+    the keyed exporter's rows/s against the clear exporter's, and how fast the table was sealed.
+    """
+    from atlas.contract import Keyring, generate_encryption_key
+    from atlas.server.rotation import rotate
+
+    started = time.perf_counter()
+    conn.execute(
+        "INSERT INTO batches (batch_id, machine_id, created_at, received_at, log_count)"
+        ' SELECT batch_id, min(machine_id), min("timestamp"), min(received_at), count(*)'
+        " FROM widget_logs GROUP BY batch_id"
+    )
+    key = generate_encryption_key()
+    done = 0
+
+    def progress(count: int) -> None:
+        nonlocal done
+        done += count
+        if done % 10_000 < count:
+            print(f" {done}", end="", flush=True)
+
+    print("  at rest: sealing every batch (rotate-db-key) ...", end="", flush=True)
+    rotate(conn, Keyring.from_base64([key]), chunk=1000, progress=progress)
+    seconds = time.perf_counter() - started
+    conn.execute("VACUUM (ANALYZE) widget_logs")
+    conn.execute("CHECKPOINT")
+    say(f" {done} batches, {args.rows} rows sealed in {seconds:.0f} s ({args.rows / seconds:.0f} rows/s)")
+    with exporter_served(env, {"FLEET_DB_ENCRYPTION_KEY": key}) as server:
+        bench = Bench(env, conn, server, token, args.rows)
+        for fmt in args.formats:
+            runs = []
+            for i in range(1, args.rounds + 1):
+                runs.append(bench.http(fmt, gzip=False))
+                say(f"  {fmt:6} round {i} exporter, at rest (curl)  : {runs[-1].describe()}")
+            sealed_rate = statistics.median(r.rows_per_second for r in runs)
+            clear_rate = median_of(clear[fmt], "http", lambda r: r.rows_per_second)
+            copy_rate = median_of(clear[fmt], "copy", lambda r: r.rows_per_second)
+            peak = max(max(r.peak_rss or 0, r.hwm or 0) for r in runs) / MIB
+            say(
+                f"export {fmt} at rest: {sealed_rate:.0f} rows/s, {sealed_rate / clear_rate:.3f} of the clear"
+                f" exporter ({clear_rate:.0f} rows/s), {sealed_rate / copy_rate:.3f} of COPY CSV; peak RSS"
+                f" {peak:.1f} MiB"
+            )
+        problems = log_problems(server)
+    return problems + bench.problems
 
 
 def log_problems(server: Server) -> list[str]:

@@ -51,18 +51,36 @@ def decrypted_lines(
         cursor.execute(SELECT.format(ts=TIMESTAMP_SQL, where=where), params)
         while page := cursor.fetchmany(PAGE_ROWS):
             reader.prefetch({row[8] for row in page if row[7] is not None})
-            for log_id, serial, ts, level, widget_type, message, data, sealed, batch_id, machine_id, moment in page:
-                if sealed is not None:
-                    message, data = reader.open(batch_id, machine_id, moment, level, widget_type, sealed)
-                count.rows += 1
-                if fmt == "csv":
-                    buffer.seek(0)
-                    buffer.truncate()
-                    writer.writerow((log_id, neutralise(serial), ts, level, widget_type, neutralise(message), data))
-                    yield buffer.getvalue().encode()
-                else:
-                    yield (
-                        f'{{"id": {log_id}, "serial_number": {_dumps(serial)}, "timestamp": "{ts}",'
-                        f' "level": {_dumps(level)}, "widget_type": {_dumps(widget_type)},'
-                        f' "message": {_dumps(message)}, "data": {data}}}\n'
-                    ).encode()
+            opened = [
+                (
+                    log_id,
+                    serial,
+                    ts,
+                    level,
+                    widget_type,
+                    *reader.open(batch_id, machine_id, moment, level, widget_type, sealed),
+                )
+                if sealed is not None
+                else (log_id, serial, ts, level, widget_type, message, data)
+                for log_id, serial, ts, level, widget_type, message, data, sealed, batch_id, machine_id, moment in page
+            ]
+            count.rows += len(opened)
+            if fmt == "csv":  # a page at a time: one write per page, not per row
+                buffer.seek(0)
+                buffer.truncate()
+                writer.writerows(
+                    (log_id, neutralise(serial), ts, level, widget_type, neutralise(message), data)
+                    for log_id, serial, ts, level, widget_type, message, data in opened
+                )
+                yield buffer.getvalue().encode()
+                continue
+            lines = [
+                f'{{"id": {log_id}, "serial_number": {_dumps(serial)}, "timestamp": "{ts}",'
+                f' "level": {_dumps(level)}, "widget_type": {_dumps(widget_type)},'
+                f' "message": {_dumps(message)}, "data": {data}}}\n'
+                for log_id, serial, ts, level, widget_type, message, data in opened
+            ]
+            if fmt == "json":  # stream.frame puts the commas between rows
+                yield from (line.encode() for line in lines)
+            else:
+                yield "".join(lines).encode()
