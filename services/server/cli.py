@@ -126,7 +126,7 @@ def cmd_create_user(args: argparse.Namespace, role: str | None = None) -> int:
             return 1
     if show:
         print(f"Password: {password}")
-        print("It is shown only now; the user can change it from the dashboard.")
+        print("Atlas keeps only its hash: note it now; it can be changed under Account in the dashboard.")
     return 0
 
 
