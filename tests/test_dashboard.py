@@ -278,9 +278,14 @@ def test_an_admin_creates_and_revokes_an_api_token(admin: Browserless, db: psyco
     )
     assert export.status_code == 200
     token_id = db.execute("SELECT id FROM api_tokens WHERE name = %s", (name,)).fetchone()[0]
-    assert admin.post(f"/admin/tokens/{token_id}/revoke", {"csrf_token": token}).status_code == 303
+    done = admin.post(f"/admin/tokens/{token_id}/revoke", {"csrf_token": token})
+    assert done.status_code == 303
+    assert done.headers["location"].endswith("done=revoked")
     revoked = httpx.get(f"{admin.server.url}/api/exports/logs", headers={"Authorization": f"Bearer {api_token}"})
     assert revoked.status_code == 401
+    again = admin.post(f"/admin/tokens/{token_id}/revoke", {"csrf_token": token})
+    assert again.headers["location"].endswith("done=not-revoked")
+    assert "No such live token" in admin.get(again.headers["location"]).text
 
 
 def test_the_audit_page_lists_exports(admin: Browserless):

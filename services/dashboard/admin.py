@@ -44,6 +44,7 @@ DONE_MESSAGES = {
     "password": "Password changed; that user's sessions have ended.",
     "deleted": "User deleted.",
     "revoked": "Token revoked.",
+    "not-revoked": "No such live token: it was revoked already, or never existed.",
 }
 """What a redirect's ``done`` code says; only these texts are ever shown."""
 
@@ -200,8 +201,8 @@ def add_token(
 @router.post("/tokens/{token_id}/revoke")
 def revoke(request: Request, principal: AdminForm, token_id: int) -> Response:
     with web_state(request).pool.connection() as conn:
-        revoke_token(conn, token_id)
-    return _done("/admin/tokens", "revoked")
+        revoked = revoke_token(conn, token_id)
+    return _done("/admin/tokens", "revoked" if revoked else "not-revoked")
 
 
 # --- export audit ------------------------------------------------------------------------

@@ -244,8 +244,10 @@ def list_tokens(conn: psycopg.Connection) -> list[dict[str, object]]:
     return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
-def revoke_token(conn: psycopg.Connection, token_id: int) -> None:
-    conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL", (token_id,))
+def revoke_token(conn: psycopg.Connection, token_id: int) -> bool:
+    """Revoke a live token; False if there is no such token or it was revoked already."""
+    cursor = conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL", (token_id,))
+    return cursor.rowcount == 1
 
 
 # --- the cookie-signing key ------------------------------------------------------------
