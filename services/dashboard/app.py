@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from atlas.exporter.app import add_export_routes
+from atlas.server import metrics
 from atlas.server.accounts import bootstrap_admin
 from atlas.server.config import Settings, get_settings
 from atlas.server.web import WebState
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(views.router)
     app.include_router(admin.router)
     add_export_routes(app, web)
+    metrics.add_metrics(app, "dashboard")  # outermost middleware: counts every answer, pages and exports
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
+from atlas.server import metrics
 from atlas.server.atrest import AtRestError
 from atlas.server.config import Settings, get_settings
 from atlas.server.content import require_keys
@@ -138,6 +139,9 @@ class Export:
 
     def finish(self, status: str, error: str | None) -> None:
         seconds = time.monotonic() - self.started
+        metrics.EXPORTS.labels(self.fmt, status).inc()
+        metrics.EXPORT_ROWS.labels(self.fmt).inc(self.count.rows)
+        metrics.EXPORT_DURATION.labels(self.fmt, status).observe(seconds)
         log.info(
             "Export %s by %s (%s): %s %s, %d rows in %.1f s, %s",
             self.audit_id,
@@ -290,6 +294,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Atlas exporter", version="1", lifespan=lifespan)
     app.state.web = web
     add_export_routes(app, web)
+    metrics.add_metrics(app, "exporter")
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz():

@@ -1,4 +1,4 @@
-"""The ingest API: ``POST /api/fleet/widget-logs``, ``/healthz``, ``/readyz``.
+"""The ingest API: ``POST /api/fleet/widget-logs``, ``/healthz``, ``/readyz``, ``/metrics``.
 
 The route stays thin: authenticate from headers before reading the body,
 read at most ``max_body_bytes``, hand the bytes to ``intake.read_batch`` and
@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from atlas.contract import ContractError, SchemaError
+from atlas.server import metrics
 from atlas.server.config import Settings, get_settings
 from atlas.server.queue import QueuedBatch, batch_queue, queued_batch, redis_client
 
@@ -75,8 +76,10 @@ class Ingest:
         try:
             accepted = read_batch(body, self.settings, now=received_at)
         except SchemaError as exc:
+            metrics.reject("schema")
             return JSONResponse({"detail": [v.as_dict() for v in exc.violations]}, status_code=422)
         except ContractError as exc:
+            metrics.reject(metrics.rejection_reason(exc))
             return problem(exc.status, exc.detail, exc.field)
         if accepted.encrypted:
             log.info(
@@ -102,13 +105,18 @@ class Ingest:
             queued = await asyncio.wrap_future(self.enqueuer.submit(decoded))
         except RedisError as exc:
             log.warning("Queue unavailable, answering 503 for batch %s: %s", batch_id, type(exc).__name__)
+            metrics.reject("queue_unavailable")
             return problem(503, "queue unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         except Exception:  # not queued, for a reason of ours: the agent keeps the batch and retries
             log.exception("Enqueueing batch %s failed; answering 503", batch_id)
+            metrics.reject("queue_unavailable")
             return problem(503, "queue unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         if not queued:
             log.info("Duplicate batch %s: already accepted", batch_id)
+            metrics.BATCHES_DUPLICATE.inc()
             return JSONResponse(Duplicate(batch_id=batch_id).model_dump(), status_code=200)
+        metrics.BATCHES_ACCEPTED.inc()
+        metrics.LOGS_ACCEPTED.inc(len(decoded["logs"]))
         return JSONResponse(Queued(batch_id=batch_id, accepted=len(decoded["logs"])).model_dump(), status_code=202)
 
     def ready(self) -> bool:
@@ -150,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Atlas ingest", version="1", lifespan=lifespan)
     app.state.ingest = ingest
+    metrics.add_metrics(app, "ingest", settings, queue=True)
 
     @app.post(
         WIDGET_LOGS_PATH,
@@ -176,13 +185,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def widget_logs(request: Request):
         if not is_valid_key(presented_key(request.headers), settings.api_keys):
+            metrics.reject("unauthorized")
             return problem(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
         content_type = request.headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
+            metrics.reject("unsupported_media_type")
             return problem(415, "Content-Type must be application/json")
         try:
             body = await read_limited(request, settings.max_body_bytes)
         except BodyTooLarge:
+            metrics.reject("too_large")
             return problem(413, f"body: exceeds {settings.max_body_bytes} bytes", "body")
         return await ingest.accept(body)
 

@@ -1,5 +1,6 @@
 """``atlas-server``: one command for every server process and operator task.
 
+    atlas-server run                run the whole server stack here until Ctrl-C (--demo: and a local agent)
     atlas-server migrate            create or upgrade the database schema
     atlas-server ingest             serve the ingest API
     atlas-server worker             persist queued batches
@@ -28,8 +29,7 @@ from collections.abc import Sequence
 from atlas.contract import generate_encryption_key
 
 from .config import ConfigError, Settings, load_settings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from .logs import LOG_FORMATS, configure_logging, secret_values, uvicorn_log_config
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -67,6 +67,7 @@ def _serve(app: str, args: argparse.Namespace, host: str, port: int) -> int:
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
         log_level="info",
+        log_config=uvicorn_log_config(),  # uvicorn logs through ours (text or JSON), in each of its workers too
         proxy_headers=True,
     )
     return 0
@@ -224,6 +225,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .supervisor import run
+
+    settings = _settings(args)
+    return run(settings, config=args.config, host=args.host, demo=args.demo, admin_file=args.admin_file)
+
+
 def cmd_failed(args: argparse.Namespace) -> int:
     from .failed import list_failed, requeue_failed
     from .queue import batch_queue, redis_client
@@ -250,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atlas-server", description="Atlas fleet telemetry server")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="config.yaml (default: $ATLAS_CONFIG, ./config.yaml)")
+    common.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text lines, or one JSON object a line (default: $ATLAS_LOG_FORMAT, text)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
@@ -277,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     p.add_argument("--name", help="worker name shown in rq")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "run", parents=[common], help="run ingest, a worker, the exporter and the dashboard here until Ctrl-C"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address the services bind (default: 127.0.0.1)")
+    p.add_argument("--demo", action="store_true", help="also run a local agent reporting this machine")
+    p.add_argument(
+        "--admin-file", metavar="PATH", help="when the first admin is created, also write its password here (mode 600)"
+    )
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("failed", parents=[common], help="list batches that failed to persist, or requeue them")
     p.add_argument("--requeue", nargs="+", metavar="BATCH_ID", help="requeue these batches")
@@ -320,9 +343,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_format(args: argparse.Namespace) -> str:
+    fmt = getattr(args, "log_format", None) or os.environ.get("ATLAS_LOG_FORMAT") or "text"
+    if fmt not in LOG_FORMATS:
+        raise ConfigError(f"ATLAS_LOG_FORMAT: must be one of {', '.join(LOG_FORMATS)}")
+    os.environ["ATLAS_LOG_FORMAT"] = fmt  # for processes this one starts
+    return fmt
+
+
+def _log_secrets(args: argparse.Namespace) -> list[str]:
+    """The configured secrets, for the log filter that blanks them; a bad config is left to the command."""
+    if not hasattr(args, "config"):
+        return []
+    try:
+        return secret_values(load_settings(args.config))
+    except Exception:
+        return []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        configure_logging(_log_format(args), logging.INFO, _log_secrets(args))
+    except ConfigError as exc:
+        print(f"atlas-server: configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -14,6 +14,9 @@
     redis:
       url: redis://...
 
+    worker:
+      metrics_port: 0           # serve the worker's /metrics on this port; 0: off
+      metrics_host: 0.0.0.0     # address it binds (default: server.host)
     exporter:
       port: 8769
     dashboard:
@@ -103,6 +106,8 @@ class Settings:
     job_retry_intervals: tuple[int, ...] = (2, 5, 15, 30, 60, 120, 300, 600)
     job_monitoring_interval: int = 10
     maintenance_interval: int = 30
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "0.0.0.0"
     exporter_port: int = DEFAULT_EXPORTER_PORT
     dashboard_port: int = DEFAULT_DASHBOARD_PORT
     secret_key: str | None = field(default=None, repr=False)
@@ -155,6 +160,13 @@ def _port(section: Mapping[str, Any], default: int, setting: str) -> int:
     port = _int(section, "port", default, setting)
     if port > 65535:
         raise ConfigError(f"{setting}: must be at most 65535")
+    return port
+
+
+def _metrics_port(worker: Mapping[str, Any]) -> int:
+    port = _int(worker, "metrics_port", 0, "worker.metrics_port", 0)
+    if port > 65535:
+        raise ConfigError("worker.metrics_port: must be at most 65535")
     return port
 
 
@@ -240,6 +252,9 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
     if not isinstance(allow_plaintext, bool):
         raise ConfigError("server.allow_plaintext: must be true or false")
     port = _port(server, DEFAULT_PORT, "server.port")
+    metrics_host = worker.get("metrics_host", str(server.get("host", "0.0.0.0")))
+    if not isinstance(metrics_host, str) or not metrics_host:
+        raise ConfigError("worker.metrics_host: must be an address such as 0.0.0.0 or 127.0.0.1")
     prefix = env.get("ATLAS_REDIS_PREFIX") or redis.get("key_prefix", "atlas")
     if not isinstance(prefix, str) or not prefix.replace("-", "").replace("_", "").isalnum():
         raise ConfigError("redis.key_prefix: letters, digits, - and _ only")
@@ -276,6 +291,8 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
         job_retries=_int(worker, "retries", 8, "worker.retries"),
         job_monitoring_interval=_int(worker, "monitoring_interval", 10, "worker.monitoring_interval"),
         maintenance_interval=_int(worker, "maintenance_interval", 30, "worker.maintenance_interval"),
+        worker_metrics_port=_metrics_port(worker),
+        worker_metrics_host=metrics_host,
         exporter_port=_port(exporter, DEFAULT_EXPORTER_PORT, "exporter.port"),
         export_chunk_bytes=_int(exporter, "chunk_bytes", 256 * 1024, "exporter.chunk_bytes", 1024),
         dashboard_port=_port(dashboard, DEFAULT_DASHBOARD_PORT, "dashboard.port"),

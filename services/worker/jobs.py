@@ -7,6 +7,7 @@ import logging
 import psycopg
 
 from atlas.contract import Key
+from atlas.server import metrics
 from atlas.server.config import Settings, get_settings
 from atlas.server.db import connect
 from atlas.server.queue import QUEUE_FORMAT, QueuedBatch
@@ -57,6 +58,13 @@ def _db() -> psycopg.Connection:
     return _connection
 
 
+def _count(batches: list[QueuedBatch], stored: list[bool]) -> None:
+    """Add what a transaction stored to this process's metrics (the worker's /metrics)."""
+    metrics.BATCHES_PERSISTED.inc(sum(stored))
+    metrics.BATCHES_ALREADY_STORED.inc(len(stored) - sum(stored))
+    metrics.ROWS_PERSISTED.inc(sum(len(b["logs"]) for b, new in zip(batches, stored, strict=True) if new))
+
+
 class UnstorableBatchError(Exception):
     """Some batches of a group could not be stored; the others were. Names the batch_ids."""
 
@@ -66,10 +74,13 @@ def _one_by_one(batches: list[QueuedBatch]) -> list[bool]:
     stored, failed = [], []
     for batch in batches:
         try:
-            stored.append(store_batches(_db(), [batch], _db_key())[0])
+            new = store_batches(_db(), [batch], _db_key())[0]
         except psycopg.DataError as exc:
             failed.append(f"{batch['batch_id']} ({type(exc).__name__})")
             stored.append(False)
+            continue
+        _count([batch], [new])
+        stored.append(new)
     if failed:
         log.error("Stored %d batch(es); could not store %s", sum(stored), ", ".join(failed))
         raise UnstorableBatchError(f"could not store batch(es) {', '.join(failed)}")
@@ -97,6 +108,8 @@ def persist_batches(batches: list[QueuedBatch]) -> int:
             _connection.close()
         _connection = None
         raise
+    else:
+        _count(batches, stored)
     logs = sum(len(b["logs"]) for b, new in zip(batches, stored, strict=True) if new)
     log.info("Stored %d of %d batch(es), %d widget logs", sum(stored), len(batches), logs)
     return sum(stored)

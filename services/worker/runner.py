@@ -1,13 +1,18 @@
-"""Running the rq worker: no fork per job, fast recovery of abandoned jobs."""
+"""Running the rq worker: no fork per job, fast recovery of abandoned jobs, and its /metrics."""
 
 from __future__ import annotations
 
+import logging
+
 from rq import SimpleWorker
 
-from atlas.server.config import Settings
+from atlas.server import metrics
+from atlas.server.config import ConfigError, Settings
 from atlas.server.queue import BatchJob, batch_queue, redis_client
 
 from . import jobs
+
+log = logging.getLogger("atlas.worker")
 
 WORKER_TTL = 30
 """Seconds a worker's registration lives between heartbeats. rq blocks on the
@@ -43,7 +48,34 @@ def build_worker(settings: Settings, *, name: str | None = None) -> BatchWorker:
     )
 
 
+def start_metrics(settings: Settings):
+    """Serve this process's ``/metrics`` on ``worker.metrics_port`` from a thread; None when it is 0 (off).
+
+    The worker has no web app, so prometheus_client's own small HTTP server
+    answers: rows and batches stored by this process, and the queue gauges read
+    from Redis. Each worker process needs a port of its own.
+    """
+    if not settings.worker_metrics_port:
+        return None
+    registry = metrics.service_registry(settings, queue=True)
+    try:
+        server = metrics.start_metrics_server(settings.worker_metrics_port, settings.worker_metrics_host, registry)
+    except OSError as exc:  # the port is taken (another worker?) or the address is not ours: one line, no traceback
+        raise ConfigError(
+            f"worker.metrics_port: cannot listen on {settings.worker_metrics_host}:{settings.worker_metrics_port}"
+            f" ({exc.strerror or exc})"
+        ) from None
+    log.info("Serving metrics on http://%s:%d/metrics", settings.worker_metrics_host, settings.worker_metrics_port)
+    return server
+
+
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
     """Work until stopped (or, with burst, until the queue is empty)."""
     worker = build_worker(settings, name=name)
-    return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+    server = start_metrics(settings)
+    try:
+        return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
