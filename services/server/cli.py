@@ -11,6 +11,7 @@
     atlas-server create-user        add a dashboard user
     atlas-server create-token       make an API token for scripted exports
     atlas-server rotate-db-key      put every stored batch under the current database key
+    atlas-server partitions         create daily partitions ahead, drop those past database.retention_days
     atlas-server keys               which keys are configured, and which ones stored batches use
     atlas-server keygen             print a new encryption key (or --api-key)
 
@@ -45,13 +46,40 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from .db import connect, ensure_database, migrate
+    from .partitions import ensure_partitions
 
     settings = _settings(args)
     if ensure_database(settings.database_url):
         print("Created database")
     with connect(settings.database_url) as conn:
         applied = migrate(conn, progress=lambda m: print(f"Applying migration {m.version}: {m.name}"))
+        created = ensure_partitions(conn, days_ahead=settings.partitions_ahead_days)
     print(f"Schema up to date ({len(applied)} migration(s) applied)")
+    if created:
+        print(f"Created {len(created)} daily partition(s) of widget_logs, up to {created[-1]}")
+    return 0
+
+
+def cmd_partitions(args: argparse.Namespace) -> int:
+    from .db import connect
+    from .partitions import drop_expired, ensure_partitions, list_partitions
+
+    settings = _settings(args)
+    with connect(settings.database_url, autocommit=True) as conn:
+        created = ensure_partitions(conn, days_ahead=settings.partitions_ahead_days)
+        dropped = drop_expired(conn, settings.retention_days)
+        partitions = list_partitions(conn)
+    for name in created:
+        print(f"Created {name}")
+    for name in dropped:
+        print(f"Dropped {name} (older than database.retention_days = {settings.retention_days})")
+    print(f"{'PARTITION':26}  {'FROM':25}  {'TO':25}  ROWS (estimate)")
+    for p in partitions:
+        lower = p.lower.isoformat() if p.lower else ("-" if p.is_default else "(everything before)")
+        upper = p.upper.isoformat() if p.upper else "-"
+        print(f"{p.name:26}  {lower:25}  {upper:25}  {p.rows}")
+    retention = f"{settings.retention_days} days" if settings.retention_days else "off (database.retention_days: 0)"
+    print(f"{len(partitions)} partition(s); retention {retention}")
     return 0
 
 
@@ -333,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", choices=("auto", "always"), default="auto", help="progress bar: on a terminal, or always"
     )
     p.set_defaults(func=cmd_rotate_db_key)
+
+    p = sub.add_parser(
+        "partitions", parents=[common], help="create widget_logs' daily partitions ahead, drop expired ones, list them"
+    )
+    p.set_defaults(func=cmd_partitions)
 
     p = sub.add_parser("keys", parents=[common], help="which keys are configured, and which ones stored batches use")
     p.set_defaults(func=cmd_keys)

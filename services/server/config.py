@@ -115,6 +115,8 @@ class Settings:
     online_within: timedelta = timedelta(minutes=15)
     stale_within: timedelta = timedelta(days=1)
     export_chunk_bytes: int = 256 * 1024
+    retention_days: int = 0
+    partitions_ahead_days: int = 14
 
     @property
     def queue_name(self) -> str:
@@ -282,6 +284,8 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
             seconds=_int(server, "created_at_max_future_seconds", 300, "server.created_at_max_future_seconds", 0)
         ),
         database_url=env.get("DATABASE_URL") or str(database.get("url", DEFAULT_DATABASE_URL)),
+        retention_days=_int(database, "retention_days", 0, "database.retention_days", 0),
+        partitions_ahead_days=_int(database, "partitions_ahead_days", 14, "database.partitions_ahead_days"),
         redis_url=env.get("REDIS_URL") or str(redis.get("url", DEFAULT_REDIS_URL)),
         redis_prefix=prefix,
         duplicate_window=timedelta(

@@ -162,6 +162,72 @@ MIGRATIONS: tuple[Migration, ...] = (
             'Database keys that wrap at least one stored data key; empty means nothing is encrypted at rest';
         """,
     ),
+    Migration(
+        4,
+        "widget_logs partitioned by day of timestamp; the rows before become one partition",
+        """
+        DO $$
+        DECLARE
+            -- Rows before tomorrow (UTC) stay where they are, as one partition; days from tomorrow get their own.
+            cutover timestamptz := (date_trunc('day', now() AT TIME ZONE 'UTC') + interval '1 day') AT TIME ZONE 'UTC';
+            day timestamptz;
+        BEGIN
+            ALTER TABLE widget_logs RENAME TO widget_logs_before;
+            ALTER INDEX widget_logs_timestamp_idx RENAME TO widget_logs_before_timestamp_idx;
+            ALTER INDEX widget_logs_type_timestamp_idx RENAME TO widget_logs_before_type_timestamp_idx;
+            ALTER INDEX widget_logs_machine_timestamp_idx RENAME TO widget_logs_before_machine_timestamp_idx;
+            ALTER INDEX widget_logs_batch_idx RENAME TO widget_logs_before_batch_idx;
+
+            CREATE SEQUENCE widget_logs_id AS bigint;
+            PERFORM setval('widget_logs_id', coalesce((SELECT max(id) FROM widget_logs_before), 0) + 1, false);
+            ALTER TABLE widget_logs_before ALTER COLUMN id DROP IDENTITY;
+            ALTER TABLE widget_logs_before DROP CONSTRAINT widget_logs_pkey;
+            ALTER TABLE widget_logs_before VALIDATE CONSTRAINT widget_logs_clear_or_sealed;
+
+            CREATE TABLE widget_logs (
+                id             bigint NOT NULL DEFAULT nextval('widget_logs_id'),
+                machine_id     text NOT NULL,
+                serial_number  text NOT NULL,
+                "timestamp"    timestamptz NOT NULL,
+                level          text NOT NULL,
+                widget_type    text NOT NULL,
+                message        text,
+                data           jsonb,
+                batch_id       uuid NOT NULL,
+                received_at    timestamptz NOT NULL,
+                sealed         bytea,
+                CONSTRAINT widget_logs_clear_or_sealed CHECK (
+                    (sealed IS NULL AND message IS NOT NULL AND data IS NOT NULL)
+                    OR (sealed IS NOT NULL AND message IS NULL AND data IS NULL)
+                ),
+                PRIMARY KEY (id, "timestamp")
+            ) PARTITION BY RANGE ("timestamp");
+            ALTER SEQUENCE widget_logs_id OWNED BY widget_logs.id;
+            CREATE INDEX widget_logs_timestamp_idx ON widget_logs ("timestamp");
+            CREATE INDEX widget_logs_type_timestamp_idx ON widget_logs (widget_type, "timestamp");
+            CREATE INDEX widget_logs_machine_timestamp_idx ON widget_logs (machine_id, "timestamp");
+            CREATE INDEX widget_logs_batch_idx ON widget_logs (batch_id);
+
+            FOR i IN 0..13 LOOP
+                day := cutover + i * interval '1 day';
+                EXECUTE format(
+                    'CREATE TABLE %I PARTITION OF widget_logs FOR VALUES FROM (%L) TO (%L)',
+                    'widget_logs_p' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD'), day, day + interval '1 day'
+                );
+            END LOOP;
+            -- Timestamps outside every day's partition (an agent's clock far off) land here; nothing is refused.
+            CREATE TABLE widget_logs_default PARTITION OF widget_logs DEFAULT;
+            -- Rows already dated on or after the cutover move to their day, so the old table fits its bound.
+            INSERT INTO widget_logs SELECT id, machine_id, serial_number, "timestamp", level, widget_type, message,
+                data, batch_id, received_at, sealed FROM widget_logs_before WHERE "timestamp" >= cutover;
+            DELETE FROM widget_logs_before WHERE "timestamp" >= cutover;
+            EXECUTE format(
+                'ALTER TABLE widget_logs ATTACH PARTITION widget_logs_before FOR VALUES FROM (MINVALUE) TO (%L)',
+                cutover
+            );
+        END $$;
+        """,
+    ),
 )
 """Every migration, oldest first."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import psycopg
 
@@ -10,6 +11,7 @@ from atlas.contract import Key
 from atlas.server import metrics
 from atlas.server.config import Settings, get_settings
 from atlas.server.db import connect
+from atlas.server.partitions import drop_expired, ensure_partitions
 from atlas.server.queue import QUEUE_FORMAT, QueuedBatch
 
 from .store import persist_batches as store_batches
@@ -63,6 +65,38 @@ def _count(batches: list[QueuedBatch], stored: list[bool]) -> None:
     metrics.BATCHES_PERSISTED.inc(sum(stored))
     metrics.BATCHES_ALREADY_STORED.inc(len(stored) - sum(stored))
     metrics.ROWS_PERSISTED.inc(sum(len(b["logs"]) for b, new in zip(batches, stored, strict=True) if new))
+
+
+PARTITION_CHECK_SECONDS = 3600.0
+"""How often a worker makes the days ahead and applies the retention (during rq's maintenance pass)."""
+
+_partitions_checked_at: float | None = None
+
+
+def maintain_partitions() -> None:
+    """Create widget_logs' daily partitions ahead and drop expired ones, at most hourly per process.
+
+    Runs on its own autocommit connection; a failure is logged and tried again
+    at the next pass, never raised into the worker loop.
+    """
+    global _partitions_checked_at
+    now = time.monotonic()
+    if _partitions_checked_at is not None and now - _partitions_checked_at < PARTITION_CHECK_SECONDS:
+        return
+    _partitions_checked_at = now
+    settings = _settings or get_settings()
+    try:
+        with connect(_database_url or settings.database_url, autocommit=True) as conn:
+            created = ensure_partitions(conn, days_ahead=settings.partitions_ahead_days)
+            dropped = drop_expired(conn, settings.retention_days)
+    except psycopg.Error as exc:
+        log.warning("Partition maintenance failed, will try again: %s", type(exc).__name__)
+        return
+    if created:
+        log.info("Created %d daily partition(s) of widget_logs, up to %s", len(created), created[-1])
+    if dropped:
+        days = settings.retention_days
+        log.info("Dropped %d partition(s) older than %d days: %s", len(dropped), days, ", ".join(dropped))
 
 
 class UnstorableBatchError(Exception):

@@ -32,6 +32,11 @@ class BatchWorker(SimpleWorker):
     worker then retries it. With the defaults that is within about 3 minutes.
     """
 
+    def run_maintenance_tasks(self) -> None:
+        """rq's maintenance, then widget_logs' partitions: days ahead made, expired ones dropped (hourly)."""
+        super().run_maintenance_tasks()
+        jobs.maintain_partitions()
+
 
 def build_worker(settings: Settings, *, name: str | None = None) -> BatchWorker:
     jobs.use_settings(settings)
