@@ -138,7 +138,7 @@ def drop_expired(conn: psycopg.Connection, retention_days: int, now: datetime | 
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))
-                conn.execute("SET LOCAL lock_timeout = '5s'")
+                conn.execute("SET LOCAL lock_timeout = '5s'")  # an export streaming from it: try next time
                 conn.execute(
                     sql.SQL("ALTER TABLE widget_logs DETACH PARTITION {}").format(sql.Identifier(partition.name))
                 )

@@ -76,22 +76,26 @@ _partitions_checked_at: float | None = None
 def maintain_partitions() -> None:
     """Create widget_logs' daily partitions ahead and drop expired ones, at most hourly per process.
 
-    Runs on its own autocommit connection; a failure is logged and tried again
-    at the next pass, never raised into the worker loop.
+    Runs on its own autocommit connection and waits at most 2 s for a lock (a
+    migration or a long DDL holding widget_logs), so batches are never held up
+    for long; a failure is logged and tried again 5 minutes later, never raised
+    into the worker loop.
     """
     global _partitions_checked_at
     now = time.monotonic()
     if _partitions_checked_at is not None and now - _partitions_checked_at < PARTITION_CHECK_SECONDS:
         return
-    _partitions_checked_at = now
     settings = _settings or get_settings()
     try:
         with connect(_database_url or settings.database_url, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '2s'")
             created = ensure_partitions(conn, days_ahead=settings.partitions_ahead_days)
             dropped = drop_expired(conn, settings.retention_days)
     except psycopg.Error as exc:
-        log.warning("Partition maintenance failed, will try again: %s", type(exc).__name__)
+        log.warning("Partition maintenance failed, trying again in 5 minutes: %s", type(exc).__name__)
+        _partitions_checked_at = now - PARTITION_CHECK_SECONDS + 300
         return
+    _partitions_checked_at = now
     if created:
         log.info("Created %d daily partition(s) of widget_logs, up to %s", len(created), created[-1])
     if dropped:
