@@ -185,6 +185,10 @@ def test_a_server_without_the_key_refuses_clearly(atrest_url, db_keys, exporter_
         response = export(server, token, format="csv")
         assert response.status_code == 503
         assert "server.db_encryption_key" in response.json()["detail"]
+        with psycopg.connect(atrest_url) as conn:
+            audited = conn.execute("SELECT status, error FROM export_audit ORDER BY id DESC LIMIT 1").fetchone()
+        assert audited[0] == "failed"
+        assert "server.db_encryption_key" in audited[1]
         assert not any(word in response.text for word in SECRET_WORDS)
         assert "Traceback" not in server.logs()
 

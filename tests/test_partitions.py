@@ -106,19 +106,31 @@ def test_retention_drops_whole_old_partitions_only(fresh_url: str) -> None:
     with connect(fresh_url, autocommit=True) as conn:
         migrate(conn)
         for days in (1, 5, 9):
-            conn.execute(INSERT, (now + timedelta(days=days), f"in {days} days", uuid.uuid4()))
+            batch_id = uuid.uuid4()
+            conn.execute(INSERT, (now + timedelta(days=days), f"in {days} days", batch_id))
+            conn.execute(
+                "INSERT INTO batches (batch_id, machine_id, created_at, received_at, log_count)"
+                " VALUES (%s, 'm1', now(), now(), 1)",
+                (batch_id,),
+            )
+        conn.execute(INSERT, (now - timedelta(days=3000), "ancient clock", uuid.uuid4()))
+        conn.execute(INSERT, (now + timedelta(days=400), "clock far ahead", uuid.uuid4()))  # the default partition
         batches_before = conn.execute("SELECT count(*) FROM batches").fetchone()[0]
+        assert batches_before == 3
         # Seen from 12 days on, keeping 5 days: the partitions of days up to 7 days from now go, whole.
         dropped = drop_expired(conn, retention_days=5, now=now + timedelta(days=12))
         assert "widget_logs_before" in dropped
         assert f"widget_logs_p{now + timedelta(days=1):%Y%m%d}" in dropped
         left = [m for (m,) in conn.execute("SELECT message FROM widget_logs ORDER BY id")]
-        assert left == ["in 9 days"]
+        assert left == ["in 9 days", "clock far ahead"]  # the ancient row went with widget_logs_before
         cutoff = (now + timedelta(days=7)).replace(hour=0, minute=0, second=0, microsecond=0)
         for partition in list_partitions(conn):
             assert partition.upper is None or partition.upper > cutoff
         assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == batches_before
         assert drop_expired(conn, retention_days=0, now=now + timedelta(days=100)) == []  # 0: keep everything
+        drop_expired(conn, retention_days=5, now=now + timedelta(days=500))
+        gone = conn.execute("SELECT count(*) FROM widget_logs WHERE message = 'clock far ahead'").fetchone()[0]
+        assert gone == 0  # old rows of the default partition go too, row by row
 
 
 def test_partitions_command(fresh_url: str, tmp_path) -> None:

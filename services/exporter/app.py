@@ -84,7 +84,6 @@ class Export:
     def begin(self) -> str | None:
         """Record the export; returns the device's serial number when filtering by machine (for the name)."""
         with self.web.pool.connection() as conn:
-            self.sealed = require_keys(conn, self.web.settings.db_keyring)
             self.audit_id = start_export(
                 conn,
                 username=self.principal.user.username,
@@ -93,6 +92,11 @@ class Export:
                 fmt=self.fmt,
                 filters=self.filters.as_dict(),
             )
+            try:
+                self.sealed = require_keys(conn, self.web.settings.db_keyring)
+            except AtRestError as exc:  # refused, and recorded as such
+                self.finish("failed", str(exc)[:200])
+                raise
             if self.filters.machine_id and not self.filters.serial_number:
                 row = conn.execute(
                     "SELECT serial_number FROM machines WHERE machine_id = %s", (self.filters.machine_id,)

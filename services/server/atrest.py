@@ -8,8 +8,10 @@ database key therefore re-wraps one small value per batch and never touches
 the logs.
 
 Associated data binds each ciphertext to where it belongs, so a sealed log
-moved to another row, batch or machine, or a wrapped key moved to another
-batch, fails to open instead of showing the wrong content:
+moved to another batch or machine, or to a row of another time, level or
+widget type, or a wrapped key moved to another batch, fails to open instead of
+showing the wrong content (two logs of one batch that share all of those could
+be swapped undetected):
 
 * wrapped data key: ``atlas-dek/v1``, batch_id, database key id;
 * sealed log: ``atlas-log/v1``, batch_id, machine_id, timestamp (µs since

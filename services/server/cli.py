@@ -181,6 +181,13 @@ def cmd_rotate_db_key(args: argparse.Namespace) -> int:
         )
         with tqdm(total=work.total, unit="batch", disable=None if args.progress == "auto" else False) as bar:
             retired = rotate(conn, settings.db_keyring, chunk=args.chunk, progress=bar.update)
+        left = remaining(conn, current)
+    if left.total:
+        print(
+            f"Not done: {left.rewrap} batch(es) under older keys and {left.encrypt} in the clear were stored"
+            " meanwhile (is every worker on the new key?); run rotate-db-key again"
+        )
+        return 1
     print(f"Done: every stored batch is under database key {current.kid}")
     for kid in retired:
         print(f"Database key {kid} is no longer used: remove it from server.db_encryption_keys")

@@ -9,7 +9,8 @@ covers (an agent whose clock is far off), so nothing is ever refused.
 ``ensure_partitions`` creates the days ahead (``atlas-server migrate``,
 ``atlas-server partitions`` and every worker do it). ``drop_expired`` removes
 whole partitions older than the retention: a ``DROP TABLE``, not millions of
-``DELETE``\\ s and a vacuum. The default partition is never dropped.
+``DELETE``\\ s and a vacuum. The default partition is never dropped; its rows older than the retention are
+deleted (there are few: only timestamps no day's partition covers).
 """
 
 from __future__ import annotations
@@ -146,4 +147,6 @@ def drop_expired(conn: psycopg.Connection, retention_days: int, now: datetime | 
         except psycopg.errors.LockNotAvailable:
             continue
         dropped.append(partition.name)
+    # Late rows of days already dropped, or from clocks far in the past, sit in the default partition.
+    conn.execute(sql.SQL('DELETE FROM {} WHERE "timestamp" < %s').format(sql.Identifier(DEFAULT_PARTITION)), (cutoff,))
     return dropped

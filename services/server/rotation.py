@@ -25,6 +25,9 @@ from atlas.contract import Key, Keyring
 
 from .atrest import epoch_micros, new_data_key, seal_log, unwrap_data_key, wrap_data_key
 
+MAX_PASSES = 5
+"""Passes over the batches; a worker still sealing under an old key keeps adding work, so the count is bounded."""
+
 
 @dataclass
 class RotationWork:
@@ -94,13 +97,15 @@ def encrypt_chunk(conn: psycopg.Connection, current: Key, after: str, size: int)
             (
                 seal_log(aeads[batch_id], batch_id, machine_id, epoch_micros(ts), level, widget_type, message, data),
                 log_id,
+                ts,
             )
             for log_id, batch_id, machine_id, ts, level, widget_type, message, data in logs
         ]
         conn.execute("INSERT INTO db_key_ids (kid) VALUES (%s) ON CONFLICT (kid) DO NOTHING", (current.kid,))
         with conn.cursor() as cur:
             cur.executemany(
-                "UPDATE widget_logs SET sealed = %s, message = NULL, data = NULL WHERE id = %s",
+                # the partition key too, so each update goes to one partition's index
+                'UPDATE widget_logs SET sealed = %s, message = NULL, data = NULL WHERE id = %s AND "timestamp" = %s',
                 sealed,
             )
             cur.executemany(
@@ -111,12 +116,19 @@ def encrypt_chunk(conn: psycopg.Connection, current: Key, after: str, size: int)
 
 
 def retire_unused_keys(conn: psycopg.Connection, current: Key) -> list[str]:
-    """Drop from db_key_ids the older keys no batch uses any more; returns their ids."""
-    rows = conn.execute(
-        "DELETE FROM db_key_ids d WHERE d.kid <> %s AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.dek_kid = d.kid)"
-        " RETURNING kid",
-        (current.kid,),
-    ).fetchall()
+    """Drop from db_key_ids the older keys no batch uses any more; returns their ids.
+
+    The table lock waits for any worker transaction that records a key id (it
+    inserts into db_key_ids before committing its batches), so a batch a worker
+    still seals under an old key is seen before that key is declared unused.
+    """
+    with conn.transaction():
+        conn.execute("LOCK TABLE db_key_ids IN SHARE ROW EXCLUSIVE MODE")
+        rows = conn.execute(
+            "DELETE FROM db_key_ids d WHERE d.kid <> %s"
+            " AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.dek_kid = d.kid) RETURNING kid",
+            (current.kid,),
+        ).fetchall()
     return [row[0] for row in rows]
 
 
@@ -133,14 +145,20 @@ def rotate(
         raise ValueError("no current database key")
     conn.autocommit = True
     zero = "00000000-0000-0000-0000-000000000000"
-    for step in (
+    steps = (
         lambda after: rewrap_chunk(conn, keyring, current, after, chunk),
         lambda after: encrypt_chunk(conn, current, after, chunk),
-    ):
-        after = zero
-        while True:
-            done, after = step(after)
-            if not done:
-                break
-            progress(done)
+    )
+    for _ in range(MAX_PASSES):  # again while batches committed behind a pass's position are found
+        found = 0
+        for step in steps:
+            after = zero
+            while True:
+                done, after = step(after)
+                if not done:
+                    break
+                found += done
+                progress(done)
+        if not found:
+            break
     return retire_unused_keys(conn, current)

@@ -172,6 +172,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             cutover timestamptz := (date_trunc('day', now() AT TIME ZONE 'UTC') + interval '1 day') AT TIME ZONE 'UTC';
             day timestamptz;
         BEGIN
+            -- Day arithmetic in UTC, whatever the server's time zone (a daylight-saving change would shift it).
+            PERFORM set_config('TimeZone', 'UTC', true);
             ALTER TABLE widget_logs RENAME TO widget_logs_before;
             ALTER INDEX widget_logs_timestamp_idx RENAME TO widget_logs_before_timestamp_idx;
             ALTER INDEX widget_logs_type_timestamp_idx RENAME TO widget_logs_before_type_timestamp_idx;
