@@ -149,6 +149,9 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path, server_config, settings
     finally:
         locker.rollback()
         locker.close()
+        if worker.poll() is None:  # the test failed before the kill: leave no worker behind
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
     assert count(db, "batches", batch["batch_id"]) == 0  # rolled back: nothing half-written
 
     survivor = start_worker(config_path, f"survivor-{uuid.uuid4().hex[:6]}")
