@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -25,17 +26,31 @@ def database_url_for(name: str) -> str:
     return psycopg.conninfo.make_conninfo(PG_BASE_URL, dbname=name)
 
 
+@contextmanager
+def own_database(suffix: str = "", *, create: bool = True, migrated: bool = True) -> Iterator[str]:
+    """The URL of a database of this run's own (``atlas_test_<run><suffix>``), dropped on exit.
+
+    ``create=False`` leaves creating it to the code under test; ``migrated=False`` leaves it empty.
+    """
+    name = f"atlas_test_{RUN_ID}{suffix}"
+    url = database_url_for(name)
+    if create:
+        ensure_database(url)
+        if migrated:
+            with connect(url) as conn:
+                migrate(conn)
+    try:
+        yield url
+    finally:
+        with connect(PG_BASE_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A migrated database of this run's own, dropped at the end."""
-    name = f"atlas_test_{RUN_ID}"
-    url = database_url_for(name)
-    ensure_database(url)
-    with connect(url) as conn:
-        migrate(conn)
-    yield url
-    with connect(PG_BASE_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with own_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -24,34 +24,27 @@ import httpx
 import psycopg
 import pytest
 import yaml
-from psycopg import sql
 
 from atlas.contract import Key, Keyring, generate_encryption_key, validate_content
 from atlas.server.accounts import create_token, create_user
 from atlas.server.atrest import AtRestError, epoch_micros, new_data_key, open_log, seal_log, unwrap_data_key
 from atlas.server.atrest import wrap_data_key as wrap
 from atlas.server.config import ConfigError, settings_from_mapping
-from atlas.server.db import connect, ensure_database, migrate
+from atlas.server.db import connect
 from atlas.server.queue import queued_batch
 from atlas.worker.store import persist_batches
 
 from . import batches
 from .fix_ingest import BIN, ServerProcess, service_env
-from .fix_services import PG_BASE_URL, RUN_ID, database_url_for
+from .fix_services import own_database
 
 SECRET_WORDS = ("Office-5G-Secret", "PrivateProcessName", "Ping 10.1.2.3")
 
 
 @pytest.fixture(scope="module")
 def atrest_url() -> Iterator[str]:
-    name = f"atlas_test_{RUN_ID}_atrest"
-    url = database_url_for(name)
-    ensure_database(url)
-    with connect(url) as conn:
-        migrate(conn)
-    yield url
-    with connect(PG_BASE_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with own_database("_atrest") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,11 @@ from urllib.parse import quote
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from atlas.dashboard import extract, fleet, render, security
 from atlas.dashboard.machine import levels_from
-from atlas.server.db import connect, ensure_database, migrate
+from atlas.server.db import connect
 from atlas.server.web import SESSION_COOKIE
 
 from .fix_dashboard import (
@@ -41,7 +40,7 @@ from .fix_dashboard import (
     wifi_data,
 )
 from .fix_ingest import ServerProcess
-from .fix_services import PG_BASE_URL, RUN_ID, database_url_for
+from .fix_services import own_database
 
 HOSTILE = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -316,32 +315,26 @@ def test_a_user_changes_their_own_password(viewer: Browserless, browserless: Cal
 
 
 def test_the_first_admin_comes_from_the_environment(server_config: dict[str, Any], tmp_path: Path):
-    name = f"atlas_test_{RUN_ID}_boot"
-    url = database_url_for(name)
-    ensure_database(url)
-    with connect(url) as conn:
-        migrate(conn)
-    config = {**server_config, "database": {"url": url}}
     servers: list[ServerProcess] = []
-    try:
-        env = {"ATLAS_ADMIN_USERNAME": "first-admin", "ATLAS_ADMIN_PASSWORD": "bootstrap-password-123"}
-        servers.append(ServerProcess("dashboard", config, tmp_path, env=env))
-        client = Browserless(servers[-1])
-        assert client.login("first-admin", "bootstrap-password-123").status_code == 303
-        assert client.get("/admin/users").status_code == 200
-        client.close()
-        servers[-1].stop()
-        # Once a user exists, the variables change nothing.
-        env = {"ATLAS_ADMIN_USERNAME": "second-admin", "ATLAS_ADMIN_PASSWORD": "another-password-456"}
-        servers.append(ServerProcess("dashboard", config, tmp_path, env=env))
-        with connect(url) as conn:
-            assert conn.execute("SELECT username, role FROM users").fetchall() == [("first-admin", "admin")]
-    finally:
-        for server in servers:
-            if server.proc.poll() is None:
-                server.stop()
-        with connect(PG_BASE_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with own_database("_boot") as url:
+        config = {**server_config, "database": {"url": url}}
+        try:
+            env = {"ATLAS_ADMIN_USERNAME": "first-admin", "ATLAS_ADMIN_PASSWORD": "bootstrap-password-123"}
+            servers.append(ServerProcess("dashboard", config, tmp_path, env=env))
+            client = Browserless(servers[-1])
+            assert client.login("first-admin", "bootstrap-password-123").status_code == 303
+            assert client.get("/admin/users").status_code == 200
+            client.close()
+            servers[-1].stop()
+            # Once a user exists, the variables change nothing.
+            env = {"ATLAS_ADMIN_USERNAME": "second-admin", "ATLAS_ADMIN_PASSWORD": "another-password-456"}
+            servers.append(ServerProcess("dashboard", config, tmp_path, env=env))
+            with connect(url) as conn:
+                assert conn.execute("SELECT username, role FROM users").fetchall() == [("first-admin", "admin")]
+        finally:
+            for server in servers:
+                if server.proc.poll() is None:
+                    server.stop()
 
 
 # --- the fleet list ----------------------------------------------------------------------

@@ -11,14 +11,13 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 import yaml
-from psycopg import sql
 
-from atlas.server.db import applied_versions, connect, ensure_database, migrate
+from atlas.server.db import applied_versions, connect, migrate
 from atlas.server.partitions import DEFAULT_PARTITION, drop_expired, ensure_partitions, list_partitions
 from atlas.server.schema import MIGRATIONS
 
 from .fix_ingest import BIN, service_env
-from .fix_services import PG_BASE_URL, RUN_ID, database_url_for
+from .fix_services import own_database
 
 INSERT = (
     'INSERT INTO widget_logs (machine_id, serial_number, "timestamp", level, widget_type, message, data, batch_id,'
@@ -29,12 +28,8 @@ INSERT = (
 @pytest.fixture
 def fresh_url() -> Iterator[str]:
     """A database of this test's own, with no migration applied."""
-    name = f"atlas_test_{RUN_ID}_part_{uuid.uuid4().hex[:6]}"
-    url = database_url_for(name)
-    ensure_database(url)
-    yield url
-    with connect(PG_BASE_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with own_database(f"_part_{uuid.uuid4().hex[:6]}", migrated=False) as url:
+        yield url
 
 
 def rows(conn: psycopg.Connection) -> list[tuple]:

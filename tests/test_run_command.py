@@ -21,14 +21,12 @@ import psutil
 import psycopg
 import pytest
 import yaml
-from psycopg import sql
 
 from atlas.contract import generate_encryption_key
-from atlas.server.db import connect
 
 from .fix_dashboard import Browserless
 from .fix_ingest import BIN, ServerProcess, free_port, service_env
-from .fix_services import PG_BASE_URL, RUN_ID, database_url_for
+from .fix_services import own_database
 
 START_TIMEOUT = 90
 DATA_TIMEOUT = 90
@@ -40,10 +38,8 @@ CREDENTIALS = re.compile(r"Dashboard admin created: user (\S+)  password (\S+)")
 @pytest.fixture
 def run_database() -> Iterator[str]:
     """The URL of a database that does not exist yet; dropped at the end."""
-    name = f"atlas_test_{RUN_ID}_run"
-    yield database_url_for(name)
-    with connect(PG_BASE_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with own_database("_run", create=False) as url:
+        yield url
 
 
 def distinct_free_ports(count: int) -> list[int]:
