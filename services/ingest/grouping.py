@@ -3,19 +3,23 @@
 rq's bookkeeping costs several milliseconds of Redis round trips per job,
 far more than storing a 15-log batch, so ingest hands the worker groups.
 A request still gets its answer only after the transaction holding its
-batch has committed: each waits on a future that the flusher thread
-resolves. Nothing is delayed on purpose: an idle server flushes a batch at
-once, and under load batches pile up while the previous flush is in flight,
-so groups grow exactly when they pay off.
+batch has committed: each waits on an asyncio future that the flusher
+thread resolves, all of a group's in one hand-off to the event loop.
+
+An idle server flushes a batch at once. Under load, flushes start at most
+every ``MIN_FLUSH_INTERVAL`` seconds, and the batches that arrive meanwhile
+form the next group: groups grow exactly when they pay off, and no batch
+waits longer than that interval plus one Redis transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue as stdlib_queue
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future
 
 from rq import Queue
 
@@ -30,22 +34,34 @@ MAX_GROUP_BATCHES = 200
 MAX_GROUP_LOGS = 20_000
 """Most logs one group carries, bounding a job's size in Redis and the worker's transaction."""
 
+MIN_FLUSH_INTERVAL = 0.02
+"""Seconds between the starts of two flushes under load. Each rq job costs the worker
+several milliseconds of Redis round trips whatever its size, so 20 ms of grouping
+(added to a 202 only when batches arrive faster than they can be flushed one by one)
+buys the worker several times its throughput."""
+
+Pending = tuple[QueuedBatch, asyncio.AbstractEventLoop, "asyncio.Future[bool]"]
+
 
 class GroupingEnqueuer:
     """Collects batches from request handlers and enqueues them in groups from one thread."""
 
-    def __init__(self, queue_factory: Callable[[], Queue], settings: Settings) -> None:
+    def __init__(
+        self, queue_factory: Callable[[], Queue], settings: Settings, min_interval: float = MIN_FLUSH_INTERVAL
+    ) -> None:
         self._queue_factory = queue_factory
         self._settings = settings
-        self._pending: stdlib_queue.SimpleQueue[tuple[QueuedBatch, Future[bool]]] = stdlib_queue.SimpleQueue()
+        self._min_interval = min_interval
+        self._pending: stdlib_queue.SimpleQueue[Pending] = stdlib_queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def submit(self, batch: QueuedBatch) -> Future[bool]:
-        """Future of True (queued) or False (duplicate); it raises RedisError if Redis is down."""
+    def submit(self, batch: QueuedBatch) -> asyncio.Future[bool]:
+        """From the event loop: a future of True (queued) or False (duplicate); RedisError if Redis is down."""
         self._ensure_thread()
-        future: Future[bool] = Future()
-        self._pending.put((batch, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._pending.put((batch, loop, future))
         return future
 
     def _ensure_thread(self) -> None:
@@ -57,9 +73,13 @@ class GroupingEnqueuer:
 
     def _run(self) -> None:
         queue = self._queue_factory()
+        last_flush = float("-inf")
         while True:
-            group = [self._pending.get()]
-            logs = len(group[0][0]["logs"])
+            first = self._pending.get()
+            wait = last_flush + self._min_interval - time.monotonic()
+            if wait > 0:  # a flush started less than the interval ago: let this group fill meanwhile
+                time.sleep(wait)
+            group, logs = [first], len(first[0]["logs"])
             while len(group) < MAX_GROUP_BATCHES and logs < MAX_GROUP_LOGS:
                 try:
                     item = self._pending.get_nowait()
@@ -67,14 +87,32 @@ class GroupingEnqueuer:
                     break
                 group.append(item)
                 logs += len(item[0]["logs"])
+            last_flush = time.monotonic()
             self._flush(queue, group)
 
-    def _flush(self, queue: Queue, group: list[tuple[QueuedBatch, Future[bool]]]) -> None:
+    def _flush(self, queue: Queue, group: list[Pending]) -> None:
         try:
-            results = enqueue_batches(queue, [batch for batch, _ in group], self._settings)
+            batches = [batch for batch, _, _ in group]
+            outcome: list[bool] | BaseException = enqueue_batches(queue, batches, self._settings)
         except Exception as exc:  # every waiting request learns of it, nothing is lost silently
-            for _, future in group:
-                future.set_exception(exc)
-            return
-        for (_, future), queued in zip(group, results, strict=True):
-            future.set_result(queued)
+            outcome = exc
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], bool | BaseException]]] = {}
+        for index, (_, loop, future) in enumerate(group):
+            result = outcome if isinstance(outcome, BaseException) else outcome[index]
+            by_loop.setdefault(loop, []).append((future, result))
+        for loop, settled in by_loop.items():  # one wake-up of each event loop per group
+            try:
+                loop.call_soon_threadsafe(_settle, settled)
+            except RuntimeError:  # that loop has closed (server shutting down): nobody waits any more
+                log.warning("Event loop closed before %d enqueue result(s) could be delivered", len(settled))
+
+
+def _settle(settled: list[tuple[asyncio.Future[bool], bool | BaseException]]) -> None:
+    """In the event loop: hand each request its result (a cancelled request's future is skipped)."""
+    for future, result in settled:
+        if future.done():
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)

@@ -13,6 +13,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -103,15 +104,9 @@ class LogEntry(BaseModel):
 
     @model_validator(mode="after")
     def _check_data(self) -> LogEntry:
-        _check_structure(self.data)
-        try:
-            text = json.dumps(self.data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        except ValueError:
-            raise ValueError("data must not contain NaN or Infinity") from None
-        try:
-            size = len(text.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise ValueError("data must be valid Unicode (no lone surrogates)") from None
+        text, size = _compact_json(self.data)
+        if _may_break_structure(text):
+            _check_structure(self.data)
         if size > MAX_DATA_BYTES:
             raise ValueError(f"data is {size} bytes as JSON; at most {MAX_DATA_BYTES} allowed")
         self._data_json = text
@@ -121,6 +116,43 @@ class LogEntry(BaseModel):
     def data_json(self) -> str:
         """``data`` as compact JSON, computed once during validation."""
         return self._data_json
+
+
+def _compact_json(data: dict[str, Any]) -> tuple[str, int]:
+    """``data`` as compact JSON text and its UTF-8 size; ValueError for NaN, Infinity or lone surrogates.
+
+    orjson writes it about 8 times faster than json.dumps, which matters at
+    every log of every batch. It writes NaN as ``null`` and refuses integers
+    beyond 64 bits, lone surrogates and extreme nesting, so any ``null`` or
+    refusal takes json.dumps' exact path, whose errors are the documented ones.
+    """
+    try:
+        raw = orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        raw = None
+    if raw is not None and b"null" not in raw:
+        return raw.decode("utf-8"), len(raw)
+    try:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (ValueError, RecursionError):
+        _check_structure(data)  # NUL and depth are reported first, as the walk finds them
+        raise ValueError("data must not contain NaN or Infinity") from None
+    try:
+        return text, len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("data must be valid Unicode (no lone surrogates)") from None
+
+
+def _may_break_structure(text: str) -> bool:
+    """Whether compact JSON ``text`` could hold a NUL or nest deeper than MAX_DATA_DEPTH.
+
+    False is certain, and almost every log gets it, so the walk below runs
+    rarely: json.dumps writes a NUL as the escape ``\\u0000`` (a literal
+    backslash-u text comes out as ``\\\\u0000``, which also contains it, hence
+    "may"), and nesting cannot go deeper than the number of ``{`` and ``[``,
+    counted inside strings too.
+    """
+    return "\\u0000" in text or text.count("{") + text.count("[") > MAX_DATA_DEPTH
 
 
 def _check_structure(data: dict[str, Any]) -> None:
