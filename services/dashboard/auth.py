@@ -9,6 +9,11 @@
 * The login form has no session yet, so it uses a double-submit token: a
   random value in an HttpOnly cookie and the same value in the form.
 * A failed login says only "Invalid username or password", with status 401.
+* Sign-ins are limited per client address (``dashboard.login_attempts_per_minute``,
+  in this process; a success gives its attempt back, so only failures add up),
+  and a name is locked for ``dashboard.lockout_seconds`` after
+  ``dashboard.lockout_failures`` consecutive failures, whether or not such a user
+  exists (kept in PostgreSQL). Both answer 429 with Retry-After.
 
 The dependencies are sync functions: FastAPI runs them in its thread pool,
 where ``WebState.principal`` may block on PostgreSQL.
@@ -16,13 +21,24 @@ where ``WebState.principal`` may block on PostgreSQL.
 
 from __future__ import annotations
 
+import logging
+import math
+import threading
 from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
-from atlas.server.accounts import authenticate, create_session, end_session
+from atlas.server.accounts import (
+    authenticate,
+    clear_login_failures,
+    create_session,
+    end_session,
+    lockout_remaining,
+    record_login_failure,
+)
+from atlas.server.ratelimit import RateLimiter, client_key, retry_after
 from atlas.server.web import SESSION_COOKIE, Principal, WebState
 
 from .render import render
@@ -34,7 +50,14 @@ LOGIN_CSRF_COOKIE = "atlas_login_csrf"
 LOGIN_CSRF_MAX_AGE = 3600
 """Seconds a login form stays usable."""
 
+log = logging.getLogger("atlas.dashboard")
+
 INVALID_LOGIN = "Invalid username or password"
+TOO_MANY_ATTEMPTS = "Too many sign-in attempts from this address. Please wait {wait} and try again."
+LOCKED_OUT = (
+    "Too many failed sign-ins for this username. Please wait {wait} and try again,"
+    " or ask an administrator to unlock it."
+)
 EXPIRED_FORM = "This form has expired or came from another site. Please try again."
 
 
@@ -124,14 +147,39 @@ def clear_session_cookie(response: Response, request: Request) -> None:
 
 
 router = APIRouter()
+_limiter_lock = threading.Lock()
+
+
+def login_limiter(request: Request) -> RateLimiter:
+    """This app's per-address limit on sign-in attempts, made on first use."""
+    state = request.app.state
+    with _limiter_lock:
+        limiter = getattr(state, "login_limiter", None)
+        if limiter is None:
+            per_minute = web_state(request).settings.login_attempts_per_minute
+            limiter = state.login_limiter = RateLimiter(per_minute / 60, max(1, per_minute), max_keys=10_000)
+    return limiter
+
+
+def _wait_text(seconds: float) -> str:
+    minutes = math.ceil(seconds / 60)
+    return f"{math.ceil(seconds)} seconds" if seconds <= 90 else f"{minutes} minutes"
 
 
 def _login_page(
-    request: Request, next_path: str, *, status: int = 200, error: str = "", username: str = ""
+    request: Request,
+    next_path: str,
+    *,
+    status: int = 200,
+    error: str = "",
+    username: str = "",
+    wait: float = 0.0,
 ) -> Response:
-    """The login form with a fresh double-submit token (also set as a cookie)."""
+    """The login form with a fresh double-submit token (also set as a cookie); ``wait``: a 429's Retry-After."""
     token = new_token()
     response = render("login.html", status=status, next=next_path, error=error, username=username, login_csrf=token)
+    if wait:
+        response.headers["Retry-After"] = retry_after(wait)
     response.set_cookie(
         LOGIN_CSRF_COOKIE,
         token,
@@ -168,11 +216,34 @@ def login(
         presented_cookie, csrf_token
     ):
         return _login_page(request, target, status=403, error=EXPIRED_FORM, username=username)
-    web = web_state(request)
+    web, limiter = web_state(request), login_limiter(request)
+    address = client_key(request.client.host if request.client else None)
+    if wait := limiter.hit(address):
+        error = TOO_MANY_ATTEMPTS.format(wait=_wait_text(wait))
+        return _login_page(request, target, status=429, error=error, username=username, wait=wait)
+    settings = web.settings
     with web.pool.connection() as conn:
+        if username and (locked := lockout_remaining(conn, username)):
+            error = LOCKED_OUT.format(wait=_wait_text(locked))
+            return _login_page(request, target, status=429, error=error, username=username, wait=locked)
         user = authenticate(conn, username, password) if username and password else None
         if user is None:
+            if username and password:
+                failures, locked_now = record_login_failure(
+                    conn, username, threshold=settings.lockout_failures, duration=settings.lockout_duration
+                )
+                if locked_now:
+                    log.warning(
+                        "Dashboard sign-in locked for username %r for %d s after %d consecutive failures"
+                        " (the last from %s)",
+                        username.strip()[:64],
+                        settings.lockout_duration.total_seconds(),
+                        failures,
+                        address,
+                    )
             return _login_page(request, target, status=401, error=INVALID_LOGIN, username=username)
+        clear_login_failures(conn, user.username)
+        limiter.refund(address)
         session_id, _ = create_session(conn, user, web.settings.session_max_age)
     response = RedirectResponse(target or "/", status_code=303)
     set_session_cookie(response, request, session_id)

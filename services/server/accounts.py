@@ -137,6 +137,10 @@ def set_password(conn: psycopg.Connection, user_id: int, password: str) -> None:
     with conn.transaction():
         conn.execute("UPDATE users SET password_hash = %s WHERE id = %s", (password_hash, user_id))
         conn.execute("DELETE FROM sessions WHERE user_id = %s", (user_id,))
+        conn.execute(
+            "DELETE FROM login_failures WHERE username_key = (SELECT lower(username) FROM users WHERE id = %s)",
+            (user_id,),
+        )
 
 
 def delete_user(conn: psycopg.Connection, user_id: int) -> None:
@@ -172,6 +176,67 @@ def authenticate(conn: psycopg.Connection, username: str, password: str) -> User
         conn.execute("UPDATE users SET password_hash = %s WHERE id = %s", (_hasher.hash(candidate), row[0]))
     conn.execute("UPDATE users SET last_login_at = now() WHERE id = %s", (row[0],))
     return User(row[0], row[1], row[2])
+
+
+# --- failed sign-ins and lockout --------------------------------------------------------
+# Kept by lower(username) whether or not such a user exists, so a lockout tells nobody which names
+# exist; in PostgreSQL, so it holds across dashboard processes and restarts.
+
+
+def _name_key(username: str) -> str:
+    return username.strip()[:64]
+
+
+def lockout_remaining(conn: psycopg.Connection, username: str) -> float:
+    """Seconds until this name may try to sign in again; 0.0 if it is not locked."""
+    row = conn.execute(
+        "SELECT extract(epoch FROM locked_until - now()) FROM login_failures"
+        " WHERE username_key = lower(%s) AND locked_until > now()",
+        (_name_key(username),),
+    ).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def record_login_failure(
+    conn: psycopg.Connection, username: str, *, threshold: int, duration: timedelta
+) -> tuple[int, bool]:
+    """Count a failed sign-in of this name: (consecutive failures, True if this one locked it).
+
+    Failures are consecutive until a success or an unlock; a lockout that has
+    ended, or ``duration`` without a failure, starts the count again. At
+    ``threshold`` failures the name is locked for ``duration`` (``threshold`` 0:
+    never). Rows idle that long are deleted here, so names that were only
+    guessed do not pile up.
+    """
+    if threshold < 1:
+        return 0, False
+    row = conn.execute(
+        """
+        INSERT INTO login_failures AS f (username_key, failures, last_failed_at, locked_until)
+        VALUES (lower(%(name)s), 1, now(), CASE WHEN %(threshold)s <= 1 THEN now() + %(duration)s END)
+        ON CONFLICT (username_key) DO UPDATE SET
+            failures = CASE WHEN f.locked_until <= now() OR f.last_failed_at < now() - %(duration)s
+                            THEN 1 ELSE f.failures + 1 END,
+            locked_until = CASE WHEN (CASE WHEN f.locked_until <= now() OR f.last_failed_at < now() - %(duration)s
+                                           THEN 1 ELSE f.failures + 1 END) >= %(threshold)s
+                                THEN now() + %(duration)s END,
+            last_failed_at = now()
+        RETURNING failures
+        """,
+        {"name": _name_key(username), "threshold": threshold, "duration": duration},
+    ).fetchone()
+    conn.execute(
+        "DELETE FROM login_failures WHERE last_failed_at < now() - %(d)s AND coalesce(locked_until, now()) <= now()",
+        {"d": duration},
+    )
+    failures = int(row[0]) if row else 0
+    return failures, failures == threshold
+
+
+def clear_login_failures(conn: psycopg.Connection, username: str) -> bool:
+    """Forget this name's failed sign-ins and end its lockout; True if there were any."""
+    cursor = conn.execute("DELETE FROM login_failures WHERE username_key = lower(%s)", (_name_key(username),))
+    return cursor.rowcount > 0
 
 
 # --- sessions --------------------------------------------------------------------------

@@ -10,6 +10,7 @@
     atlas-server create-admin       create the first admin (or --reset-password)
     atlas-server create-user        add a dashboard user
     atlas-server create-token       make an API token for scripted exports
+    atlas-server unlock-user        end a username's sign-in lockout (create-admin --reset-password does too)
     atlas-server rotate-db-key      put every stored batch under the current database key
     atlas-server partitions         create daily partitions ahead, drop those past database.retention_days
     atlas-server keys               which keys are configured, and which ones stored batches use
@@ -161,6 +162,17 @@ def cmd_create_user(args: argparse.Namespace, role: str | None = None) -> int:
 
 def cmd_create_admin(args: argparse.Namespace) -> int:
     return cmd_create_user(args, role="admin")
+
+
+def cmd_unlock_user(args: argparse.Namespace) -> int:
+    from .accounts import clear_login_failures
+    from .db import connect
+
+    settings = _settings(args)
+    with connect(settings.database_url, autocommit=True) as conn:
+        forgotten = clear_login_failures(conn, args.username)
+    print(f"Unlocked {args.username!r}" if forgotten else f"{args.username!r} had no failed sign-ins to forget")
+    return 0
 
 
 def cmd_rotate_db_key(args: argparse.Namespace) -> int:
@@ -357,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--username", required=True, help="the user the token acts as")
     p.add_argument("--name", required=True, help="what the token is for, e.g. 'nightly export'")
     p.set_defaults(func=cmd_create_token)
+    p = sub.add_parser("unlock-user", parents=[common], help="end a username's sign-in lockout, forget its failures")
+    p.add_argument("username", metavar="NAME", help="the login name (known or not: unknown names are locked too)")
+    p.set_defaults(func=cmd_unlock_user)
 
     p = sub.add_parser(
         "rotate-db-key",

@@ -9,6 +9,8 @@
       encryption_keys: [...]    # older keys still accepted while agents move over
       db_encryption_key: "..."  # encrypts message and data at rest (a different key)
       db_encryption_keys: [...] # older database keys, still read until rotate-db-key is done
+      rate_limit_per_key: 2000  # batches/s per API key per ingest process (burst: rate_limit_per_key_burst)
+      rate_limit_per_address: 100  # requests/s per client address per ingest process (and _burst)
     database:
       url: postgresql://...
     redis:
@@ -23,6 +25,8 @@
       port: 8770
       secret_key: "..."         # signs session cookies; default: one kept in the database
       session_max_age_seconds: 28800
+      login_attempts_per_minute: 10  # failed sign-ins per client address per dashboard process
+      lockout_failures: 5       # consecutive failures that lock a username for lockout_seconds
       online_seconds: 900       # last seen within: online; within stale_seconds: stale
       stale_seconds: 86400
 
@@ -34,6 +38,7 @@ whose message is one line naming the setting and never showing a secret.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +67,21 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/atlas"
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 """Redis used when neither config nor REDIS_URL names one."""
+
+DEFAULT_RATE_PER_KEY, DEFAULT_BURST_PER_KEY = 2000, 20000
+"""Batches/s per API key per ingest process. Every Mac of a fleet shares one key, so this caps the
+whole fleet as one process sees it: 200,000 Macs sending every 300 s make 667 batches/s in all, and
+one process carries about 480, so a healthy fleet never reaches it; it bounds a leaked key's flood
+when several keys are configured. The burst is 30 s of that whole fleet at once."""
+
+DEFAULT_RATE_PER_ADDRESS, DEFAULT_BURST_PER_ADDRESS = 100, 1000
+"""Requests/s per client address per ingest process: 30,000 Macs behind one NAT address at the
+5-minute cadence (a corporate NAT holds thousands), with a burst of 1,000 for the 9:00 wake-up;
+one runaway client looping on a connection (about 500 requests/s) is held to a fifth of a process."""
+
+DEFAULT_RATE_LIMIT_EXEMPT = ("127.0.0.0/8", "::1/128")
+"""Addresses without a per-address limit: local tools and the benches, and a proxy on the same
+host that sends no X-Forwarded-For (all clients would share its address)."""
 
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 """Largest request body read off the wire."""
@@ -112,6 +132,15 @@ class Settings:
     dashboard_port: int = DEFAULT_DASHBOARD_PORT
     secret_key: str | None = field(default=None, repr=False)
     session_max_age: timedelta = timedelta(hours=8)
+    rate_per_key: int = DEFAULT_RATE_PER_KEY
+    burst_per_key: int = DEFAULT_BURST_PER_KEY
+    rate_per_address: int = DEFAULT_RATE_PER_ADDRESS
+    burst_per_address: int = DEFAULT_BURST_PER_ADDRESS
+    rate_limit_exempt: tuple[str, ...] = DEFAULT_RATE_LIMIT_EXEMPT
+    rate_limit_max_addresses: int = 100_000
+    login_attempts_per_minute: int = 10
+    lockout_failures: int = 5
+    lockout_duration: timedelta = timedelta(minutes=15)
     online_within: timedelta = timedelta(minutes=15)
     stale_within: timedelta = timedelta(days=1)
     export_chunk_bytes: int = 256 * 1024
@@ -170,6 +199,19 @@ def _metrics_port(worker: Mapping[str, Any]) -> int:
     if port > 65535:
         raise ConfigError("worker.metrics_port: must be at most 65535")
     return port
+
+
+def _networks(server: Mapping[str, Any]) -> tuple[str, ...]:
+    """``server.rate_limit_exempt``: addresses or networks, checked here so a typo stops start-up."""
+    if "rate_limit_exempt" not in server:
+        return DEFAULT_RATE_LIMIT_EXEMPT
+    networks = _str_list(server["rate_limit_exempt"], "server.rate_limit_exempt")
+    for net in networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"server.rate_limit_exempt: {net!r} is not an address or network") from None
+    return tuple(networks)
 
 
 def _secret_key(dashboard: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
@@ -304,6 +346,25 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
         session_max_age=timedelta(
             seconds=_int(dashboard, "session_max_age_seconds", 8 * 3600, "dashboard.session_max_age_seconds", 60)
         ),
+        rate_per_key=_int(server, "rate_limit_per_key", DEFAULT_RATE_PER_KEY, "server.rate_limit_per_key", 0),
+        burst_per_key=_int(
+            server, "rate_limit_per_key_burst", DEFAULT_BURST_PER_KEY, "server.rate_limit_per_key_burst"
+        ),
+        rate_per_address=_int(
+            server, "rate_limit_per_address", DEFAULT_RATE_PER_ADDRESS, "server.rate_limit_per_address", 0
+        ),
+        burst_per_address=_int(
+            server, "rate_limit_per_address_burst", DEFAULT_BURST_PER_ADDRESS, "server.rate_limit_per_address_burst"
+        ),
+        rate_limit_exempt=_networks(server),
+        rate_limit_max_addresses=_int(
+            server, "rate_limit_max_addresses", 100_000, "server.rate_limit_max_addresses", 100
+        ),
+        login_attempts_per_minute=_int(
+            dashboard, "login_attempts_per_minute", 10, "dashboard.login_attempts_per_minute", 0
+        ),
+        lockout_failures=_int(dashboard, "lockout_failures", 5, "dashboard.lockout_failures", 0),
+        lockout_duration=timedelta(seconds=_int(dashboard, "lockout_seconds", 900, "dashboard.lockout_seconds")),
         online_within=timedelta(seconds=online),
         stale_within=timedelta(seconds=stale),
     )

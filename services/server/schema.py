@@ -230,6 +230,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         END $$;
         """,
     ),
+    Migration(
+        5,
+        "login_failures",
+        """
+        CREATE TABLE login_failures (
+            username_key    text PRIMARY KEY,
+            failures        integer NOT NULL,
+            last_failed_at  timestamptz NOT NULL,
+            locked_until    timestamptz
+        );
+        COMMENT ON TABLE login_failures IS
+            'Consecutive failed dashboard sign-ins by lower(username), whether or not the user exists, so a'
+            ' lockout says nothing about which names exist; a success or an unlock deletes the row';
+        CREATE INDEX login_failures_last_failed_idx ON login_failures (last_failed_at);
+        """,
+    ),
 )
 """Every migration, oldest first."""
 
