@@ -9,6 +9,7 @@ widget is kept in memory for the live widget page.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -101,14 +102,15 @@ class Agent:
             return
         dropped_before = self.store.status()["counters"].get("dropped_unsent", 0)
         self.sender.run_cycle()
-        dropped = self.store.status()["counters"].get("dropped_unsent", 0) - dropped_before
-        if dropped:
+        total = self.store.status()["counters"].get("dropped_unsent", 0)
+        dropped = total - dropped_before
+        if dropped:  # the running total too: an earlier warning may itself have been dropped
             self._record(
                 [
                     agent_log(
                         "WARNING",
-                        f"Local store limit reached: dropped {dropped} unsent logs",
-                        {"dropped_unsent": dropped},
+                        f"Local store limit reached: dropped {dropped} unsent logs ({total} in all)",
+                        {"dropped_unsent": dropped, "dropped_unsent_total": total},
                     )
                 ],
                 True,
@@ -127,9 +129,20 @@ class Agent:
             "widgets": widgets,
         }
 
+    def _retry_at(self) -> float | None:
+        """When (time.monotonic() scale) the spool's backoff ends; None when nothing is pending."""
+        at = self.store.next_attempt_at() if self.sender else None
+        return None if at is None else time.monotonic() + (at - time.time())
+
     def run(self, stop: threading.Event) -> None:
-        """Run until ``stop`` is set."""
+        """Run until ``stop`` is set.
+
+        Besides every ``send_interval_seconds``, a send cycle also runs when the spool's
+        jittered backoff ends, so after an outage agents come back at their own random
+        moments rather than all on the same interval tick.
+        """
         next_collect = next_send = time.monotonic()
+        last_send = -math.inf
         speedtest_thread: threading.Thread | None = None
         while not stop.is_set():
             now = time.monotonic()
@@ -140,12 +153,19 @@ class Agent:
             if self.config.speedtest_interval_seconds and self.speedtest.due() and speedtest_idle:
                 speedtest_thread = threading.Thread(target=self.run_speedtest, name="speedtest", daemon=True)
                 speedtest_thread.start()
-            if now >= next_send:
+            retry_at = self._retry_at()
+            if now >= next_send or (retry_at is not None and last_send < retry_at <= now):
                 try:
                     self.send()
                 except Exception:
                     log.exception("Send cycle failed")
-                next_send = now + self.config.send_interval_seconds
-            stop.wait(max(0.5, min(next_collect, next_send) - time.monotonic()))
+                last_send = now
+                if now >= next_send:
+                    next_send = now + self.config.send_interval_seconds
+                retry_at = self._retry_at()
+            wake = min(next_collect, next_send)
+            if retry_at is not None and retry_at > last_send:
+                wake = min(wake, retry_at)
+            stop.wait(max(0.5, wake - time.monotonic()))
         if self.sender:
             self.sender.close()

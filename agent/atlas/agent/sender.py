@@ -5,7 +5,10 @@ error, a timeout, a 5xx, 408 or 429 it is re-sent later, byte for byte with
 the same batch_id, after a full-jitter exponential backoff that honours
 Retry-After. Any other 4xx is final for that batch: it is quarantined with
 the server's reason instead of looping. A cycle stops at the first failure,
-so a fleet server that is down is not hammered by a long spool.
+so a fleet server that is down is not hammered by a long spool; batches go
+oldest first, and the oldest one's backoff holds back the whole spool (see
+LocalStore.due_batches), so after an outage a spool drains in order, starting
+at a jittered moment.
 """
 
 from __future__ import annotations
@@ -55,9 +58,16 @@ def classify(status: int | None, reply: Any) -> Outcome:
     return "retry"
 
 
-def backoff_delay(attempts: int, retry_after: float | None, rng: random.Random) -> float:
+def backoff_delay(
+    attempts: int,
+    retry_after: float | None,
+    rng: random.Random,
+    *,
+    base_s: float = BACKOFF_BASE_S,
+    cap_s: float = BACKOFF_CAP_S,
+) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2**attempts)], but never less than Retry-After."""
-    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(attempts, 20))
+    ceiling = min(cap_s, base_s * 2 ** min(attempts, 20))
     return max(rng.uniform(0, ceiling), retry_after or 0.0)
 
 
@@ -91,6 +101,8 @@ class Sender:
         timeout_s: float = 30.0,
         send_interval_s: int = DEFAULT_SEND_INTERVAL_S,
         rng: random.Random | None = None,
+        backoff_base_s: float = BACKOFF_BASE_S,
+        backoff_cap_s: float = BACKOFF_CAP_S,
     ) -> None:
         if not keyring and not allow_plaintext:
             raise SenderConfigError(
@@ -102,6 +114,7 @@ class Sender:
         self.keyring = keyring
         self.machine = machine
         self.rng = rng or random.SystemRandom()
+        self.backoff_base_s, self.backoff_cap_s = backoff_base_s, backoff_cap_s
         self.client = httpx.Client(
             verify=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True,
             timeout=timeout_s,
@@ -171,7 +184,9 @@ class Sender:
                 report.quarantined += 1
                 log.error("Batch %s refused by the fleet server, quarantined: %s", batch.batch_id, reason)
                 continue
-            delay = backoff_delay(batch.attempts, retry_after, self.rng)
+            delay = backoff_delay(
+                batch.attempts, retry_after, self.rng, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s
+            )
             self.store.mark_retry(batch.batch_id, delay=delay, error=reason)
             report.retried += 1
             log.warning("Sending batch %s failed (%s); next try in %.0f s", batch.batch_id, reason, delay)

@@ -181,15 +181,30 @@ class LocalStore:
         return PendingBatch(batch_id, body, len(rows), 0)
 
     def due_batches(self, now: float | None = None) -> list[PendingBatch]:
-        """Pending batches whose next attempt is due, oldest first."""
+        """Pending batches, oldest first, up to the first one still waiting out its backoff.
+
+        A batch never goes before an older pending one, so a spool drains in order, and the
+        oldest batch's jittered backoff holds back the whole spool, not just that batch.
+        """
         now = time.time() if now is None else now
+        due = []
         with closing(self._connect()) as conn:
-            rows = conn.execute(
-                "SELECT batch_id, body, log_count, attempts FROM batches"
-                " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY created_at, rowid",
-                (now,),
-            ).fetchall()
-        return [PendingBatch(r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+            for r in conn.execute(
+                "SELECT batch_id, body, log_count, attempts, next_attempt_at FROM batches"
+                " WHERE state = 'pending' ORDER BY created_at, rowid"
+            ):
+                if r[4] > now:
+                    break
+                due.append(PendingBatch(r[0], bytes(r[1]), r[2], r[3]))
+        return due
+
+    def next_attempt_at(self) -> float | None:
+        """When the oldest pending batch may be sent (time.time() scale), or None with nothing pending."""
+        with closing(self._connect()) as conn:
+            row = conn.execute(
+                "SELECT next_attempt_at FROM batches WHERE state = 'pending' ORDER BY created_at, rowid LIMIT 1"
+            ).fetchone()
+        return None if row is None else float(row[0])
 
     def mark_sent(self, batch_id: str) -> None:
         with closing(self._connect()) as conn, conn:
@@ -226,41 +241,55 @@ class LocalStore:
     def enforce_limits(self, now: datetime | None = None) -> dict[str, int]:
         """Drop logs older than max_age_days, then the oldest until under max_bytes.
 
+        A log in a sealed, unsent batch goes with its whole batch: the batch's body carries
+        every one of its logs, so sending the rest would deliver logs counted as dropped.
         Returns (and adds to the counters) how many logs were dropped before the
         server had them ("dropped_unsent") and how many delivered logs aged out.
         """
         now = now or datetime.now(UTC)
         cutoff = datetime.fromtimestamp(now.timestamp() - self.max_age_days * 86400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         dropped = {"dropped_unsent": 0, "expired_sent": 0}
+        select = (
+            "SELECT l.id, l.size, COALESCE(b.state, 'unbatched'), l.batch_id, length(b.body) FROM logs l"
+            " LEFT JOIN batches b ON b.batch_id = l.batch_id"
+        )
         with closing(self._connect()) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                victims = conn.execute(
-                    "SELECT l.id, l.size, COALESCE(b.state, 'unbatched') FROM logs l"
-                    " LEFT JOIN batches b ON b.batch_id = l.batch_id WHERE l.timestamp < ? ORDER BY l.id",
-                    (cutoff,),
-                ).fetchall()
+                victims: dict[int, str] = {}  # log id -> its batch's state
+
+                def take(row: tuple) -> int:
+                    """Mark a log (with its whole batch, if sealed and unsent) as a victim; bytes freed."""
+                    log_id, size, state, batch_id, body_size = row
+                    if log_id in victims:
+                        return 0
+                    if state in ("sent", "unbatched"):
+                        victims[log_id] = state
+                        return size
+                    freed = body_size
+                    for other_id, other_size in conn.execute(
+                        "SELECT id, size FROM logs WHERE batch_id = ?", (batch_id,)
+                    ).fetchall():
+                        victims[other_id] = state
+                        freed += other_size
+                    return freed
+
                 total = (
                     conn.execute("SELECT COALESCE(SUM(size), 0) FROM logs").fetchone()[0]
                     + conn.execute(
                         "SELECT COALESCE(SUM(length(body)), 0) FROM batches WHERE state != 'sent'"
                     ).fetchone()[0]
                 )
-                total -= sum(v[1] for v in victims)
+                for row in conn.execute(select + " WHERE l.timestamp < ? ORDER BY l.id", (cutoff,)):
+                    total -= take(row)
                 if total > self.max_bytes:
-                    chosen = {v[0] for v in victims}
-                    for row in conn.execute(
-                        "SELECT l.id, l.size, COALESCE(b.state, 'unbatched') FROM logs l"
-                        " LEFT JOIN batches b ON b.batch_id = l.batch_id ORDER BY l.id"
-                    ):
+                    for row in conn.execute(select + " ORDER BY l.id"):
                         if total <= self.max_bytes:
                             break
-                        if row[0] not in chosen:
-                            victims.append(row)
-                            total -= row[1]
-                for _, _, state in victims:
+                        total -= take(row)
+                for state in victims.values():
                     dropped["expired_sent" if state == "sent" else "dropped_unsent"] += 1
-                conn.executemany("DELETE FROM logs WHERE id = ?", [(v[0],) for v in victims])
+                conn.executemany("DELETE FROM logs WHERE id = ?", [(v,) for v in victims])
                 # A pending batch none of whose logs remain was dropped too: never send it.
                 conn.execute(
                     "DELETE FROM batches WHERE state != 'sent'"
