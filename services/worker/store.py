@@ -19,37 +19,55 @@ from atlas.contract import Key
 from atlas.server.atrest import epoch_micros, new_data_key, seal_log, wrap_data_key
 from atlas.server.queue import QueuedBatch
 
-CLAIM_BATCHES = """
-INSERT INTO batches (batch_id, machine_id, created_at, received_at, log_count, kid, dek_kid, dek_wrapped)
-SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::int[], %s::text[],
-                     %s::text[], %s::bytea[])
-ON CONFLICT (batch_id) DO NOTHING
-RETURNING batch_id::text
-"""
-
 RECORD_KEY_ID = "INSERT INTO db_key_ids (kid) VALUES (%s) ON CONFLICT (kid) DO NOTHING"
 
 IDENTITY_COLUMNS = ("serial_number", "hostname", "model", "os_version", "agent_version")
 
-UPSERT_MACHINE = (
-    """
-INSERT INTO machines (machine_id, serial_number, hostname, model, os_version, agent_version,
-                      first_seen, last_seen, identity_at)
-VALUES (%(machine_id)s, %(serial_number)s, %(hostname)s, %(model)s, %(os_version)s, %(agent_version)s,
-        %(received_at)s, %(received_at)s, %(created_at)s)
-ON CONFLICT (machine_id) DO UPDATE SET
-"""
-    + ",\n".join(
-        f"    {col} = CASE WHEN EXCLUDED.identity_at >= machines.identity_at"
-        f" THEN EXCLUDED.{col} ELSE machines.{col} END"
-        for col in IDENTITY_COLUMNS
-    )
-    + """,
-    identity_at = GREATEST(machines.identity_at, EXCLUDED.identity_at),
-    first_seen = LEAST(machines.first_seen, EXCLUDED.first_seen),
-    last_seen = GREATEST(machines.last_seen, EXCLUDED.last_seen)
-"""
+CLAIM_AND_UPSERT = """/* atlas: claim batches */
+WITH input AS (
+    SELECT * FROM unnest(
+        %(batch_id)s::uuid[], %(machine_id)s::text[], %(serial_number)s::text[], %(hostname)s::text[],
+        %(model)s::text[], %(os_version)s::text[], %(agent_version)s::text[], %(created_at)s::timestamptz[],
+        %(received_at)s::timestamptz[], %(log_count)s::int[], %(kid)s::text[], %(dek_wrapped)s::bytea[]
+    ) AS b(batch_id, machine_id, serial_number, hostname, model, os_version, agent_version, created_at,
+           received_at, log_count, kid, dek_wrapped)
+),
+claimed AS (
+    INSERT INTO batches (batch_id, machine_id, created_at, received_at, log_count, kid, dek_kid, dek_wrapped)
+    SELECT batch_id, machine_id, created_at, received_at, log_count, kid, %(dek_kid)s, dek_wrapped FROM input
+    ON CONFLICT (batch_id) DO NOTHING
+    RETURNING batch_id
+),
+seen AS (
+    INSERT INTO machines (machine_id, serial_number, hostname, model, os_version, agent_version,
+                          first_seen, last_seen, identity_at)
+    SELECT DISTINCT ON (i.machine_id)
+           i.machine_id, i.serial_number, i.hostname, i.model, i.os_version, i.agent_version,
+           min(i.received_at) OVER w, max(i.received_at) OVER w, i.created_at
+    FROM input i JOIN claimed USING (batch_id)
+    WINDOW w AS (PARTITION BY i.machine_id)
+    ORDER BY i.machine_id, i.created_at DESC, i.batch_id DESC
+    ON CONFLICT (machine_id) DO UPDATE SET
+        serial_number = CASE WHEN EXCLUDED.identity_at >= machines.identity_at
+            THEN EXCLUDED.serial_number ELSE machines.serial_number END,
+        hostname = CASE WHEN EXCLUDED.identity_at >= machines.identity_at
+            THEN EXCLUDED.hostname ELSE machines.hostname END,
+        model = CASE WHEN EXCLUDED.identity_at >= machines.identity_at
+            THEN EXCLUDED.model ELSE machines.model END,
+        os_version = CASE WHEN EXCLUDED.identity_at >= machines.identity_at
+            THEN EXCLUDED.os_version ELSE machines.os_version END,
+        agent_version = CASE WHEN EXCLUDED.identity_at >= machines.identity_at
+            THEN EXCLUDED.agent_version ELSE machines.agent_version END,
+        identity_at = GREATEST(machines.identity_at, EXCLUDED.identity_at),
+        first_seen = LEAST(machines.first_seen, EXCLUDED.first_seen),
+        last_seen = GREATEST(machines.last_seen, EXCLUDED.last_seen)
 )
+SELECT batch_id::text FROM claimed
+"""
+"""Claim a group's batch_ids (the primary key makes a replayed batch a no-op) and upsert
+each machine once, from its newest claimed batch, in one statement and one round trip.
+Machines are locked in machine_id order, batches in batch_id order, so concurrent
+workers never deadlock. Returns the batch_ids claimed now, whose logs are then COPYed."""
 
 COPY_LOGS = (
     'COPY widget_logs (machine_id, serial_number, "timestamp", level, widget_type, message, data,'
@@ -86,30 +104,22 @@ def persist_batches(conn: psycopg.Connection, batches: list[QueuedBatch], db_key
     ordered = sorted((batches[i] for i in first.values()), key=lambda b: b["batch_id"])  # one lock order
     data_keys = {b["batch_id"]: new_data_key() for b in ordered} if db_key else {}
     wrapped = [wrap_data_key(db_key, b["batch_id"], data_keys[b["batch_id"]]) for b in ordered] if db_key else None
+    machines = [b["machine"] for b in ordered]
+    params = {
+        "batch_id": [b["batch_id"] for b in ordered],
+        **{col: [m[col] for m in machines] for col in ("machine_id", *IDENTITY_COLUMNS)},
+        "created_at": [b["created_at"] for b in ordered],
+        "received_at": [b["received_at"] for b in ordered],
+        "log_count": [len(b["logs"]) for b in ordered],
+        "kid": [b["kid"] for b in ordered],
+        "dek_kid": db_key.kid if db_key else None,
+        "dek_wrapped": wrapped or [None] * len(ordered),
+    }
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(
-            CLAIM_BATCHES,
-            [
-                [b["batch_id"] for b in ordered],
-                [b["machine"]["machine_id"] for b in ordered],
-                [b["created_at"] for b in ordered],
-                [b["received_at"] for b in ordered],
-                [len(b["logs"]) for b in ordered],
-                [b["kid"] for b in ordered],
-                [db_key.kid if db_key else None] * len(ordered),
-                wrapped or [None] * len(ordered),
-            ],
-        )
+        cur.execute(CLAIM_AND_UPSERT, params)
         claimed = {row[0] for row in cur.fetchall()}
         fresh = [b for b in ordered if b["batch_id"] in claimed]
         if fresh:
-            cur.executemany(
-                UPSERT_MACHINE,
-                [
-                    {**b["machine"], "created_at": b["created_at"], "received_at": b["received_at"]}
-                    for b in sorted(fresh, key=lambda b: b["machine"]["machine_id"])
-                ],
-            )
             if db_key:
                 cur.execute(RECORD_KEY_ID, (db_key.kid,))
                 with cur.copy(COPY_SEALED_LOGS) as copy:
