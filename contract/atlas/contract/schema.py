@@ -19,7 +19,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PrivateAttr,
     StringConstraints,
     ValidationError,
     ValidationInfo,
@@ -100,7 +99,6 @@ class LogEntry(BaseModel):
     widget_type: WidgetType
     message: _text(MAX_MESSAGE_CHARS)
     data: dict[str, Any] = Field(default_factory=dict)
-    _data_json: str = PrivateAttr(default="{}")
 
     @model_validator(mode="after")
     def _check_data(self) -> LogEntry:
@@ -109,13 +107,12 @@ class LogEntry(BaseModel):
             _check_structure(self.data)
         if size > MAX_DATA_BYTES:
             raise ValueError(f"data is {size} bytes as JSON; at most {MAX_DATA_BYTES} allowed")
-        self._data_json = text
         return self
 
     @property
     def data_json(self) -> str:
-        """``data`` as compact JSON, computed once during validation."""
-        return self._data_json
+        """``data`` as compact JSON (written again: a private attribute to keep it cost more per log)."""
+        return _compact_json(self.data)[0]
 
 
 def _compact_json(data: dict[str, Any]) -> tuple[str, int]:
