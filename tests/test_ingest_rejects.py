@@ -6,11 +6,16 @@ import base64
 import gzip
 import json
 import os
+import socket
+import struct
 import uuid
+import zlib
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from atlas.contract import Key, associated_data, generate_encryption_key, seal
@@ -313,3 +318,84 @@ def test_offsets_postgresql_cannot_store_are_refused(ingest, keys, nothing_kept,
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][:3] == ["logs", 0, "timestamp"]
     nothing_kept(envelope["batch_id"])
+
+
+def gzip_of_spaces(mib: int) -> bytes:
+    """A valid gzip member inflating to ``mib`` MiB of spaces, built without compressing them all.
+
+    After a full flush deflate starts afresh, so each 1 MiB block compresses to the same bytes: one block,
+    repeated. Deflate tops out near 1:1030, so 1 GiB takes about 1 MB (100 KB only inflates to about 100 MB).
+    """
+    chunk = b" " * (1 << 20)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflate.compress(chunk)
+    deflate.flush(zlib.Z_FULL_FLUSH)
+    block = deflate.compress(chunk) + deflate.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(mib):
+        crc = zlib.crc32(chunk, crc)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    return header + block * mib + deflate.flush() + struct.pack("<II", crc, (mib << 20) & 0xFFFFFFFF)
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in bytes: what it ever held, not just what it holds now."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def test_gigabyte_gzip_bomb_is_413_and_memory_stays_bounded(
+    start_ingest, server_config, settings: Settings, keys, nothing_kept
+):
+    """About 1 MB on the wire inflating to 1 GiB: 413, and the server's peak memory grows by far less than that."""
+    bomb = gzip_of_spaces(1024)
+    assert len(bomb) < 1_200_000
+    head = zlib.decompressobj(wbits=31).decompress(bomb, 1 << 20)
+    assert head == b" " * (1 << 20)  # it really is a gzip of spaces
+    server = start_ingest(server_config)  # its own process: the peak below is this test's alone
+    ingest_proc = psutil.Process(server.proc.pid)
+    assert not ingest_proc.children(recursive=True)  # one process serves (no uvicorn workers to measure too)
+    warm_up = batches.sealed(batches.content(50), keys["current"])  # lazy imports and thread pools, not the bomb
+    assert server.post(warm_up).status_code == 202
+    before = peak_rss(server.proc.pid)
+    envelope = sealed_as_is(bomb, keys["current"])
+    response = server.post(envelope)
+    assert response.status_code == 413, response.text
+    assert "decompressed" in response.json()["detail"]
+    growth = peak_rss(server.proc.pid) - before
+    # Inflating stops one byte past max_plaintext_bytes (32 MiB); the rest is the body and its copies.
+    assert growth < settings.max_plaintext_bytes + 16 * 2**20, f"peak RSS grew by {growth / 2**20:.0f} MiB"
+    print(f"peak RSS growth for a 1 GiB bomb: {growth / 2**20:.1f} MiB")
+    assert server.post(batches.sealed(batches.content(1), keys["current"])).status_code == 202  # still serving
+    nothing_kept(envelope["batch_id"])
+
+
+def raw_request(url: str, head: str, first_bytes: bytes, timeout: float = 5) -> bytes:
+    """Send a request's head and only the first bytes of its body, then read what comes back."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head.encode() + b"\r\n" + first_bytes)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+        return answer
+
+
+@pytest.mark.parametrize(
+    ("authorization", "length", "status"),
+    [("Bearer wrong-key-0123456789", 10**9, b"401"), ("", 10**9, b"401"), (f"Bearer {API_KEY}", 10**9, b"413")],
+    ids=["wrong key, 1 GB declared", "no key, 1 GB declared", "valid key, 1 GB declared"],
+)
+def test_refused_before_the_body_is_read(ingest, authorization: str, length: int, status: bytes):
+    """The answer comes while 1 GB of body is still unsent: the server never waited to read it."""
+    head = (
+        "POST /api/fleet/widget-logs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n" + (f"Authorization: {authorization}\r\n" if authorization else "")
+    )
+    answer = raw_request(ingest.url, head, b"{" + b" " * 1024)
+    assert answer.split(b" ", 2)[1] == status, answer[:200]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
 from atlas.contract import format_timestamp
+from atlas.contract.schema import MAX_MESSAGE_CHARS
 
 from .collectors.health import HealthReading
 from .collectors.ping import PingResult
@@ -16,13 +18,29 @@ from .collectors.wifi import WifiReading
 LogEntry = dict[str, Any]
 
 
+def wire_safe(value: Any) -> Any:
+    """``value`` as the wire contract accepts it: NUL (an SSID may hold one) -> U+FFFD, NaN/inf -> None.
+
+    The server refuses a whole batch (422) for one such log, so every log is made safe here.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {wire_safe(str(k)): wire_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [wire_safe(v) for v in value]
+    return value
+
+
 def _entry(widget_type: str, level: str, message: str, data: dict[str, Any]) -> LogEntry:
     return {
         "timestamp": format_timestamp(datetime.now(UTC)),
         "level": level,
         "widget_type": widget_type,
-        "message": message,
-        "data": data,
+        "message": wire_safe(message)[:MAX_MESSAGE_CHARS],
+        "data": wire_safe(data),
     }
 
 

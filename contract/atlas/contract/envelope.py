@@ -213,15 +213,30 @@ def open_envelope(envelope: Envelope, keyring: Keyring, *, max_plaintext_bytes: 
     return data
 
 
+INFLATE_STEP = 1 << 20
+"""Bytes inflated at a time: one call with the whole limit would hold the output twice (zlib's blocks, then the
+joined bytes), so a gzip bomb cost twice max_plaintext_bytes; in steps it costs the limit plus one step."""
+
+
 def gunzip_bounded(data: bytes, max_bytes: int) -> bytes:
-    """Gunzip one gzip member without ever holding more than max_bytes + 1 of output."""
+    """Gunzip one gzip member, refusing it as soon as the output passes max_bytes."""
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    parts: list[bytes] = []
+    size = 0
+    pending = data
     try:
-        out = inflater.decompress(data, max_bytes + 1)
+        while pending and not inflater.eof:
+            part = inflater.decompress(pending, min(INFLATE_STEP, max_bytes + 1 - size))
+            pending = inflater.unconsumed_tail
+            parts.append(part)
+            size += len(part)
+            if size > max_bytes:
+                raise PayloadTooLargeError("ciphertext", f"decompressed plaintext exceeds {max_bytes} bytes")
+            if not part and pending:  # no progress with input left: cannot happen, but never loop forever
+                break
     except zlib.error:
         raise EnvelopeError("ciphertext", "plaintext is not valid gzip") from None
-    if len(out) > max_bytes:
-        raise PayloadTooLargeError("ciphertext", f"decompressed plaintext exceeds {max_bytes} bytes")
+    out = b"".join(parts)
     if not inflater.eof:
         raise EnvelopeError("ciphertext", "gzip stream is truncated")
     if inflater.unused_data:

@@ -14,6 +14,7 @@ import io
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 CSV_COLUMNS = ("ID", "Serial Number", "Timestamp", "Level", "Widget Type", "Message", "Data")
@@ -60,13 +61,16 @@ def csv_cells(rec: dict[str, Any]) -> list[str]:
 
 
 def csv_lines(records: Iterable[dict[str, Any]]) -> Iterable[str]:
-    """The header, then one line per record: RFC 4180 quoting, LF line ends (as PostgreSQL's COPY writes)."""
+    """The header, then one line per record: RFC 4180 quoting, LF line ends (as PostgreSQL's COPY writes).
+
+    The writer's line terminator is CRLF, so that a cell holding a bare CR is quoted too (csv quotes only the
+    terminator's characters: with LF alone, ``x\\r=1+1`` went out bare and a reader began a row with ``=1+1``);
+    each line's CRLF then becomes LF.
+    """
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    yield buffer.getvalue()
-    for rec in records:
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    for cells in chain([CSV_COLUMNS], map(csv_cells, records)):  # lazily: an export may hold millions
         buffer.seek(0)
         buffer.truncate()
-        writer.writerow(csv_cells(rec))
-        yield buffer.getvalue()
+        writer.writerow(cells)
+        yield buffer.getvalue()[:-2] + "\n"

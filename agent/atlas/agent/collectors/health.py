@@ -32,6 +32,9 @@ from .command import Runner, run_command
 TEMP_MIN_C = 0.0
 TEMP_MAX_C = 150.0
 FAN_MAX_RPM = 20000.0
+MAX_NOTES = 32
+MAX_NOTE_CHARS = 256
+"""Bounds on the free-text lists kept (notes, dropped readings): a garbled output can repeat a line forever."""
 FANLESS_MODELS = frozenset({"MacBook8,1", "MacBook9,1", "MacBook10,1"})
 """Intel Macs without a fan (12-inch MacBook): a ``Fan: 0 rpm`` line there is meaningless."""
 
@@ -120,6 +123,12 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _note(notes: list[str], text: str) -> None:
+    """Append ``text`` (cut to MAX_NOTE_CHARS) unless MAX_NOTES are kept already."""
+    if len(notes) < MAX_NOTES:
+        notes.append(text[:MAX_NOTE_CHARS])
+
+
 def _pm_timestamp(text: str) -> str | None:
     """``2021-05-02 11:51:57 +0800`` -> ``2021-05-02T11:51:57+08:00``."""
     try:
@@ -180,7 +189,7 @@ def parse_powermetrics_smc(text: str, *, model: str | None = None) -> SmcSensors
             value = _num(m.group(2))
             kept = _temp(value)
             if value is not None and kept is None:
-                out.dropped.append(f"{m.group(1).upper()} die temperature: {value}")
+                _note(out.dropped, f"{m.group(1).upper()} die temperature: {value}")
             if m.group(1).upper() == "CPU":
                 out.cpu_die_temp_c = kept
             else:
@@ -190,7 +199,7 @@ def parse_powermetrics_smc(text: str, *, model: str | None = None) -> SmcSensors
             if value is None:
                 continue
             if value < 0 or value > FAN_MAX_RPM or (value == 0 and model in FANLESS_MODELS):
-                out.dropped.append(f"Fan: {value} rpm")
+                _note(out.dropped, f"Fan: {value} rpm")
             else:
                 fans.append(value)
         elif m := _SMC_LEVEL.match(line):
@@ -202,7 +211,7 @@ def parse_powermetrics_smc(text: str, *, model: str | None = None) -> SmcSensors
         elif m := _SMC_PROCHOTS.match(line):
             out.prochots = _int(m.group(1))
         elif m := _THERMAL_PRESSURE.match(line):
-            out.thermal_pressure = m.group(1).strip() or None
+            out.thermal_pressure = m.group(1).strip()[:MAX_NOTE_CHARS] or None
     out.fans_rpm = fans
     return out
 
@@ -357,7 +366,7 @@ def parse_pmset_therm(text: str) -> ThermalLimits:
     for raw in text.splitlines():
         line = raw.strip()
         if line.lower().startswith("note:"):
-            out.notes.append(line)
+            _note(out.notes, line)
         elif m := _PM_LEVEL.search(line):
             attr = f"{m.group(1).lower()}_warning_level"
             setattr(out, attr, int(m.group(2)))
@@ -477,6 +486,8 @@ def _ioreg_scalar(value: str) -> int | bool | str | None:
         return value == "Yes"
     if re.fullmatch(r"-?\d+", value):
         number = int(value)
+        if not -(1 << 63) <= number < 1 << 64:  # ioreg prints 64-bit values; anything else is garbled
+            return None
         return number - (1 << 64) if number >= 1 << 63 else number
     if len(value) >= 2 and value[0] == value[-1] == '"':
         return value[1:-1]

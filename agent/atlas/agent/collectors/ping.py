@@ -34,6 +34,8 @@ __all__ = [
 
 STATUSES = ("ok", "partial_loss", "unreachable", "unknown_host", "error")
 PUBLIC_RESOLVER = "1.1.1.1"
+MAX_TEXT = 1024
+"""Longest text kept in a result, so a log stays far below the wire's 8192-character message and 64 KiB data."""
 
 # How long the Python side waits beyond ping's own deadline (DNS lookups are not
 # covered by ``-w``/``-t``).
@@ -92,6 +94,12 @@ class PingResult:
     rtt_stddev_ms: float | None = None
     reason: str | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("target", "address", "reason"):  # a garbled output line can be any length
+            value = getattr(self, name)
+            if isinstance(value, str) and len(value) > MAX_TEXT:
+                object.__setattr__(self, name, value[:MAX_TEXT])
+
     def as_data(self) -> dict[str, Any]:
         """JSON-safe dict (str/int/float/None only) for a widget log's ``data``."""
         return asdict(self)
@@ -106,6 +114,13 @@ def _float(value: str | None) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
+
+
+def _loss_from_counts(sent: int, received: int) -> float | None:
+    """Loss in percent from the packet counts, in 0..100 however large they are; None without packets."""
+    if sent <= 0:
+        return None
+    return 0.0 if received >= sent else round(100 * (sent - received) / sent, 1)
 
 
 def parse_ping(text: str, target: str) -> PingResult:
@@ -142,12 +157,9 @@ def _parse(text: str, target: str) -> PingResult:
     rest = summary.group("rest")
     duplicates = int(m.group(1)) if (m := _DUPLICATES.search(rest)) else 0
     errors = int(m.group(1)) if (m := _ERRORS.search(rest)) else None
-    if m := _LOSS.search(rest):
-        loss_pct = _float(m.group(1))
-    elif sent > 0:
-        loss_pct = round(100.0 * (sent - received) / sent, 1)
-    else:
-        loss_pct = None
+    loss_pct = _float(m.group(1)) if (m := _LOSS.search(rest)) else None
+    if loss_pct is None or not 0.0 <= loss_pct <= 100.0:  # absent, or absurd (garbled output): count it
+        loss_pct = _loss_from_counts(sent, received)
 
     rtt = _RTT.search(text, summary.end())
     rtt_min, rtt_avg, rtt_max, rtt_dev = (

@@ -61,7 +61,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -82,6 +82,8 @@ __all__ = [
 
 STATUSES = ("ok", "error", "skipped_busy")
 DEFAULT_INTERVAL_S = 3600.0
+MAX_TEXT = 1024
+"""Longest text kept in a result, so a log stays far below the wire's 8192-character message and 64 KiB data."""
 SPEEDTEST_HOSTS = frozenset({"www.speedtest.net", "c.speedtest.net"})
 CONFIG_PATHS = frozenset({"/speedtest-config.php"})
 SERVER_LIST_PATHS = frozenset({"/speedtest-servers-static.php", "/speedtest-servers.php"})
@@ -152,6 +154,12 @@ class SpeedtestResult:
     duration_s: float | None = None
     phase: str | None = None
     reason: str | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # names and reasons come from the network or a garbled output: bound them
+            value = getattr(self, f.name)
+            if isinstance(value, str) and len(value) > MAX_TEXT:
+                object.__setattr__(self, f.name, value[:MAX_TEXT])
 
     def as_data(self) -> dict[str, Any]:
         """JSON-safe dict (str/int/float/None only) for a widget log's ``data``."""

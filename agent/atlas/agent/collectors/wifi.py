@@ -13,6 +13,7 @@ sentinels become None.
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -143,7 +144,7 @@ def _int(value: Any) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return int(value)
+        return int(value) if math.isfinite(value) else None  # JSON may say 1e999 or NaN
     if not isinstance(value, str):
         return None
     m = _INT.search(value)
@@ -154,11 +155,12 @@ def _float(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
-    if not isinstance(value, str):
+        number = float(value) if abs(value) < 1e300 else math.inf
+    elif isinstance(value, str) and (m := _NUMBER.search(value)):
+        number = float(m.group())
+    else:
         return None
-    m = _NUMBER.search(value)
-    return float(m.group()) if m else None
+    return number if math.isfinite(number) else None  # 400 digits, 1e999 or NaN: no reading
 
 
 def _dbm(value: Any) -> int | None:
