@@ -6,8 +6,11 @@ against a real ingest server, pinging loopback only and with the speed test off
 The baseline is an idle Python interpreter started the same way, so the figure
 is the agent's own cost.
 
-    .venv/bin/python -m bench.agent --seconds 600 --fleet-server http://127.0.0.1:8768 \\
-        --api-key KEY --encryption-key KEY
+    .venv/bin/python -m bench.agent [--seconds 600]
+
+Without ``--fleet-server`` it starts its own ``atlas-server ingest`` on loopback, with
+the run's own database and Redis prefixes (as ``bench.ingest`` does); with it (and
+``--api-key``, ``--encryption-key``), the agent sends to that server instead.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from pathlib import Path
 
 import psutil
 import yaml
+
+from .common import BenchError, add_common_arguments, isolated_env, machine_info, say
+from .ingest import HOST, served
 
 BIN = Path(sys.executable).parent
 
@@ -45,13 +51,39 @@ def measure(argv: list[str], seconds: float) -> tuple[float, int]:
     return cpu, peak
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=600)
-    parser.add_argument("--fleet-server", required=True)
-    parser.add_argument("--api-key", required=True)
-    parser.add_argument("--encryption-key", required=True)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.agent", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=600, help="measured seconds (default 600)")
+    parser.add_argument("--fleet-server", help="send to this server instead of a local ingest started here")
+    parser.add_argument("--api-key")
+    parser.add_argument("--encryption-key")
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.fleet_server:
+        if not (args.api_key and args.encryption_key):
+            parser.error("--fleet-server needs --api-key and --encryption-key")
+        return footprint(args)
+    try:
+        with isolated_env(args.postgres, args.redis) as env, served("real", env, "/readyz") as server:
+            args.fleet_server = f"http://{HOST}:{server.port}"
+            args.api_key, args.encryption_key = env.api_key, env.encryption_key
+            say(f"agent bench | {machine_info(env)}")
+            say(f"  {args.seconds:.0f} s of atlas-agent run with default schedules, sending to {args.fleet_server}")
+            status = footprint(args)
+            accepted = server.log.read_text(encoding="utf-8", errors="replace").count("Successfully decrypted")
+            if not accepted:
+                raise BenchError("the server accepted no batch from the agent: the footprint measured no sending")
+            say(f"  the server accepted {accepted} batch(es) from the agent during the run")
+            return status
+    except BenchError as exc:
+        print(f"agent bench FAILED: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("agent bench interrupted; cleaned up", file=sys.stderr)
+        return 130
+
+
+def footprint(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "agent.yaml"
         config.write_text(
