@@ -28,11 +28,13 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,6 +59,7 @@ from .common import (
     positive_int,
     require_rq_prefix,
     say,
+    shipped_redis,
 )
 from .ingest import HOST, PATH, Server, free_port, requests_for, stop, tail, wait_ready
 from .loadgen import PacedResult, Scheduled, build_request, paced_load
@@ -101,6 +104,12 @@ PG_BACKGROUND = ("walwriter", "checkpointer", "background writer", "autovacuum l
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--start", type=positive_int, default=60_000, help="Macs in the first step (default 60000)")
+    parser.add_argument(
+        "--machine-redis",
+        action="store_true",
+        help="use the Redis at --redis; by default the bench runs its own redis-server with the arguments "
+        "docker-compose.yml ships (append-only file, appendfsync always)",
+    )
     parser.add_argument("--factor", type=float, default=1.2, help="fleet growth per step (default 1.2)")
     parser.add_argument("--step", type=positive_int, help="add this many Macs per step instead of --factor")
     parser.add_argument("--max", type=positive_int, default=1_000_000, help="largest fleet tried (default 1000000)")
@@ -886,7 +895,14 @@ def run(env: BenchEnv, args: argparse.Namespace) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        with isolated_env(args.postgres, args.redis) as env:
+        with ExitStack() as stack:
+            redis_url = args.redis
+            if not args.machine_redis:
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="atlas-bench-redis-")))
+                redis_url = stack.enter_context(shipped_redis(scratch))
+            env = stack.enter_context(isolated_env(args.postgres, redis_url))
+            which = "the machine's" if args.machine_redis else "its own, with docker-compose.yml's arguments"
+            say(f"capacity bench: Redis at {redis_url}, {which}")
             ok = run(env, args)
     except BenchError as exc:
         print(f"capacity bench FAILED: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ import platform
 import secrets
 import signal
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -256,3 +257,47 @@ def require_rq_prefix(env: BenchEnv) -> None:
 
     if env.rq_prefix != RQ_KEY_PREFIX:
         raise BenchError(f"rq was imported with key prefix {RQ_KEY_PREFIX!r} before this run set {env.rq_prefix!r}")
+
+
+@contextmanager
+def shipped_redis(workdir: Path) -> Iterator[str]:
+    """A redis-server of this run's own, with the arguments docker-compose.yml ships
+    (append-only file, fsync on every write), on a free loopback port; its URL.
+
+    The machine's Redis may keep nothing on disk, which would flatter every
+    figure that writes to Redis.
+    """
+    import shutil
+    import socket
+    import subprocess
+
+    import yaml  # the server's dependency, so in the bench's virtualenv
+
+    command = yaml.safe_load((Path(__file__).parent.parent / "docker-compose.yml").read_text())["services"]["redis"][
+        "command"
+    ]
+    server = shutil.which("redis-server")
+    if server is None:
+        raise BenchError("redis-server is not on the PATH (needed to run Redis as shipped; or pass --machine-redis)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = workdir / "redis"
+    data.mkdir()
+    args = [server, *command[1:], "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", ""]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                Redis.from_url(url, socket_connect_timeout=1).ping()
+                break
+            except Exception as exc:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"redis-server as shipped did not start: {exc}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
