@@ -38,9 +38,9 @@ MAX_GROUP_LOGS = 20_000
 
 MIN_FLUSH_INTERVAL = 0.02
 """Seconds between the starts of two flushes under load. Each rq job costs the worker
-several milliseconds of Redis round trips whatever its size, so 20 ms of grouping
-(added to a 202 only when batches arrive faster than they can be flushed one by one)
-buys the worker several times its throughput."""
+several milliseconds of Redis round trips whatever its size, so 20 ms of grouping buys
+the worker several times its throughput. A batch waits only if it arrives less than the
+interval after the previous flush began, and then at most for the rest of it."""
 
 BACKLOG_JOBS = 8
 """Jobs waiting in the queue beyond which the workers are taken to lag behind ingest."""
