@@ -40,8 +40,10 @@ def nothing_kept(db, redis, settings: Settings):
 
 
 def tamper(field: str, value: object) -> Callable[[dict], dict]:
+    """A change setting ``field`` to ``value``; a callable value is called when the test runs."""
+
     def change(envelope: dict) -> dict:
-        return {**envelope, field: value}
+        return {**envelope, field: value() if callable(value) else value}
 
     return change
 
@@ -65,7 +67,7 @@ def flip_tag_bit(envelope: dict) -> dict:
 # (name, change to a valid envelope, expected status, expected field)
 ENVELOPE_CASES = [
     ("batch_id changed", tamper("batch_id", str(uuid.uuid4())), 400, "ciphertext"),
-    ("created_at changed", tamper("created_at", batches.now_stamp(timedelta(seconds=-1))), 400, "ciphertext"),
+    ("created_at changed", tamper("created_at", lambda: batches.now_stamp(timedelta(seconds=-1))), 400, "ciphertext"),
     ("compression changed", tamper("compression", "none"), 400, "ciphertext"),
     ("nonce changed", tamper("nonce", b64(os.urandom(12))), 400, "ciphertext"),
     ("ciphertext bit flipped", flip_ciphertext_bit, 400, "ciphertext"),
@@ -83,8 +85,13 @@ ENVELOPE_CASES = [
     ("batch_id not a uuid", tamper("batch_id", "batch-1"), 400, "batch_id"),
     ("created_at not RFC 3339", tamper("created_at", "28/11/2026 16:00"), 400, "created_at"),
     ("created_at without zone", tamper("created_at", "2026-11-28T16:00:00"), 400, "created_at"),
-    ("created_at 8 days old", tamper("created_at", batches.now_stamp(timedelta(days=-8))), 400, "created_at"),
-    ("created_at 10 minutes ahead", tamper("created_at", batches.now_stamp(timedelta(minutes=10))), 400, "created_at"),
+    ("created_at 8 days old", tamper("created_at", lambda: batches.now_stamp(timedelta(days=-8))), 400, "created_at"),
+    (
+        "created_at 10 minutes ahead",
+        tamper("created_at", lambda: batches.now_stamp(timedelta(minutes=10))),
+        400,
+        "created_at",
+    ),
     ("missing nonce", lambda e: {k: v for k, v in e.items() if k != "nonce"}, 400, "nonce"),
     ("extra field", tamper("machine_id", "x"), 400, "machine_id"),
 ]
