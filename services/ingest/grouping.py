@@ -10,8 +10,9 @@ An idle server flushes a batch at once. Under load, flushes start at most
 every ``MIN_FLUSH_INTERVAL`` seconds, and the batches that arrive meanwhile
 form the next group: groups grow exactly when they pay off. While the
 workers lag (more than ``BACKLOG_JOBS`` jobs waiting), the interval grows to
-``BACKLOG_FLUSH_INTERVAL`` so that jobs grow and the workers catch up. No batch
-waits longer than the interval plus one Redis transaction.
+``BACKLOG_FLUSH_INTERVAL`` so that jobs grow and the workers catch up. A
+group of ``FULL_GROUP_BATCHES`` goes at once. No batch waits longer than the
+interval plus one Redis transaction.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ BACKLOG_FLUSH_INTERVAL = 0.06
 (rq's round trips and a commit's fsync: 7 ms a commit on a busy disk here), so a lagging
 worker catches up only if jobs grow: three times the interval, three times the batches a
 job. The queue's length is read after each flush, one LLEN."""
+
+FULL_GROUP_BATCHES = 32
+"""Batches pending at which a flush stops waiting for its interval: a job this size already
+costs the worker little per batch, and a client with few connections is not held back."""
+
+POLL_SECONDS = 0.002
+"""How often a waiting flush checks whether its group is full."""
 
 Pending = tuple[QueuedBatch, asyncio.AbstractEventLoop, "asyncio.Future[bool]"]
 
@@ -90,7 +98,7 @@ class GroupingEnqueuer:
             interval = BACKLOG_FLUSH_INTERVAL if backlog > BACKLOG_JOBS else self._min_interval
             wait = last_flush + max(interval, self._min_interval) - time.monotonic()
             if wait > 0:  # a flush started less than the interval ago: let this group fill meanwhile
-                time.sleep(wait)
+                self._fill(time.monotonic() + wait)
             group, logs = [first], len(first[0]["logs"])
             while len(group) < MAX_GROUP_BATCHES and logs < MAX_GROUP_LOGS:
                 try:
@@ -102,6 +110,11 @@ class GroupingEnqueuer:
             last_flush = time.monotonic()
             self._flush(queue, group)
             backlog = self._backlog(queue, backlog)
+
+    def _fill(self, deadline: float) -> None:
+        """Wait until ``deadline``, or until FULL_GROUP_BATCHES more batches are pending."""
+        while (remaining := deadline - time.monotonic()) > 0 and self._pending.qsize() + 1 < FULL_GROUP_BATCHES:
+            time.sleep(min(remaining, POLL_SECONDS))
 
     @staticmethod
     def _backlog(queue: Queue, previous: int) -> int:
