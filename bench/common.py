@@ -284,7 +284,7 @@ def shipped_redis(workdir: Path) -> Iterator[str]:
         port = sock.getsockname()[1]
     data = workdir / "redis"
     data.mkdir()
-    args = [server, *command[1:], "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", ""]
+    args = [server, *command[1:], "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"redis://127.0.0.1:{port}/0"
     try:
@@ -300,4 +300,8 @@ def shipped_redis(workdir: Path) -> Iterator[str]:
         yield url
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

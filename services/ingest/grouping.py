@@ -11,8 +11,10 @@ every ``MIN_FLUSH_INTERVAL`` seconds, and the batches that arrive meanwhile
 form the next group: groups grow exactly when they pay off. While the
 workers lag (more than ``BACKLOG_JOBS`` jobs waiting), the interval grows to
 ``BACKLOG_FLUSH_INTERVAL`` so that jobs grow and the workers catch up. A
-group of ``FULL_GROUP_BATCHES`` goes at once. No batch waits longer than the
-interval plus one Redis transaction.
+group of ``FULL_GROUP_BATCHES`` goes at once. While fewer than
+``MAX_GROUP_BATCHES`` wait, no batch waits longer than the interval plus one
+Redis transaction; past ``MAX_PENDING_BATCHES`` waiting (Redis slow or down)
+new requests are answered 503 at once.
 """
 
 from __future__ import annotations
@@ -56,8 +58,13 @@ FULL_GROUP_BATCHES = 32
 """Batches pending at which a flush stops waiting for its interval: a job this size already
 costs the worker little per batch, and a client with few connections is not held back."""
 
-POLL_SECONDS = 0.002
-"""How often a waiting flush checks whether its group is full."""
+MAX_PENDING_BATCHES = 5 * MAX_GROUP_BATCHES
+"""Batches waiting for the flusher beyond which a request is answered 503 at once (Redis slow or down)."""
+
+
+class QueueBusy(Exception):
+    """Too many batches already wait for Redis: answer 503, the agent retries later."""
+
 
 Pending = tuple[QueuedBatch, asyncio.AbstractEventLoop, "asyncio.Future[bool]"]
 
@@ -72,21 +79,30 @@ class GroupingEnqueuer:
         self._settings = settings
         self._min_interval = min_interval
         self._pending: stdlib_queue.SimpleQueue[Pending] = stdlib_queue.SimpleQueue()
+        self._full = threading.Condition()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def submit(self, batch: QueuedBatch) -> asyncio.Future[bool]:
-        """From the event loop: a future of True (queued) or False (duplicate); RedisError if Redis is down."""
+        """From the event loop: a future of True (queued) or False (duplicate); RedisError if Redis is down.
+
+        Raises QueueBusy at once when MAX_PENDING_BATCHES already wait (Redis slow or down).
+        """
         self._ensure_thread()
+        if self._pending.qsize() >= MAX_PENDING_BATCHES:
+            raise QueueBusy
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         self._pending.put((batch, loop, future))
+        if self._pending.qsize() + 1 >= FULL_GROUP_BATCHES:  # +1: the flusher holds the group's first
+            with self._full:
+                self._full.notify()
         return future
 
     def _ensure_thread(self) -> None:
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
             with self._lock:
-                if self._thread is None:
+                if self._thread is None or not self._thread.is_alive():
                     self._thread = threading.Thread(target=self._run, name="atlas-enqueue", daemon=True)
                     self._thread.start()
 
@@ -108,13 +124,14 @@ class GroupingEnqueuer:
                 group.append(item)
                 logs += len(item[0]["logs"])
             last_flush = time.monotonic()
-            self._flush(queue, group)
-            backlog = self._backlog(queue, backlog)
+            if self._flush(queue, group):
+                backlog = self._backlog(queue, backlog)
 
     def _fill(self, deadline: float) -> None:
-        """Wait until ``deadline``, or until FULL_GROUP_BATCHES more batches are pending."""
-        while (remaining := deadline - time.monotonic()) > 0 and self._pending.qsize() + 1 < FULL_GROUP_BATCHES:
-            time.sleep(min(remaining, POLL_SECONDS))
+        """Wait until ``deadline``, or until submit() says a full group is pending."""
+        with self._full:
+            while (remaining := deadline - time.monotonic()) > 0 and self._pending.qsize() + 1 < FULL_GROUP_BATCHES:
+                self._full.wait(remaining)
 
     @staticmethod
     def _backlog(queue: Queue, previous: int) -> int:
@@ -124,21 +141,32 @@ class GroupingEnqueuer:
         except Exception:  # Redis trouble shows in the next flush, which answers 503s
             return previous
 
-    def _flush(self, queue: Queue, group: list[Pending]) -> None:
+    def _flush(self, queue: Queue, group: list[Pending]) -> bool:
+        """Enqueue a group and hand each request its result; False if Redis failed (each gets the error)."""
         try:
             batches = [batch for batch, _, _ in group]
-            outcome: list[bool] | BaseException = enqueue_batches(queue, batches, self._settings)
+            outcome: list[bool] | Exception = enqueue_batches(queue, batches, self._settings)
         except Exception as exc:  # every waiting request learns of it, nothing is lost silently
             outcome = exc
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], bool | BaseException]]] = {}
         for index, (_, loop, future) in enumerate(group):
-            result = outcome if isinstance(outcome, BaseException) else outcome[index]
+            result = _own_copy(outcome) if isinstance(outcome, Exception) else outcome[index]
             by_loop.setdefault(loop, []).append((future, result))
         for loop, settled in by_loop.items():  # one wake-up of each event loop per group
             try:
                 loop.call_soon_threadsafe(_settle, settled)
             except RuntimeError:  # that loop has closed (server shutting down): nobody waits any more
                 log.warning("Event loop closed before %d enqueue result(s) could be delivered", len(settled))
+        return not isinstance(outcome, Exception)
+
+
+def _own_copy(exc: Exception) -> BaseException:
+    """A fresh exception of the same kind per request: one instance raised in many tasks would chain
+    every task's traceback (and its frames) onto it."""
+    try:
+        return type(exc)(*exc.args)
+    except Exception:
+        return RuntimeError(f"enqueue failed: {type(exc).__name__}")
 
 
 def _settle(settled: list[tuple[asyncio.Future[bool], bool | BaseException]]) -> None:

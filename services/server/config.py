@@ -71,7 +71,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_RATE_PER_KEY, DEFAULT_BURST_PER_KEY = 2000, 20000
 """Batches/s per API key per ingest process. Every Mac of a fleet shares one key, so this caps the
 whole fleet as one process sees it: 200,000 Macs sending every 300 s make 667 batches/s in all, and
-one process carries about 480, so a healthy fleet never reaches it; it bounds a leaked key's flood
+one process carries about 1,500, so a healthy fleet never reaches it; it bounds a leaked key's flood
 when several keys are configured. The burst is 30 s of that whole fleet at once."""
 
 DEFAULT_RATE_PER_ADDRESS, DEFAULT_BURST_PER_ADDRESS = 100, 1000

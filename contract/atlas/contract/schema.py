@@ -115,19 +115,27 @@ class LogEntry(BaseModel):
         return _compact_json(self.data)[0]
 
 
+_ORJSON_SURE_BYTES = MAX_DATA_BYTES * 2 // 3
+"""orjson writes some floats longer or shorter than json.dumps (``0.00001`` against ``1e-05``), by at
+most a factor of 1.4; below this size both are surely under MAX_DATA_BYTES, so orjson's text may
+decide. Above it json.dumps' text decides, as it always has."""
+
+
 def _compact_json(data: dict[str, Any]) -> tuple[str, int]:
     """``data`` as compact JSON text and its UTF-8 size; ValueError for NaN, Infinity or lone surrogates.
 
     orjson writes it about 8 times faster than json.dumps, which matters at
     every log of every batch. It writes NaN as ``null`` and refuses integers
-    beyond 64 bits, lone surrogates and extreme nesting, so any ``null`` or
-    refusal takes json.dumps' exact path, whose errors are the documented ones.
+    beyond 64 bits, lone surrogates and extreme nesting, so any ``null``, refusal
+    or size near the limit takes json.dumps' exact path, whose errors and size are
+    the documented ones. orjson also writes some floats differently
+    (``0.00001``): the same JSON value.
     """
     try:
         raw = orjson.dumps(data)
     except orjson.JSONEncodeError:
         raw = None
-    if raw is not None and b"null" not in raw:
+    if raw is not None and b"null" not in raw and len(raw) <= _ORJSON_SURE_BYTES:
         return raw.decode("utf-8"), len(raw)
     try:
         text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
