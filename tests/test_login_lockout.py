@@ -136,6 +136,20 @@ def test_lockout_after_failures_then_unlocked_by_time(
     assert attempt(browser, user, PASSWORD)[0] == 303
 
 
+def test_parallel_guesses_check_at_most_the_threshold_of_passwords(
+    client: Callable[[str], Browserless], make_user: Callable[..., str]
+) -> None:
+    """Each attempt is counted before its password is checked: 12 wrong guesses at once, from 12 addresses,
+    get the password tried LOCKOUT_FAILURES times (401) and refused untried (429) the rest."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    user = make_user()
+    browsers = [client(new_address()) for _ in range(12)]
+    with ThreadPoolExecutor(len(browsers)) as pool:
+        statuses = sorted(pool.map(lambda b: b.login(user, WRONG).status_code, browsers))
+    assert statuses == [401] * LOCKOUT_FAILURES + [429] * (12 - LOCKOUT_FAILURES)
+
+
 def test_a_success_resets_the_count(
     client: Callable[[str], Browserless], make_user: Callable[..., str], db: psycopg.Connection
 ) -> None:

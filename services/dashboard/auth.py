@@ -226,21 +226,29 @@ def login(
         if username and (locked := lockout_remaining(conn, username)):
             error = LOCKED_OUT.format(wait=_wait_text(locked))
             return _login_page(request, target, status=429, error=error, username=username, wait=locked)
+        failures, locked_now = 0, False
+        if username and password:
+            # Counted before the password is checked, so parallel guesses cannot all pass a check made
+            # before any of them was counted: past the threshold the password is not even tried. A
+            # success below takes the count back.
+            failures, locked_now = record_login_failure(
+                conn, username, threshold=settings.lockout_failures, duration=settings.lockout_duration
+            )
+            if settings.lockout_failures >= 1 and failures > settings.lockout_failures:
+                locked = lockout_remaining(conn, username) or settings.lockout_duration.total_seconds()
+                error = LOCKED_OUT.format(wait=_wait_text(locked))
+                return _login_page(request, target, status=429, error=error, username=username, wait=locked)
         user = authenticate(conn, username, password) if username and password else None
         if user is None:
-            if username and password:
-                failures, locked_now = record_login_failure(
-                    conn, username, threshold=settings.lockout_failures, duration=settings.lockout_duration
+            if locked_now:
+                log.warning(
+                    "Dashboard sign-in locked for username %r for %d s after %d consecutive failures"
+                    " (the last from %s)",
+                    username.strip()[:64],
+                    settings.lockout_duration.total_seconds(),
+                    failures,
+                    address,
                 )
-                if locked_now:
-                    log.warning(
-                        "Dashboard sign-in locked for username %r for %d s after %d consecutive failures"
-                        " (the last from %s)",
-                        username.strip()[:64],
-                        settings.lockout_duration.total_seconds(),
-                        failures,
-                        address,
-                    )
             return _login_page(request, target, status=401, error=INVALID_LOGIN, username=username)
         clear_login_failures(conn, user.username)
         limiter.refund(address)
