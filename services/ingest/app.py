@@ -8,7 +8,6 @@ with a reason; Redis trouble becomes a 503 with Retry-After, never a 202.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 from contextlib import asynccontextmanager
@@ -39,9 +38,6 @@ RETRY_AFTER_SECONDS = 5
 INLINE_DECODE_BYTES = 64 * 1024
 """Bodies up to this size are decoded in the event loop; larger ones in a thread (zlib and AES-GCM
 release the GIL there, and the loop keeps answering meanwhile)."""
-
-ENQUEUE_TIMEOUT_SECONDS = 30
-"""Longest a request waits for its batch's Redis transaction before answering 503."""
 
 WIDGET_LOGS_PATH = "/api/fleet/widget-logs"
 
@@ -126,15 +122,11 @@ class Ingest:
             return decoded
         batch_id = decoded["batch_id"]
         try:
-            queued = await asyncio.wait_for(self.enqueuer.submit(decoded), ENQUEUE_TIMEOUT_SECONDS)
+            queued = await self.enqueuer.submit(decoded)
         except QueueBusy:
             log.warning("Enqueue backlog full, answering 503 for batch %s", batch_id)
             metrics.reject("queue_unavailable")
             return problem(503, "queue busy, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-        except TimeoutError:  # it may still be queued: the agent's retry then gets "duplicate"
-            log.warning("Enqueueing batch %s took over %d s; answering 503", batch_id, ENQUEUE_TIMEOUT_SECONDS)
-            metrics.reject("queue_unavailable")
-            return problem(503, "queue unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         except RedisError as exc:
             log.warning("Queue unavailable, answering 503 for batch %s: %s", batch_id, type(exc).__name__)
             metrics.reject("queue_unavailable")
