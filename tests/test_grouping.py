@@ -30,6 +30,7 @@ def own_queue(server_config, settings: Settings):
     queue = batch_queue(redis_client(own.redis_url), own)
     yield own, queue
     queue.empty()
+    queue.connection.close()
 
 
 def job_sizes(queue) -> list[int]:

@@ -143,6 +143,11 @@ class Ingest:
         metrics.LOGS_ACCEPTED.inc(len(decoded["logs"]))
         return JSONResponse(Queued(batch_id=batch_id, accepted=len(decoded["logs"])).model_dump(), status_code=202)
 
+    def close(self) -> None:
+        """Close the Redis connection, if one was opened (the app's shutdown)."""
+        if "queue" in self.__dict__:
+            self.queue.connection.close()
+
     def ready(self) -> bool:
         try:
             return bool(self.queue.connection.ping())
@@ -185,6 +190,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # full collection paused the event loop for tens of milliseconds under load.
         _freeze_startup_heap()
         yield
+        ingest.close()
+        metrics.close_registry(app.state.metrics_registry)
 
     app = FastAPI(title="Atlas ingest", version="1", lifespan=lifespan)
     app.state.ingest = ingest

@@ -184,6 +184,12 @@ class QueueCollector(Collector):
             self._queue = batch_queue(redis_client(self.settings.redis_url), self.settings)
         return self._queue
 
+    def close(self) -> None:
+        """Close the Redis connection, if a scrape opened one."""
+        if self._queue is not None:
+            self._queue.connection.close()
+            self._queue = None
+
     def describe(self) -> Iterable[Metric]:
         return ()  # read at scrape time only: describing must not touch Redis
 
@@ -224,6 +230,13 @@ def service_registry(settings=None, *, queue: bool = False) -> CollectorRegistry
     if queue:
         registry.register(QueueCollector(settings))
     return registry
+
+
+def close_registry(registry: CollectorRegistry) -> None:
+    """Close what a service's registry holds open (the queue gauges' Redis connection)."""
+    for collector in list(registry._collector_to_names):  # prometheus_client has no public listing
+        if isinstance(collector, QueueCollector):
+            collector.close()
 
 
 def exposition(registry: CollectorRegistry) -> bytes:
@@ -276,6 +289,7 @@ def add_metrics(app, service: str, settings=None, *, queue: bool = False) -> Non
     from starlette.concurrency import run_in_threadpool
 
     registry = service_registry(settings, queue=queue)
+    app.state.metrics_registry = registry  # closed with the app (close_registry)
 
     @app.get(METRICS_PATH, include_in_schema=False)
     async def metrics() -> Response:
