@@ -17,6 +17,7 @@ from .harness import (
     scenario_config,
     settle,
     tally,
+    wait_for,
 )
 
 DOWN_SECONDS = 1.5
@@ -57,6 +58,8 @@ def test_redis_restarted_under_load(aof_redis, server_config, keys, start_ingest
             pool.pause()
             for stop in ("sigkill", "shutdown"):
                 time.sleep(LOAD_SECONDS)
+                # agents back off after the 503s of the last restart: wait (bounded) until a job waits
+                wait_for(lambda: queue_state(config).queued > 0, timeout=3 * LOAD_SECONDS)
                 backlog.append(queue_state(config).queued)
                 restart(aof_redis, stop)
             time.sleep(LOAD_SECONDS)
