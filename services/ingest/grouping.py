@@ -72,12 +72,9 @@ Pending = tuple[QueuedBatch, asyncio.AbstractEventLoop, "asyncio.Future[bool]"]
 class GroupingEnqueuer:
     """Collects batches from request handlers and enqueues them in groups from one thread."""
 
-    def __init__(
-        self, queue_factory: Callable[[], Queue], settings: Settings, min_interval: float = MIN_FLUSH_INTERVAL
-    ) -> None:
+    def __init__(self, queue_factory: Callable[[], Queue], settings: Settings) -> None:
         self._queue_factory = queue_factory
         self._settings = settings
-        self._min_interval = min_interval
         self._pending: stdlib_queue.SimpleQueue[Pending] = stdlib_queue.SimpleQueue()
         self._full = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -111,8 +108,8 @@ class GroupingEnqueuer:
         last_flush, backlog = float("-inf"), 0
         while True:
             first = self._pending.get()
-            interval = BACKLOG_FLUSH_INTERVAL if backlog > BACKLOG_JOBS else self._min_interval
-            wait = last_flush + max(interval, self._min_interval) - time.monotonic()
+            interval = BACKLOG_FLUSH_INTERVAL if backlog > BACKLOG_JOBS else MIN_FLUSH_INTERVAL
+            wait = last_flush + interval - time.monotonic()
             if wait > 0:  # a flush started less than the interval ago: let this group fill meanwhile
                 self._fill(time.monotonic() + wait)
             group, logs = [first], len(first[0]["logs"])
