@@ -36,6 +36,8 @@ from hypothesis import strategies as st
 from atlas.contract import (
     ALGORITHM,
     LEVELS,
+    LOG_MAX_AFTER_BATCH,
+    LOG_MAX_BEFORE_BATCH,
     WIDGET_TYPES,
     BatchContent,
     ContractError,
@@ -301,9 +303,13 @@ CLEAN_JSON = st.recursive(
 
 @st.composite
 def timestamps(draw: st.DrawFn) -> tuple[str, datetime]:
-    """An RFC 3339 date-time with an explicit offset, and the instant it denotes."""
-    moment = draw(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)))
+    """An RFC 3339 date-time with an explicit offset, and the instant it denotes: within the window the
+    contract allows around the batch's created_at (``NOW``), from a day before to 5 minutes after."""
+    earliest = (NOW - LOG_MAX_BEFORE_BATCH).replace(tzinfo=None)
+    latest = (NOW + LOG_MAX_AFTER_BATCH).replace(tzinfo=None) - timedelta(seconds=1)  # room for a fraction
+    utc = draw(st.datetimes(min_value=earliest, max_value=latest)).replace(microsecond=0)
     offset = draw(st.integers(-14 * 60, 14 * 60))  # the contract refuses offsets no time zone uses
+    moment = utc + timedelta(minutes=offset)  # the local time written
     fraction = draw(st.text("0123456789", min_size=0, max_size=9))
     t = draw(st.sampled_from("Tt"))
     text = (

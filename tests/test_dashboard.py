@@ -8,6 +8,7 @@ security headers; and no resource from another origin.
 from __future__ import annotations
 
 import html
+import math
 import re
 import time
 import uuid
@@ -715,6 +716,57 @@ def test_hostile_agent_text_is_escaped_everywhere(viewer: Browserless, db: psyco
     assert detail.count(ESCAPED) >= 6  # hostname, model, OS, SSID, process, ping target, log message
 
 
+EXTREMES = (10**400, -(10**400), 1e308, -1e308, 2**64, -(2**63), "NaN", "Infinity", "-1e999")
+"""Numbers no Mac reports, as a compromised one can send them (the contract refuses NaN and Infinity as
+numbers, not as strings, and keeps integers of any length)."""
+
+
+def _every_number(value: Any, extreme: Any) -> Any:
+    """``value`` with every number in it (not the booleans) replaced by ``extreme``."""
+    if isinstance(value, dict):
+        return {k: _every_number(v, extreme) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_every_number(v, extreme) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return extreme
+    return value
+
+
+@pytest.mark.parametrize("extreme", EXTREMES, ids=lambda v: repr(v)[:12])
+def test_extreme_numbers_in_every_widget_are_shown_as_missing(
+    viewer: Browserless, db: psycopg.Connection, extreme: Any
+):
+    """The fleet page and the machine page answer 200, with a dash where each hostile number was."""
+    now = datetime.now(UTC)
+    logs = [
+        (now - timedelta(minutes=m), level, widget_type, message, _every_number(data, extreme))
+        for m in (1, 20, 40)
+        for level, widget_type, message, data in (
+            ("INFO", "wifi", "wifi", wifi_data()),
+            ("INFO", "speedtest", "speed", speed_data()),
+            ("INFO", "ping", "ping", ping_data()),
+            ("INFO", "health", "health", health_data()),
+            ("INFO", "processes", "top", processes_data()),
+        )
+    ]
+    machine = insert_machine(db, logs=logs)
+    fleet_page = viewer.get("/", params={"q": machine.serial_number})
+    assert fleet_page.status_code == 200, fleet_page.text[-2000:]
+    assert rows_of(fleet_page.text) == [machine.machine_id]
+    row = fleet_page.text.split(f'data-machine-id="{machine.machine_id}"', 1)[1].split("</tr>", 1)[0]
+    for unit in ("dBm", "Mbps"):  # RSSI, download and upload: missing
+        assert unit not in row
+    for chart_range in ("day", "week"):
+        page = viewer.get(f"/machines/{quote(machine.machine_id, safe='')}", params={"range": chart_range})
+        assert page.status_code == 200, page.text[-2000:]
+        text = page.text
+        for cell in ("rssi", "download", "upload", "cpu", "memory"):
+            assert re.search(rf'class="{cell}">{render.DASH}<', text), cell
+        for shown in ("°C", "rpm", "processes;"):  # temperatures, fans, process count: missing
+            assert shown not in text
+        assert text.count("No data in this period") == 4  # no chart draws a hostile number
+
+
 # --- what every page carries -------------------------------------------------------------
 
 
@@ -846,17 +898,36 @@ def test_extract_reads_the_agents_real_data():
     [
         (3, 3.0),
         (-61.5, -61.5),
+        (-100, -100.0),
+        (250, 250.0),
         (True, None),
         (False, None),
         ("12", None),
+        ("NaN", None),
         (None, None),
         ([], None),
         (float("nan"), None),
         (float("inf"), None),
+        (float("-inf"), None),
+        (10**400, None),
+        (-(10**400), None),
+        (1e308, None),
+        (-1e308, None),
+        (250.0001, None),
+        (-101, None),
     ],
 )
-def test_a_number_is_an_int_or_a_finite_float(value: object, expected: float | None):
-    assert extract.number(value) == expected
+def test_a_number_is_an_int_or_a_float_within_its_fields_bounds(value: object, expected: float | None):
+    assert extract.number(value, "health.temperature_c") == expected
+
+
+def test_every_bound_formats_charts_and_averages_without_overflow():
+    for field, (low, high) in extract.BOUNDS.items():
+        assert low < high, field
+        for value in (low, high):
+            assert render.num(extract.number(value, field), 1) != render.DASH
+            assert render.size(extract.number(value, field)) != render.DASH
+            assert math.isfinite(float(high) * 1000 - float(low) * 1000), field
 
 
 @pytest.mark.parametrize(

@@ -349,9 +349,11 @@ def test_each_export_is_recorded_in_the_audit_log(exporter, accounts, db) -> Non
 
 
 def _kill_exporter_backend(db: psycopg.Connection) -> int:
+    """End the exporter's backend that streams an export: a COPY (JSON), or the server-side cursor (CSV)."""
     return db.execute(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-        " WHERE application_name = 'atlas-exporter' AND query LIKE 'COPY%%' AND pid <> pg_backend_pid()"
+        " WHERE application_name = 'atlas-exporter' AND (query LIKE 'COPY%%' OR query LIKE '%%atlas_export%%')"
+        " AND pid <> pg_backend_pid()"
         " AND datname = current_database()"
     ).fetchone()[0]
 

@@ -11,14 +11,15 @@ import struct
 import uuid
 import zlib
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from atlas.contract import Key, associated_data, generate_encryption_key, seal
+from atlas.contract import Key, SchemaError, associated_data, generate_encryption_key, seal
+from atlas.ingest.intake import read_batch
 from atlas.server.config import Settings
 from atlas.server.queue import accepted_marker
 
@@ -197,6 +198,62 @@ def test_schema_violations_are_422_with_reasons(ingest, keys, nothing_kept, chan
     assert any(v["loc"][: len(loc)] == loc and v["msg"] for v in detail), detail
     assert "x" * 100 not in response.text  # the offending input is not echoed back
     nothing_kept(envelope["batch_id"])
+
+
+OUTSIDE_THE_WINDOW = pytest.mark.parametrize(
+    ("when", "reason"),
+    [
+        ("2099-01-01T00:00:00Z", "is more than 5 minutes after the batch's created_at"),
+        (timedelta(days=-3), "is more than 1 day before the batch's created_at"),
+        (timedelta(days=-1, seconds=-1), "is more than 1 day before the batch's created_at"),
+        (timedelta(minutes=5, seconds=1), "is more than 5 minutes after the batch's created_at"),
+    ],
+    ids=["2099", "3 days before", "1 day 1 s before", "5 min 1 s after"],
+)
+
+
+def content_with_a_log_at(when: str | timedelta, created_at: datetime) -> dict:
+    body = batches.content(3)
+    body["logs"][1]["timestamp"] = when if isinstance(when, str) else batches.format_timestamp(created_at + when)
+    return body
+
+
+@OUTSIDE_THE_WINDOW
+def test_a_log_dated_outside_its_batchs_window_is_refused(
+    ingest, keys, nothing_kept, when: str | timedelta, reason: str
+):
+    """A log dated in 2099 would stay a machine's latest reading; one days before its batch is no history."""
+    created_at = datetime.now(UTC).replace(microsecond=0)
+    body = content_with_a_log_at(when, created_at)
+    envelope = batches.sealed(body, keys["current"], created_at=batches.format_timestamp(created_at))
+    response = ingest.post(envelope)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == [
+        {"loc": ["logs", 1, "timestamp"], "msg": f"Value error, {reason}", "type": "value_error"}
+    ]
+    nothing_kept(envelope["batch_id"])
+
+
+@OUTSIDE_THE_WINDOW
+def test_a_plaintext_log_dated_outside_its_batchs_window_is_refused(make_settings, when: str | timedelta, reason: str):
+    created_at = datetime.now(UTC).replace(microsecond=0)
+    body = batches.plaintext_body(
+        content_with_a_log_at(when, created_at), created_at=batches.format_timestamp(created_at)
+    )
+    with pytest.raises(SchemaError) as refused:
+        read_batch(json.dumps(body).encode(), make_settings(server={"allow_plaintext": True}), now=created_at)
+    assert [v.as_dict() for v in refused.value.violations] == [
+        {"loc": ["logs", 1, "timestamp"], "msg": f"Value error, {reason}", "type": "value_error"}
+    ]
+
+
+@pytest.mark.parametrize("offset", [timedelta(days=-1), timedelta(minutes=5)], ids=["1 day before", "5 min after"])
+def test_a_log_dated_at_the_edge_of_its_batchs_window_is_accepted(ingest, keys, offset: timedelta):
+    created_at = datetime.now(UTC).replace(microsecond=0)
+    body = batches.content(2)
+    body["logs"][0]["timestamp"] = batches.format_timestamp(created_at + offset)
+    response = ingest.post(batches.sealed(body, keys["current"], created_at=batches.format_timestamp(created_at)))
+    assert response.status_code == 202, response.text
 
 
 def test_data_with_nan_is_refused(ingest, keys, nothing_kept):

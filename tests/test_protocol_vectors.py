@@ -247,7 +247,7 @@ def test_standalone_example_reproduces_the_vector(blocks: dict[str, str]) -> Non
 
 def test_standalone_example_output_is_opened_by_the_server(blocks: dict[str, str]) -> None:
     seal_batch = _run_example(blocks["example:seal"])["seal_batch"]
-    now = datetime.now(UTC)
+    now = datetime(2026, 11, 28, 16, 0, tzinfo=UTC)  # the example's logs are dated just before
     batch_id = str(uuid.uuid4())
     first = seal_batch(KEY_B64, PLAINTEXT, batch_id, format_timestamp(now))
     second = seal_batch(KEY_B64, PLAINTEXT, batch_id, format_timestamp(now))
@@ -471,11 +471,19 @@ def test_schema_bounds_of_the_document() -> None:
 # --- HTTP responses the document lists ---------------------------------------------------------
 
 
+def fresh_plaintext() -> bytes:
+    """PLAINTEXT with its logs dated a moment ago, for a batch sealed now (a log may not be a day older)."""
+    moment = format_timestamp(datetime.now(UTC) - timedelta(seconds=30)).encode()
+    return PLAINTEXT.replace(b"2026-11-28T15:59:30Z", moment).replace(b"2026-11-28T15:59:45.250Z", moment)
+
+
 def test_documented_http_responses(doc: str, ingest, keys) -> None:
     """202, 200 duplicate, 401, 415 and 413 from the real server, as the responses table shows them."""
     batch_id = str(uuid.uuid4()).upper()
     key = Key.from_base64(keys["current"])
-    body = json.dumps(seal(PLAINTEXT, key, batch_id=batch_id, created_at=format_timestamp(datetime.now(UTC)))).encode()
+    body = json.dumps(
+        seal(fresh_plaintext(), key, batch_id=batch_id, created_at=format_timestamp(datetime.now(UTC)))
+    ).encode()
     json_headers = {"Content-Type": "application/json"}
 
     reply = ingest.post(body, api_key=None, headers={"Authorization": f"Bearer {SERVER_API_KEY}"})
@@ -572,7 +580,9 @@ def test_sender_sketch_against_the_real_server(blocks: dict[str, str], ingest, k
     url = f"{ingest.url}/api/fleet/widget-logs"
     post = example["make_post"](url, SERVER_API_KEY, timeout=10)
     key = Key.from_base64(keys["current"])
-    body = json.dumps(seal(PLAINTEXT, key, batch_id=str(uuid.uuid4()), created_at=format_timestamp(datetime.now(UTC))))
+    body = json.dumps(
+        seal(fresh_plaintext(), key, batch_id=str(uuid.uuid4()), created_at=format_timestamp(datetime.now(UTC)))
+    )
     status, _, reply = post(body.encode())
     assert (status, reply["status"], reply["accepted"]) == (202, "queued", 2)
     assert example["deliver"](post, body.encode(), sleep=lambda _: None) == "sent"  # the duplicate counts as sent

@@ -103,6 +103,10 @@ def _deep_batches(data: st.DataObject, schema, key: str) -> None:
     operation = schema["/api/fleet/widget-logs"]["POST"]
     case = data.draw(operation.as_strategy().filter(lambda c: isinstance(c.body, dict) and "logs" in c.body))
     content = {"machine": case.body["machine"], "logs": case.body["logs"]}
+    if data.draw(st.booleans(), label="logs dated near created_at"):  # else almost all outside its window: 422
+        for log in content["logs"]:
+            if isinstance(log, dict):
+                log["timestamp"] = batches.now_stamp(-timedelta(seconds=30))
     if data.draw(st.booleans(), label="sealed"):
         case.body = batches.sealed(content, key, compression=data.draw(st.sampled_from(["gzip", "none"])))
     else:
@@ -119,6 +123,128 @@ def _deep_batches(data: st.DataObject, schema, key: str) -> None:
 def test_ingest_validates_generated_batches_after_decryption(ingest_schema, keys: dict[str, str]) -> None:
     """The same generated content past the envelope checks: the record schema answers (202 or 422), never a 5xx."""
     _deep_batches(schema=ingest_schema, key=keys["current"])
+
+
+EXTREME_NUMBERS = st.one_of(
+    st.sampled_from([10**400, -(10**400), 2**64, -(2**63) - 1, 1e308, -1e308, 5e-324, 0, -0.0]),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "2099-01-01T00:00:00Z"]),
+)
+"""Numbers no Mac reports, as a compromised one can send them (and numbers as strings)."""
+
+NUMERIC_FIELDS = (
+    ("rssi_dbm",),
+    ("noise_dbm",),
+    ("snr_db",),
+    ("channel",),
+    ("channel_width_mhz",),
+    ("tx_rate_mbps",),
+    ("download_mbps",),
+    ("upload_mbps",),
+    ("latency_ms",),
+    ("jitter_ms",),
+    ("packet_loss_pct",),
+    ("sent",),
+    ("received",),
+    ("loss_pct",),
+    ("rtt_avg_ms",),
+    ("rtt_ms", "avg"),
+    ("rtt_min_ms",),
+    ("rtt_max_ms",),
+    ("cpu_percent",),
+    ("memory_percent",),
+    ("psutil", "cpu_percent"),
+    ("psutil", "memory", "percent"),
+    ("psutil", "memory", "used"),
+    ("psutil", "memory", "total"),
+    ("psutil", "uptime_seconds"),
+    ("smc", "cpu_die_temp_c"),
+    ("battery", "cycle_count"),
+    ("battery", "max_capacity_pct"),
+    ("process_count",),
+)
+"""Every number a dashboard widget reads from ``data`` (``atlas.dashboard.extract``)."""
+
+
+@st.composite
+def extreme_data(draw: st.DrawFn) -> dict[str, Any]:
+    """A widget's ``data`` with extreme numbers (and timestamps) in the fields the dashboard reads."""
+    data: dict[str, Any] = {}
+    for keys in draw(st.lists(st.sampled_from(NUMERIC_FIELDS), min_size=1, max_size=12, unique=True)):
+        *parents, leaf = keys
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else node
+        node[leaf] = draw(EXTREME_NUMBERS)
+    data["load_average"] = draw(st.lists(EXTREME_NUMBERS, max_size=3))
+    data["fans_rpm"] = draw(st.lists(EXTREME_NUMBERS, max_size=3))
+    data["top_cpu"] = [{"name": "p", "pid": draw(EXTREME_NUMBERS), "cpu_percent": draw(EXTREME_NUMBERS)}]
+    data["disks"] = {"/": {"percent": draw(EXTREME_NUMBERS), "total": draw(EXTREME_NUMBERS)}}
+    data["measured_at"] = draw(
+        st.sampled_from(["2099-01-01T00:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"])
+    )
+    return data
+
+
+LOG_OFFSETS = st.sampled_from(
+    [timedelta(0), -timedelta(days=1), timedelta(minutes=5), -timedelta(days=3), timedelta(days=365 * 70)]
+)
+"""Log timestamps relative to created_at: inside the window, at its edges, and outside it (refused, 422)."""
+
+ACCEPTED: list[str] = []
+"""machine_ids of the extreme batches ingest queued (202), looked at on the dashboard afterwards."""
+
+
+@EXAMPLES
+@given(data=st.data())
+def _extreme_batches(data: st.DataObject, schema, key: str) -> None:
+    operation = schema["/api/fleet/widget-logs"]["POST"]
+    created_at = datetime.now(UTC).replace(microsecond=0)
+    machine = {**batches.machine(), "machine_id": f"st-extreme-{uuid.uuid4().hex[:12]}"}
+    logs = [
+        {
+            "timestamp": batches.format_timestamp(created_at + data.draw(LOG_OFFSETS, label="offset")),
+            "level": "INFO",
+            "widget_type": widget_type,
+            "message": "extreme",
+            "data": data.draw(extreme_data(), label="data"),
+        }
+        for widget_type in data.draw(
+            st.lists(st.sampled_from(["wifi", "speedtest", "ping", "health", "processes"]), min_size=1, max_size=5)
+        )
+    ]
+    content = {"machine": machine, "logs": logs}
+    if data.draw(st.booleans(), label="sealed"):
+        body = batches.sealed(content, key, created_at=batches.format_timestamp(created_at))
+    else:
+        body = batches.plaintext_body(content, created_at=batches.format_timestamp(created_at))
+    case = operation.Case(body=body, media_type="application/json")
+    response = case.call_and_validate(
+        headers={"Authorization": f"Bearer {API_KEY}"}, excluded_checks=[checks.positive_data_acceptance]
+    )
+    CALLS["ingest"][response.status_code] += 1
+    assert response.status_code in (202, 422), response.text
+    if response.status_code == 202:
+        ACCEPTED.append(machine["machine_id"])
+
+
+def test_extreme_numbers_and_timestamps_inside_data_never_give_a_5xx(
+    ingest_schema, keys: dict[str, str], drain, viewer
+) -> None:
+    """Through ingest (202, or 422 for a log outside its batch's window), the real worker, then every page of
+    the dashboard that reads those numbers, and a CSV export of them: never a 5xx."""
+    ACCEPTED.clear()
+    _extreme_batches(schema=ingest_schema, key=keys["current"])
+    assert ACCEPTED, "no extreme batch was accepted"
+    drain()
+    assert viewer.get("/", params={"q": "st-extreme-"}).status_code == 200
+    for machine_id in ACCEPTED:
+        for chart_range in ("day", "week"):
+            page = viewer.get(f"/machines/{machine_id}", params={"range": chart_range})
+            assert page.status_code == 200, (machine_id, page.text[-500:])
+    export = viewer.get("/api/exports/logs", params={"machine_id": ACCEPTED[0], "format": "csv"})
+    assert export.status_code == 200
 
 
 # --------------------------------------------------------------------------- exporter

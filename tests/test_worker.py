@@ -23,13 +23,13 @@ from .fix_ingest import BIN, service_env
 from .fix_services import database_url_for
 
 
-def queued(content: dict | None = None, *, created_at: datetime | None = None):
+def queued(content: dict | None = None, *, created_at: datetime | None = None, received_at: datetime | None = None):
     body = content or batches.content(3)
     return queued_batch(
         validate_content(body),
         batch_id=str(uuid.uuid4()),
         created_at=created_at or datetime.now(UTC),
-        received_at=datetime.now(UTC),
+        received_at=received_at or datetime.now(UTC),
         kid="0123456789abcdef",
     )
 
@@ -49,7 +49,8 @@ def test_persisting_twice_writes_once(db, database_url):
     assert count(db, "batches", batch["batch_id"]) == 1
 
 
-def test_an_older_batch_does_not_overwrite_newer_identity(db, database_url):
+def test_a_batch_received_earlier_does_not_overwrite_newer_identity(db, database_url):
+    """Identity follows when ingest accepted a batch (a job retried late), not the created_at an agent chose."""
     from atlas.server.db import connect
 
     machine_id = f"mac-{uuid.uuid4().hex[:8]}"
@@ -59,8 +60,8 @@ def test_an_older_batch_does_not_overwrite_newer_identity(db, database_url):
     older = batches.content(1, machine_id)
     older["machine"]["os_version"] = "macOS 14.4"
     with connect(database_url) as conn:
-        persist_batch(conn, queued(newer, created_at=now))
-        persist_batch(conn, queued(older, created_at=now - timedelta(hours=2)))
+        persist_batch(conn, queued(newer, created_at=now - timedelta(hours=2), received_at=now))
+        persist_batch(conn, queued(older, created_at=now, received_at=now - timedelta(hours=2)))
     row = db.execute("SELECT os_version, first_seen <= last_seen FROM machines WHERE machine_id = %s", (machine_id,))
     assert row.fetchone() == ("macOS 15.5", True)
 

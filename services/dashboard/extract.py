@@ -1,8 +1,11 @@
 """Reading widget ``data`` the dashboard shows, defensively: pure functions, no I/O.
 
 ``data`` comes from Macs that may be compromised, so nothing in it is trusted:
-a number is an int or a finite float (never a bool or a string), text is a
-string cut to a bounded length, and a missing or oddly shaped field reads as
+a number is read by ``number`` alone, against the bounds ``BOUNDS`` gives its
+field (an int or a float within them; a bool, a string, NaN, an infinity, a
+400-digit integer or any value outside the bounds reads as None, so it is
+shown as missing and never reaches a format, a chart or ``float()``); text is
+a string cut to a bounded length, and a missing or oddly shaped field reads as
 None. Templates escape whatever text comes out of here.
 
 ``decode_data`` is the one place a stored ``data`` value becomes a dict: the
@@ -13,7 +16,6 @@ parsed JSONB of a clear row, or the JSON text of a row opened by
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,12 +38,53 @@ def decode_data(stored: Any) -> dict[str, Any]:
     return stored if isinstance(stored, dict) else {}
 
 
-def number(value: Any) -> float | None:
-    """``value`` if it is an int or a finite float; bools, strings, NaN and infinities are None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+BOUNDS: Mapping[str, tuple[float, float]] = {
+    # Wi-Fi
+    "wifi.rssi_dbm": (-120, 0),
+    "wifi.noise_dbm": (-120, 0),
+    "wifi.snr_db": (-50, 120),
+    "wifi.channel": (1, 233),
+    "wifi.channel_width_mhz": (5, 320),
+    "wifi.tx_rate_mbps": (0, 100_000),
+    # speed test
+    "speedtest.mbps": (0, 100_000),
+    "speedtest.ms": (0, 600_000),
+    "speedtest.loss_pct": (0, 100),
+    # ping
+    "ping.count": (0, 1_000_000),
+    "ping.loss_pct": (0, 100),
+    "ping.ms": (0, 600_000),
+    # health
+    "health.percent": (0, 100),
+    "health.bytes": (0, 2**60),
+    "health.load_average": (0, 1_000_000),
+    "health.uptime_seconds": (0, 200 * 365 * 86400),
+    "health.temperature_c": (-100, 250),
+    "health.fan_rpm": (0, 100_000),
+    "health.battery_capacity_pct": (0, 200),
+    "health.battery_cycles": (0, 1_000_000),
+    # processes
+    "processes.pid": (0, 2**32),
+    "processes.cpu_percent": (0, 100 * 4096),
+    "processes.memory_percent": (0, 100),
+    "processes.count": (0, 100_000_000),
+}
+"""Per field read from ``data``: the lowest and highest value shown (inclusive); anything outside is missing.
+
+Generous bounds on what a Mac can report (a process's CPU share counts every core), tight enough that every
+value formats, charts and sums without overflow."""
+
+
+def number(value: Any, field: str) -> float | None:
+    """``value`` as a float if it is an int or a float within ``BOUNDS[field]``; anything else is None.
+
+    The bounds are compared before any conversion: Python compares a huge int with a float exactly, so a
+    400-digit integer is out of bounds instead of an OverflowError; NaN compares false and is refused too.
+    """
+    low, high = BOUNDS[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         return None
-    result = float(value)
-    return result if math.isfinite(result) else None
+    return float(value)
 
 
 def text(value: Any, limit: int = MAX_TEXT_CHARS) -> str | None:
@@ -70,10 +113,10 @@ def path(data: Mapping[str, Any], *keys: str) -> Any:
     return current
 
 
-def first_number(data: Mapping[str, Any], *paths: Sequence[str]) -> float | None:
-    """The first of several key paths that holds a number (older agents used other names)."""
+def first_number(data: Mapping[str, Any], field: str, *paths: Sequence[str]) -> float | None:
+    """The first of several key paths that holds a number for ``field`` (older agents used other names)."""
     for keys in paths:
-        found = number(path(data, *keys))
+        found = number(path(data, *keys), field)
         if found is not None:
             return found
     return None
@@ -83,35 +126,35 @@ def first_number(data: Mapping[str, Any], *paths: Sequence[str]) -> float | None
 
 
 def wifi_rssi(data: Mapping[str, Any]) -> float | None:
-    return number(data.get("rssi_dbm"))
+    return number(data.get("rssi_dbm"), "wifi.rssi_dbm")
 
 
 def wifi_noise(data: Mapping[str, Any]) -> float | None:
-    return number(data.get("noise_dbm"))
+    return number(data.get("noise_dbm"), "wifi.noise_dbm")
 
 
 def speed_down(data: Mapping[str, Any]) -> float | None:
-    return number(data.get("download_mbps"))
+    return number(data.get("download_mbps"), "speedtest.mbps")
 
 
 def speed_up(data: Mapping[str, Any]) -> float | None:
-    return number(data.get("upload_mbps"))
+    return number(data.get("upload_mbps"), "speedtest.mbps")
 
 
 def ping_latency(data: Mapping[str, Any]) -> float | None:
-    return first_number(data, ("rtt_avg_ms",), ("rtt_ms", "avg"))
+    return first_number(data, "ping.ms", ("rtt_avg_ms",), ("rtt_ms", "avg"))
 
 
 def ping_loss(data: Mapping[str, Any]) -> float | None:
-    return number(data.get("loss_pct"))
+    return number(data.get("loss_pct"), "ping.loss_pct")
 
 
 def health_cpu(data: Mapping[str, Any]) -> float | None:
-    return first_number(data, ("psutil", "cpu_percent"), ("cpu_percent",))
+    return first_number(data, "health.percent", ("psutil", "cpu_percent"), ("cpu_percent",))
 
 
 def health_memory(data: Mapping[str, Any]) -> float | None:
-    return first_number(data, ("psutil", "memory", "percent"), ("memory_percent",))
+    return first_number(data, "health.percent", ("psutil", "memory", "percent"), ("memory_percent",))
 
 
 # --- per widget: what the machine page shows ---------------------------------------------
@@ -153,12 +196,12 @@ def wifi_summary(data: Mapping[str, Any]) -> dict[str, Any]:
         "ssid": ssid,
         "rssi_dbm": wifi_rssi(data),
         "noise_dbm": wifi_noise(data),
-        "snr_db": number(data.get("snr_db")),
-        "channel": number(data.get("channel")),
+        "snr_db": number(data.get("snr_db"), "wifi.snr_db"),
+        "channel": number(data.get("channel"), "wifi.channel"),
         "band": text(data.get("band"), 16),
-        "channel_width_mhz": number(data.get("channel_width_mhz")),
+        "channel_width_mhz": number(data.get("channel_width_mhz"), "wifi.channel_width_mhz"),
         "phy_mode": text(data.get("phy_mode"), 32),
-        "tx_rate_mbps": number(data.get("tx_rate_mbps")),
+        "tx_rate_mbps": number(data.get("tx_rate_mbps"), "wifi.tx_rate_mbps"),
         "bssid": text(data.get("bssid"), 32),
         "security": text(data.get("security"), 64),
         "interface": text(data.get("interface"), 32),
@@ -171,9 +214,9 @@ def speed_summary(data: Mapping[str, Any]) -> dict[str, Any]:
         "status": text(data.get("status"), 16),
         "download_mbps": speed_down(data),
         "upload_mbps": speed_up(data),
-        "latency_ms": number(data.get("latency_ms")),
-        "jitter_ms": number(data.get("jitter_ms")),
-        "packet_loss_pct": number(data.get("packet_loss_pct")),
+        "latency_ms": number(data.get("latency_ms"), "speedtest.ms"),
+        "jitter_ms": number(data.get("jitter_ms"), "speedtest.ms"),
+        "packet_loss_pct": number(data.get("packet_loss_pct"), "speedtest.loss_pct"),
         "isp": text(data.get("isp")),
         "server": text(data.get("server_sponsor")) or text(data.get("server_name")),
         "server_name": text(data.get("server_name")),
@@ -188,12 +231,12 @@ def ping_summary(data: Mapping[str, Any]) -> dict[str, Any]:
         "target": text(data.get("target"), 128) or "?",
         "status": text(data.get("status"), 32),
         "address": text(data.get("address"), 64),
-        "sent": number(data.get("sent")),
-        "received": number(data.get("received")),
+        "sent": number(data.get("sent"), "ping.count"),
+        "received": number(data.get("received"), "ping.count"),
         "loss_pct": ping_loss(data),
-        "rtt_min_ms": first_number(data, ("rtt_min_ms",), ("rtt_ms", "min")),
+        "rtt_min_ms": first_number(data, "ping.ms", ("rtt_min_ms",), ("rtt_ms", "min")),
         "rtt_avg_ms": ping_latency(data),
-        "rtt_max_ms": first_number(data, ("rtt_max_ms",), ("rtt_ms", "max")),
+        "rtt_max_ms": first_number(data, "ping.ms", ("rtt_max_ms",), ("rtt_ms", "max")),
     }
 
 
@@ -217,21 +260,23 @@ def _disks(data: Mapping[str, Any]) -> list[Disk]:
             disks.append(
                 Disk(
                     text(mount, 128) or "?",
-                    number(usage.get("percent")),
-                    number(usage.get("used")),
-                    number(usage.get("total")),
+                    number(usage.get("percent"), "health.percent"),
+                    number(usage.get("used"), "health.bytes"),
+                    number(usage.get("total"), "health.bytes"),
                 )
             )
     for entry in items(data.get("disk"), 12):  # the flat shape of early agents
         entry = mapping(entry)
-        disks.append(Disk(text(entry.get("mount"), 128) or "?", number(entry.get("percent")), None, None))
+        disks.append(
+            Disk(text(entry.get("mount"), 128) or "?", number(entry.get("percent"), "health.percent"), None, None)
+        )
     return disks
 
 
 def _temperatures(data: Mapping[str, Any]) -> list[Reading]:
     readings = []
     for label, keys in (("CPU die", ("smc", "cpu_die_temp_c")), ("GPU die", ("smc", "gpu_die_temp_c"))):
-        value = number(path(data, *keys))
+        value = number(path(data, *keys), "health.temperature_c")
         if value is not None:
             readings.append(Reading(label, value, "°C"))
     chips = path(data, "psutil", "temperatures")
@@ -239,34 +284,37 @@ def _temperatures(data: Mapping[str, Any]) -> list[Reading]:
         for chip, sensors in list(chips.items())[:8]:
             for sensor in items(sensors, 8):
                 sensor = mapping(sensor)
-                value = number(sensor.get("current_c"))
+                value = number(sensor.get("current_c"), "health.temperature_c")
                 if value is not None:
                     label = text(sensor.get("label"), 64) or text(chip, 64) or "sensor"
                     readings.append(Reading(label, value, "°C"))
-    battery_temp = number(path(data, "battery", "temperature_c"))
+    battery_temp = number(path(data, "battery", "temperature_c"), "health.temperature_c")
     if battery_temp is not None:
         readings.append(Reading("Battery temperature", battery_temp, "°C"))
     return readings[:16]
 
 
 def _fans(data: Mapping[str, Any]) -> list[Reading]:
-    fans = [number(rpm) for rpm in items(path(data, "smc", "fans_rpm"), 8)]
+    fans = [number(rpm, "health.fan_rpm") for rpm in items(path(data, "smc", "fans_rpm"), 8)]
     return [Reading(f"Fan {i}", rpm, "rpm") for i, rpm in enumerate(fans, 1) if rpm is not None]
 
 
 def _battery(data: Mapping[str, Any]) -> list[Reading]:
     plain, details = mapping(path(data, "psutil", "battery")), mapping(data.get("battery"))
     readings: list[Reading] = []
-    percent = number(plain.get("percent"))
+    percent = number(plain.get("percent"), "health.percent")
     if percent is None:
-        percent = number(details.get("percent"))
+        percent = number(details.get("percent"), "health.percent")
     if percent is not None:
         readings.append(Reading("Charge", percent, "%"))
     plugged = plain.get("power_plugged")
     if isinstance(plugged, bool):
         readings.append(Reading("Power", "plugged in" if plugged else "on battery"))
-    for label, key, unit in (("Health", "max_capacity_pct", "%"), ("Cycles", "cycle_count", "")):
-        value = number(details.get(key))
+    for label, key, unit, field in (
+        ("Health", "max_capacity_pct", "%", "health.battery_capacity_pct"),
+        ("Cycles", "cycle_count", "", "health.battery_cycles"),
+    ):
+        value = number(details.get(key), field)
         if value is not None:
             readings.append(Reading(label, value, unit))
     condition = text(details.get("condition"), 32)
@@ -275,8 +323,8 @@ def _battery(data: Mapping[str, Any]) -> list[Reading]:
     return readings
 
 
-def _numbers(value: Any, limit: int) -> list[float]:
-    return [n for n in (number(v) for v in items(value, limit)) if n is not None]
+def _numbers(value: Any, limit: int, field: str) -> list[float]:
+    return [n for n in (number(v, field) for v in items(value, limit)) if n is not None]
 
 
 def health_summary(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -284,10 +332,10 @@ def health_summary(data: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "cpu_percent": health_cpu(data),
         "memory_percent": health_memory(data),
-        "memory_used": number(path(data, "psutil", "memory", "used")),
-        "memory_total": number(path(data, "psutil", "memory", "total")),
-        "load_average": _numbers(path(data, "psutil", "load_average"), 3),
-        "uptime_seconds": number(path(data, "psutil", "uptime_seconds")),
+        "memory_used": number(path(data, "psutil", "memory", "used"), "health.bytes"),
+        "memory_total": number(path(data, "psutil", "memory", "total"), "health.bytes"),
+        "load_average": _numbers(path(data, "psutil", "load_average"), 3, "health.load_average"),
+        "uptime_seconds": number(path(data, "psutil", "uptime_seconds"), "health.uptime_seconds"),
         "disks": _disks(data),
         "temperatures": _temperatures(data),
         "fans": _fans(data),
@@ -306,9 +354,9 @@ def top_processes(data: Mapping[str, Any], count: int = TOP_PROCESSES) -> list[P
         processes.append(
             Process(
                 text(entry.get("name"), 128),
-                number(entry.get("pid")),
-                number(entry.get("cpu_percent")),
-                number(entry.get("memory_percent")),
+                number(entry.get("pid"), "processes.pid"),
+                number(entry.get("cpu_percent"), "processes.cpu_percent"),
+                number(entry.get("memory_percent"), "processes.memory_percent"),
                 text(entry.get("user"), 64),
             )
         )
@@ -317,4 +365,4 @@ def top_processes(data: Mapping[str, Any], count: int = TOP_PROCESSES) -> list[P
 
 
 def processes_summary(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {"process_count": number(data.get("process_count")), "top": top_processes(data)}
+    return {"process_count": number(data.get("process_count"), "processes.count"), "top": top_processes(data)}

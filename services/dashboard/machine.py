@@ -135,9 +135,25 @@ class Latest:
     fields: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Conflicts:
+    """Batches that claimed this machine_id with another serial number (``identity_conflicts``)."""
+
+    count: int = 0
+    serials: int = 0
+    logs: int = 0
+    latest: datetime | None = None
+    recent: list[dict[str, Any]] = field(default_factory=list)
+
+
+RECENT_CONFLICTS = 10
+"""Identity conflicts listed on the machine page, newest first."""
+
+
 @dataclass
 class MachineView:
     identity: dict[str, Any]
+    conflicts: Conflicts = field(default_factory=Conflicts)
     wifi: Latest | None = None
     speedtest: Latest | None = None
     health: Latest | None = None
@@ -172,6 +188,27 @@ def load_identity(conn: psycopg.Connection, machine_id: str) -> dict[str, Any] |
         (machine_id,),
     ).fetchone()
     return dict(zip(_IDENTITY_COLUMNS, row, strict=True)) if row else None
+
+
+def load_conflicts(conn: psycopg.Connection, machine_id: str) -> Conflicts:
+    count, serials, logs, latest = conn.execute(
+        "SELECT count(*), count(DISTINCT serial_number), coalesce(sum(log_count), 0), max(received_at)"
+        " FROM identity_conflicts WHERE machine_id = %s",
+        (machine_id,),
+    ).fetchone()
+    if not count:
+        return Conflicts()
+    rows = conn.execute(
+        "SELECT received_at, serial_number, hostname, log_count FROM identity_conflicts WHERE machine_id = %s"
+        " ORDER BY received_at DESC LIMIT %s",
+        (machine_id, RECENT_CONFLICTS),
+    ).fetchall()
+    recent = [
+        {"received_at": r[0], "serial_number": extract.text(r[1], 64) or "?", "hostname": extract.text(r[2], 64)}
+        | {"log_count": r[3]}
+        for r in rows
+    ]
+    return Conflicts(count, serials, int(logs), latest, recent)
 
 
 def load_latest(
@@ -251,7 +288,7 @@ def load_machine(
     if identity is None:
         return None
     content = LogContent(conn, Keyring() if keyring is None else keyring)
-    view = MachineView(identity)
+    view = MachineView(identity, load_conflicts(conn, machine_id))
     since = identity["last_seen"] - LATEST_LOOKBACK
     for widget_type in _SUMMARIES:
         setattr(view, widget_type, load_latest(conn, content, machine_id, widget_type, since))

@@ -1,8 +1,10 @@
 """The export API: ``GET /api/exports/logs`` streams CSV, JSON or NDJSON of any size.
 
-PostgreSQL writes the export (one ``COPY ... TO STDOUT``, see ``query``);
-this service authenticates, records the export in the audit log, and passes
-the bytes on in chunks, gzipped when the client asks. The first chunk is read
+PostgreSQL writes a JSON or NDJSON export (one ``COPY ... TO STDOUT``, see
+``query``); a CSV export, and any export of logs encrypted at rest, is written
+by Python (``decrypted``) from a server-side cursor. This service
+authenticates, records the export in the audit log, and passes the bytes on
+in chunks, gzipped when the client asks. The first chunk is read
 before the response starts, so a database that is down gives a 503, not an
 empty file. A stream that fails later is cut off without HTTP's final chunk
 (and, for JSON, without the closing bracket; for gzip, without the trailer),
@@ -105,11 +107,14 @@ class Export:
         return None
 
     def _lines(self, conn: psycopg.Connection) -> Iterator[bytes]:
-        """PostgreSQL's COPY writes the lines, unless some stored content is sealed: then Python opens it."""
-        if self.sealed:
+        """PostgreSQL's COPY writes JSON and NDJSON unless some stored content is sealed; Python writes the rest.
+
+        Every CSV goes through Python, clear or sealed, so that one writer quotes and neutralises it.
+        """
+        if self.sealed or self.fmt == "csv":
             return decrypted_lines(conn, self.fmt, self.filters, self.web.settings.db_keyring, self.count)
         statement, params = copy_statement(self.fmt, self.filters)  # type: ignore[arg-type]
-        return copy_out(conn, statement, params, self.count, header=self.fmt == "csv")
+        return copy_out(conn, statement, params, self.count)
 
     def chunks(self, gzip: bool) -> Iterator[bytes]:
         """The export's bytes; the audit row is finished however the iteration ends."""

@@ -1,16 +1,17 @@
 """Export rows through Python, opening what is encrypted at rest.
 
-Used instead of PostgreSQL's COPY when some stored content is sealed
-(``atlas.server.atrest``): rows come from a server-side cursor a page at a
-time, sealed ones are opened with their batch's data key, and each row is
-written as the same line COPY would write (the CSV header first), so
-``stream.frame`` wraps both sources alike.
+Every CSV export comes from here, clear or sealed, so that one writer
+(``atlas.contract.export.CsvWriter``, which ``atlas-agent export`` uses too)
+quotes and neutralises every CSV the fleet writes. JSON and NDJSON come from
+here only when some stored content is sealed (``atlas.server.atrest``);
+otherwise PostgreSQL's COPY writes them. Rows come from a server-side cursor a
+page at a time, sealed ones are opened with their batch's data key, and each
+JSON row is written as the same line COPY would write, so ``stream.frame``
+wraps both sources alike.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterator
 
@@ -18,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from atlas.contract import Keyring
-from atlas.contract.export import CSV_COLUMNS, neutralise
+from atlas.contract.export import CsvWriter
 from atlas.server.content import ContentReader
 
 from .query import TIMESTAMP_SQL, ExportFilters, where_clause
@@ -41,11 +42,9 @@ def decrypted_lines(
     """The export's lines (CSV with its header, or one JSON object a line), decrypted."""
     where, params = where_clause(filters)
     reader = ContentReader(conn, keyring)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = CsvWriter()
     if fmt == "csv":
-        writer.writerow(CSV_COLUMNS)
-        yield buffer.getvalue().encode()
+        yield writer.header().encode()
     with conn.transaction(), conn.cursor(name="atlas_export") as cursor:
         cursor.itersize = PAGE_ROWS
         cursor.execute(SELECT.format(ts=TIMESTAMP_SQL, where=where), params)
@@ -66,13 +65,7 @@ def decrypted_lines(
             ]
             count.rows += len(opened)
             if fmt == "csv":  # a page at a time: one write per page, not per row
-                buffer.seek(0)
-                buffer.truncate()
-                writer.writerows(
-                    (log_id, neutralise(serial), ts, level, widget_type, neutralise(message), data)
-                    for log_id, serial, ts, level, widget_type, message, data in opened
-                )
-                yield buffer.getvalue().encode()
+                yield writer.lines(opened).encode()
                 continue
             lines = [
                 f'{{"id": {log_id}, "serial_number": {_dumps(serial)}, "timestamp": "{ts}",'

@@ -1,16 +1,13 @@
 """What an export asks for, and the SQL that lets PostgreSQL write it.
 
 Nothing here touches the network or the database: filters are parsed and
-checked, then turned into one ``COPY (SELECT ...) TO STDOUT`` statement whose
-output is the export itself, so rows never pass through Python objects.
-
-* CSV: PostgreSQL's CSV writer quotes per RFC 4180; ``atlas_csv_cell`` (a SQL
-  function of migration 2) neutralises cells a spreadsheet would run as a
-  formula, exactly as ``atlas.contract.export.neutralise`` does.
-* JSON and NDJSON: each row is built as one JSON object in SQL; COPY's CSV
-  mode with a quote and delimiter byte that JSON text can never contain
-  (PostgreSQL escapes every control character inside JSON strings) passes it
-  through unchanged, one object a line.
+checked, then turned into SQL. A JSON or NDJSON export of clear rows is one
+``COPY (SELECT ...) TO STDOUT`` statement whose output is the export itself,
+so rows never pass through Python objects: each row is built as one JSON
+object in SQL, and COPY's CSV mode with a quote and delimiter byte that JSON
+text can never contain (PostgreSQL escapes every control character inside
+JSON strings) passes it through unchanged, one object a line. A CSV export is
+written in Python (``decrypted``), by the one writer every CSV export uses.
 """
 
 from __future__ import annotations
@@ -135,13 +132,6 @@ TIMESTAMP_SQL = sql.SQL(
 )
 """RFC 3339 in UTC, as ``atlas.contract.export.format_export_timestamp`` writes it."""
 
-CSV_SELECT = sql.SQL(
-    'SELECT id AS "ID", atlas_csv_cell(serial_number) AS "Serial Number", {ts} AS "Timestamp",'
-    ' level AS "Level", widget_type AS "Widget Type", atlas_csv_cell(message) AS "Message", data AS "Data"'
-).format(ts=TIMESTAMP_SQL)
-"""The CSV columns. Level and widget type are enumerations the record schema enforces and data is a
-JSON object (it starts with ``{``), so only serial number and message can start a formula."""
-
 JSON_SELECT = sql.SQL(
     """SELECT '{{"id": ' || id || ', "serial_number": ' || to_json(serial_number)"""
     """ || ', "timestamp": "' || {ts} || '", "level": ' || to_json(level)"""
@@ -150,20 +140,18 @@ JSON_SELECT = sql.SQL(
 ).format(ts=TIMESTAMP_SQL)
 """One JSON object per row, with the fields of ``atlas.contract.export.JSON_FIELDS`` in order."""
 
-COPY_OPTIONS = {
-    "csv": sql.SQL("(FORMAT csv, HEADER true)"),
-    # \x01 and \x02 never occur in JSON text, so COPY passes each object through unquoted.
-    "json": sql.SQL("(FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"),
-    "ndjson": sql.SQL("(FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"),
-}
+JSON_COPY_OPTIONS = sql.SQL("(FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')")
+"""COPY's CSV mode with quote byte 0x01 and delimiter 0x02, which never occur in JSON text: each object passes
+through unquoted."""
 
 
 def copy_statement(fmt: ExportFormat, filters: ExportFilters) -> tuple[sql.Composed, dict[str, Any]]:
-    """``COPY (SELECT ... ORDER BY id) TO STDOUT ...`` writing the export, and its parameters."""
+    """``COPY (SELECT ... ORDER BY id) TO STDOUT ...`` writing a JSON or NDJSON export, and its parameters."""
+    if fmt == "csv":
+        raise ValueError("CSV exports are written by atlas.contract.export.CsvWriter, not by COPY")
     where, params = where_clause(filters)
-    select = CSV_SELECT if fmt == "csv" else JSON_SELECT
     statement = sql.SQL("COPY ({select} FROM widget_logs{where} ORDER BY id) TO STDOUT {options}").format(
-        select=select, where=where, options=COPY_OPTIONS[fmt]
+        select=JSON_SELECT, where=where, options=JSON_COPY_OPTIONS
     )
     return statement, params
 

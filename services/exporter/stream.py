@@ -24,18 +24,13 @@ class RowCount:
         self.rows = 0
 
 
-def copy_out(
-    conn: psycopg.Connection, statement: sql.Composed, params: dict, count: RowCount, *, header: bool = False
-) -> Iterator[bytes]:
+def copy_out(conn: psycopg.Connection, statement: sql.Composed, params: dict, count: RowCount) -> Iterator[bytes]:
     """The rows of a ``COPY ... TO STDOUT``, one line each, as PostgreSQL wrote them.
 
     Stopped early (the client went away, or a later step failed), the COPY is
     cancelled on the server: otherwise PostgreSQL would go on writing rows
     nobody reads, and the connection would never come back to the pool.
-    With ``header``, the first line (CSV's header) is not counted as a row.
     """
-    if header:
-        count.rows -= 1
     with conn.cursor() as cursor, cursor.copy(statement, params) as copy:
         try:
             for row in copy:

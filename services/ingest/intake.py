@@ -47,14 +47,14 @@ def read_batch(body: bytes, settings: Settings, *, now: datetime) -> Accepted:
         created_at = parse_timestamp(envelope.created_at, "created_at")
         _check_window(created_at, settings, now)
         plaintext = open_envelope(envelope, settings.keyring, max_plaintext_bytes=settings.max_plaintext_bytes)
-        content = decode_content(plaintext, max_logs=settings.max_logs_per_batch)
+        content = decode_content(plaintext, max_logs=settings.max_logs_per_batch, created_at=created_at)
         return Accepted(envelope.batch_id.lower(), created_at, envelope.kid, content)
 
     if not settings.accepts_plaintext:
         raise EnvelopeError("body", "encryption required: send a v1 AES-256-GCM envelope")
     batch_id, created_at = parse_plaintext_header(obj)
     _check_window(created_at, settings, now)
-    content = validate_content(obj, max_logs=settings.max_logs_per_batch)
+    content = validate_content(obj, max_logs=settings.max_logs_per_batch, created_at=created_at)
     return Accepted(batch_id.lower(), created_at, None, content)
 
 

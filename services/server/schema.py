@@ -246,6 +246,34 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX login_failures_last_failed_idx ON login_failures (last_failed_at);
         """,
     ),
+    Migration(
+        6,
+        "machine identity ordered by received time, serial numbers fixed, identity_conflicts",
+        """
+        COMMENT ON COLUMN machines.identity_at IS
+            'received_at of the batch the identity columns come from (the server''s time, not the agent''s'
+            ' created_at): the newest batch received wins, an older or replayed one never overwrites them';
+        COMMENT ON COLUMN machines.serial_number IS
+            'Set by the first batch of the machine_id and never changed: a batch claiming another serial'
+            ' is an identity conflict';
+        -- identity_at held created_at, which an agent chooses (up to the future bound): never later than
+        -- the last batch received
+        UPDATE machines SET identity_at = last_seen WHERE identity_at > last_seen;
+
+        CREATE TABLE identity_conflicts (
+            batch_id       uuid PRIMARY KEY,
+            machine_id     text NOT NULL,
+            serial_number  text NOT NULL,
+            hostname       text NOT NULL,
+            received_at    timestamptz NOT NULL,
+            log_count      integer NOT NULL
+        );
+        COMMENT ON TABLE identity_conflicts IS
+            'Batches that claimed a machine_id with a serial number other than its own: their logs were not'
+            ' stored and they changed nothing of the machine; shown on its page for an operator';
+        CREATE INDEX identity_conflicts_machine_idx ON identity_conflicts (machine_id, received_at);
+        """,
+    ),
 )
 """Every migration, oldest first."""
 

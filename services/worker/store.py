@@ -9,6 +9,7 @@ connection drops.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -18,6 +19,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from atlas.contract import Key
 from atlas.server.atrest import epoch_micros, new_data_key, seal_log, wrap_data_key
 from atlas.server.queue import QueuedBatch
+
+log = logging.getLogger("atlas.worker")
 
 RECORD_KEY_ID = "INSERT INTO db_key_ids (kid) VALUES (%s) ON CONFLICT (kid) DO NOTHING"
 
@@ -38,18 +41,20 @@ claimed AS (
     ON CONFLICT (batch_id) DO NOTHING
     RETURNING batch_id
 ),
+own AS (
+    SELECT i.* FROM input i JOIN claimed USING (batch_id) LEFT JOIN machines m USING (machine_id)
+    WHERE m.machine_id IS NULL OR m.serial_number = i.serial_number
+),
 seen AS (
     INSERT INTO machines (machine_id, serial_number, hostname, model, os_version, agent_version,
                           first_seen, last_seen, identity_at)
-    SELECT DISTINCT ON (i.machine_id)
-           i.machine_id, i.serial_number, i.hostname, i.model, i.os_version, i.agent_version,
-           min(i.received_at) OVER w, max(i.received_at) OVER w, i.created_at
-    FROM input i JOIN claimed USING (batch_id)
-    WINDOW w AS (PARTITION BY i.machine_id)
-    ORDER BY i.machine_id, i.created_at DESC, i.batch_id DESC
+    SELECT DISTINCT ON (o.machine_id)
+           o.machine_id, o.serial_number, o.hostname, o.model, o.os_version, o.agent_version,
+           min(o.received_at) OVER w, max(o.received_at) OVER w, o.received_at
+    FROM own o
+    WINDOW w AS (PARTITION BY o.machine_id)
+    ORDER BY o.machine_id, o.received_at DESC, o.batch_id DESC
     ON CONFLICT (machine_id) DO UPDATE SET
-        serial_number = CASE WHEN EXCLUDED.identity_at >= machines.identity_at
-            THEN EXCLUDED.serial_number ELSE machines.serial_number END,
         hostname = CASE WHEN EXCLUDED.identity_at >= machines.identity_at
             THEN EXCLUDED.hostname ELSE machines.hostname END,
         model = CASE WHEN EXCLUDED.identity_at >= machines.identity_at
@@ -61,13 +66,27 @@ seen AS (
         identity_at = GREATEST(machines.identity_at, EXCLUDED.identity_at),
         first_seen = LEAST(machines.first_seen, EXCLUDED.first_seen),
         last_seen = GREATEST(machines.last_seen, EXCLUDED.last_seen)
+    WHERE machines.serial_number = EXCLUDED.serial_number  -- another worker's insert of the machine won
+    RETURNING machine_id, serial_number
+),
+conflicts AS (
+    INSERT INTO identity_conflicts (batch_id, machine_id, serial_number, hostname, received_at, log_count)
+    SELECT i.batch_id, i.machine_id, i.serial_number, i.hostname, i.received_at, i.log_count
+    FROM input i JOIN claimed USING (batch_id) LEFT JOIN seen s USING (machine_id)
+        LEFT JOIN machines m USING (machine_id)
+    WHERE i.serial_number IS DISTINCT FROM COALESCE(s.serial_number, m.serial_number)
+    RETURNING batch_id
 )
-SELECT batch_id::text FROM claimed
+SELECT c.batch_id::text, x.batch_id IS NOT NULL FROM claimed c LEFT JOIN conflicts x USING (batch_id)
 """
 """Claim a group's batch_ids (the primary key makes a replayed batch a no-op) and upsert
-each machine once, from its newest claimed batch, in one statement and one round trip.
-Machines are locked in machine_id order, batches in batch_id order, so concurrent
-workers never deadlock. Returns the batch_ids claimed now, whose logs are then COPYed."""
+each machine once, from its newest claimed batch by received time, in one statement and one
+round trip. Identity is ordered by when ingest accepted a batch (``received_at``), never by
+the ``created_at`` an agent chooses. A machine's serial number is set by its first batch and
+never changes: a batch claiming the machine_id with another serial changes nothing of it (not
+even ``last_seen``) and is recorded in ``identity_conflicts``, its logs not stored. Machines
+are locked in machine_id order, batches in batch_id order, so concurrent workers never
+deadlock. Returns the batch_ids claimed now, each with whether it is a conflict."""
 
 COPY_LOGS = (
     'COPY widget_logs (machine_id, serial_number, "timestamp", level, widget_type, message, data,'
@@ -92,7 +111,8 @@ def _sealed_rows(batch: QueuedBatch, data_key: bytes) -> Iterator[tuple]:
 
 
 def persist_batches(conn: psycopg.Connection, batches: list[QueuedBatch], db_key: Key | None = None) -> list[bool]:
-    """Store a group of batches in one transaction; per batch, False if it was already stored.
+    """Store a group of batches in one transaction; per batch, False if it was already stored, or if it
+    claims a machine_id with another serial number (an identity conflict: recorded, its logs not stored).
 
     With ``db_key`` (the current database key), each batch gets a new data key,
     wrapped under ``db_key`` in its ``batches`` row, and its logs' message and
@@ -117,7 +137,19 @@ def persist_batches(conn: psycopg.Connection, batches: list[QueuedBatch], db_key
     }
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(CLAIM_AND_UPSERT, params)
-        claimed = {row[0] for row in cur.fetchall()}
+        answers = cur.fetchall()
+        claimed = {batch_id for batch_id, conflict in answers if not conflict}
+        conflicts = {batch_id for batch_id, conflict in answers if conflict}
+        for b in ordered:
+            if b["batch_id"] in conflicts:
+                log.warning(
+                    "Batch %s claims machine_id %r with serial number %r, not the machine's own: its %d logs are"
+                    " not stored (recorded in identity_conflicts)",
+                    b["batch_id"],
+                    b["machine"]["machine_id"],
+                    b["machine"]["serial_number"],
+                    len(b["logs"]),
+                )
         fresh = [b for b in ordered if b["batch_id"] in claimed]
         if fresh:
             if db_key:

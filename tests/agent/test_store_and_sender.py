@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from atlas.agent.sender import Sender, SenderConfigError, backoff_delay, classify
+from atlas.agent.sender import Sender, SenderConfigError, backoff_delay, batch_time, classify
 from atlas.agent.store import LocalStore, StoreKeyError
-from atlas.contract import Keyring, generate_encryption_key
+from atlas.contract import LOG_MAX_BEFORE_BATCH, Keyring, generate_encryption_key
 
 from .. import batches
 from ..fix_ingest import free_port
@@ -105,6 +105,38 @@ def test_server_down_for_several_cycles_then_back(store, ingest, keys, machine, 
     assert (report.sent_batches, report.sent_logs) == (4, 12)
     drain()
     assert len(rows_for_machine(db, machine()["machine_id"])) == 12
+
+
+def test_logs_spooled_for_days_before_sealing_are_all_accepted(store, ingest, keys, machine, drain, db, senders):
+    """The longest legitimate gap between a log and its batch's sealing: logs the store kept unsealed for days
+    (the Mac slept before a send cycle, or the fleet server was configured later) up to the store's age limit.
+    Each batch spans at most a day of logs and is dated within a day of its oldest, so none is refused."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    collected = []
+    for hours in (6 * 24 + 20, 5 * 24, 3 * 24 + 1, 50, 26, 2, 0.1):  # the oldest almost at the 7-day limit
+        collected += fill(store, 2, start=now - timedelta(hours=hours))
+    sender = sender_for(store, ingest.url, keys, machine, senders)
+    report = sender.run_cycle()
+    assert report.quarantined == 0
+    assert report.sent_logs == len(collected)
+    assert report.sealed_batches == 5  # 164 h, 120 h, 73 + 50 h, 26 h, 2 + 0.1 h: none spans more than a day
+    drain()
+    stored = rows_for_machine(db, machine()["machine_id"])
+    assert sorted(r[0] for r in stored) == sorted(datetime.fromisoformat(log["timestamp"]) for log in collected)
+    for oldest, newest, created_at in db.execute(
+        'SELECT min(l."timestamp"), max(l."timestamp"), b.created_at FROM widget_logs l JOIN batches b USING (batch_id)'
+        " WHERE l.machine_id = %s GROUP BY b.batch_id, b.created_at",
+        (machine()["machine_id"],),
+    ):
+        assert created_at - LOG_MAX_BEFORE_BATCH <= oldest <= newest <= created_at
+
+
+def test_a_batch_is_dated_now_or_a_day_after_its_oldest_log():
+    now = datetime(2026, 11, 28, 16, 0, tzinfo=UTC)
+    at = lambda when: {"timestamp": when.isoformat().replace("+00:00", "Z")}  # noqa: E731
+    assert batch_time([at(now - timedelta(hours=3)), at(now - timedelta(minutes=1))], now) == now
+    old = now - timedelta(days=3, microseconds=250_000)
+    assert batch_time([at(now - timedelta(days=2)), at(old)], now) == old + LOG_MAX_BEFORE_BATCH
 
 
 def test_a_lost_answer_is_resent_and_stored_once(store, ingest, keys, machine, drain, db, senders):

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import httpx
 
-from atlas.contract import Keyring, format_timestamp, seal
+from atlas.contract import LOG_MAX_BEFORE_BATCH, Keyring, format_timestamp, seal
 
 from .store import LocalStore
 
@@ -45,6 +45,14 @@ Outcome = Literal["sent", "retry", "quarantine"]
 
 class SenderConfigError(ValueError):
     """The sender cannot run as configured (for example: no key and plaintext not allowed)."""
+
+
+def batch_time(logs: list[dict[str, Any]], now: datetime) -> datetime:
+    """A batch's created_at: now, or, for a spool whose oldest log is older than LOG_MAX_BEFORE_BATCH, that
+    log's time plus LOG_MAX_BEFORE_BATCH, so the server, which refuses a log dated further before its batch,
+    accepts every log (``LocalStore.seal_batch`` keeps a batch's logs within that span of each other)."""
+    oldest = min((datetime.fromisoformat(log["timestamp"]) for log in logs), default=now)
+    return min(now, oldest + LOG_MAX_BEFORE_BATCH)
 
 
 def classify(status: int | None, reply: Any) -> Outcome:
@@ -139,7 +147,7 @@ class Sender:
 
     def _seal(self, logs: list[dict[str, Any]]) -> tuple[str, str, bytes]:
         batch_id = str(uuid.uuid4())
-        created_at = format_timestamp(datetime.now(UTC))
+        created_at = format_timestamp(batch_time(logs, datetime.now(UTC)))
         content = {"machine": self.machine(), "logs": logs}
         key = self.keyring.current
         if key is None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
-from atlas.contract import Keyring
+from atlas.contract import LOG_MAX_BEFORE_BATCH, Keyring
 
 STORE_AAD_LABEL = "atlas-agent-store/v1"
 """First line of a stored log's associated data."""
@@ -91,6 +91,17 @@ class PendingBatch:
     attempts: int
 
 
+def _within_span(rows: list[tuple]) -> int:
+    """How many of ``rows`` (their second column a timestamp) span at most LOG_MAX_BEFORE_BATCH; at least 1."""
+    low = high = datetime.fromisoformat(rows[0][1])
+    for count, row in enumerate(rows[1:], 1):
+        moment = datetime.fromisoformat(row[1])
+        low, high = min(low, moment), max(high, moment)
+        if high - low > LOG_MAX_BEFORE_BATCH:
+            return count
+    return len(rows)
+
+
 def _aad(timestamp: str, level: str, widget_type: str) -> bytes:
     return "\n".join((STORE_AAD_LABEL, timestamp, level, widget_type)).encode("utf-8")
 
@@ -142,6 +153,9 @@ class LocalStore:
     def seal_batch(self, seal: Any, *, max_logs: int) -> PendingBatch | None:
         """Take up to ``max_logs`` unbatched logs and turn them into one pending batch.
 
+        The batch spans at most ``LOG_MAX_BEFORE_BATCH`` of log time (a spool of logs older than that, say
+        after the Mac slept for days or the fleet server was configured late, goes in several batches), so
+        ``seal`` can date it within the contract's window of every log it carries.
         ``seal(logs: list[dict]) -> (batch_id, created_at, body bytes)`` builds the
         request body; logs and batch are written in one transaction.
         """
@@ -156,6 +170,7 @@ class LocalStore:
                 if not rows:
                     conn.execute("ROLLBACK")
                     return None
+                rows = rows[: _within_span(rows)]
                 logs = [self._decode(row) for row in rows]
                 batch_id, created_at, body = seal(
                     [

@@ -36,6 +36,8 @@ from .errors import (
 from .keys import Key, Keyring, generate_encryption_key, key_id, parse_key
 from .schema import (
     LEVELS,
+    LOG_MAX_AFTER_BATCH,
+    LOG_MAX_BEFORE_BATCH,
     MAX_LOGS_PER_BATCH,
     WIDGET_TYPES,
     BatchContent,
@@ -50,6 +52,8 @@ __all__ = [
     "ALGORITHM",
     "COMPRESSIONS",
     "LEVELS",
+    "LOG_MAX_AFTER_BATCH",
+    "LOG_MAX_BEFORE_BATCH",
     "MAX_LOGS_PER_BATCH",
     "WIDGET_TYPES",
     "WIRE_VERSION",

@@ -12,9 +12,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from itertools import chain
 from typing import Any
 
 CSV_COLUMNS = ("ID", "Serial Number", "Timestamp", "Level", "Widget Type", "Message", "Data")
@@ -24,7 +23,7 @@ JSON_FIELDS = ("id", "serial_number", "timestamp", "level", "widget_type", "mess
 """The same fields in JSON and NDJSON exports."""
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
-"""First characters that make a spreadsheet evaluate a cell (with their full-width forms)."""
+"""First characters that make a spreadsheet evaluate a cell (with their full-width forms); each one character."""
 
 
 def neutralise(cell: str) -> str:
@@ -47,30 +46,60 @@ def record(
 
 
 def csv_cells(rec: dict[str, Any]) -> list[str]:
+    """A record's CSV cells, in ``CSV_COLUMNS`` order (``data`` as JSON text)."""
     data = rec["data"] if isinstance(rec["data"], str) else json.dumps(rec["data"], ensure_ascii=False)
-    cells = [
-        str(rec["id"]),
-        rec["serial_number"],
-        rec["timestamp"],
-        rec["level"],
-        rec["widget_type"],
-        rec["message"],
-        data,
-    ]
-    return [neutralise(c) for c in cells]
+    return [str(rec[name]) for name in JSON_FIELDS[:-1]] + [data]
+
+
+_FORMULA_FIRST = frozenset(FORMULA_PREFIXES)
+"""FORMULA_PREFIXES are single characters: a row needs neutralising if a cell's first character is one."""
+
+
+class CsvWriter:
+    """The one CSV writer of every export: the server's (clear or encrypted at rest) and ``atlas-agent export``.
+
+    RFC 4180 quoting, LF line ends, and every cell that a spreadsheet would read as a formula neutralised
+    (``neutralise``). Python's csv module quotes a cell only for the delimiter, the quote and the characters
+    of its line terminator, so a writer ending lines with LF alone leaves a bare CR unquoted, and a reader
+    starts a row at it (``x\\r=1+1`` became a row beginning ``=1+1``). A row holding a CR is therefore written
+    with CRLF as the terminator, which quotes it, and its final CRLF becomes LF.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = io.StringIO()
+        self._lf = csv.writer(self._buffer, lineterminator="\n")
+        self._crlf = csv.writer(self._buffer, lineterminator="\r\n")
+
+    def header(self) -> str:
+        """The header line."""
+        return self.lines([CSV_COLUMNS])
+
+    def lines(self, rows: Iterable[Sequence[object]]) -> str:
+        """The CSV lines of ``rows``, each a sequence of cells (non-strings are written with ``str``)."""
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        plain: list[list[str]] = []  # rows with no CR, written together (csv's writerows loops in C)
+        for row in rows:
+            cells = [str(cell) for cell in row]
+            if not _FORMULA_FIRST.isdisjoint([cell[:1] for cell in cells]):
+                cells = [neutralise(cell) for cell in cells]
+            if "\r" not in "".join(cells):
+                plain.append(cells)
+                continue
+            self._lf.writerows(plain)
+            plain.clear()
+            self._crlf.writerow(cells)
+            buffer.seek(buffer.tell() - 2)
+            buffer.write("\n")
+            buffer.truncate()
+        self._lf.writerows(plain)
+        return buffer.getvalue()
 
 
 def csv_lines(records: Iterable[dict[str, Any]]) -> Iterable[str]:
-    """The header, then one line per record: RFC 4180 quoting, LF line ends (as PostgreSQL's COPY writes).
-
-    The writer's line terminator is CRLF, so that a cell holding a bare CR is quoted too (csv quotes only the
-    terminator's characters: with LF alone, ``x\\r=1+1`` went out bare and a reader began a row with ``=1+1``);
-    each line's CRLF then becomes LF.
-    """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    for cells in chain([CSV_COLUMNS], map(csv_cells, records)):  # lazily: an export may hold millions
-        buffer.seek(0)
-        buffer.truncate()
-        writer.writerow(cells)
-        yield buffer.getvalue()[:-2] + "\n"
+    """The header, then one line per record, lazily (an export may hold millions), as ``CsvWriter`` writes them."""
+    writer = CsvWriter()
+    yield writer.header()
+    for rec in records:
+        yield writer.lines([csv_cells(rec)])

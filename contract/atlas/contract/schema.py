@@ -10,7 +10,7 @@ queued batch can always be persisted.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -47,6 +47,13 @@ MAX_DATA_BYTES = 65536
 MAX_DATA_DEPTH = 32
 """Bound on how deeply a log's ``data`` nests objects and arrays."""
 
+LOG_MAX_BEFORE_BATCH = timedelta(days=1)
+"""How long before its batch's ``created_at`` a log may be dated. The agent keeps to it when it seals a spool of
+old logs: a batch spans at most this much log time, and is dated at most this long after its oldest log."""
+
+LOG_MAX_AFTER_BATCH = timedelta(minutes=5)
+"""How long after its batch's ``created_at`` a log may be dated (the Mac's clock stepping back while it runs)."""
+
 Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 WidgetType = Literal["wifi", "speedtest", "ping", "health", "processes", "agent"]
 
@@ -76,6 +83,27 @@ def _rfc3339(value: object) -> datetime:
         raise ValueError(exc.reason) from None
 
 
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} seconds"
+
+
+def check_log_time(timestamp: datetime, created_at: datetime) -> None:
+    """Refuse a log dated outside [created_at - LOG_MAX_BEFORE_BATCH, created_at + LOG_MAX_AFTER_BATCH].
+
+    A log dated in 2099 would stay a machine's "latest" reading for ever, and one dated days before the
+    batch that carries it is not history an agent keeps (``docs/protocol.md``, section 6).
+    """
+    if timestamp < created_at - LOG_MAX_BEFORE_BATCH:
+        raise ValueError(f"is more than {_human(LOG_MAX_BEFORE_BATCH)} before the batch's created_at")
+    if timestamp > created_at + LOG_MAX_AFTER_BATCH:
+        raise ValueError(f"is more than {_human(LOG_MAX_AFTER_BATCH)} after the batch's created_at")
+
+
 class MachineInfo(BaseModel):
     """Who sent the batch. ``machine_id`` is the fleet-wide identity."""
 
@@ -99,6 +127,15 @@ class LogEntry(BaseModel):
     widget_type: WidgetType
     message: _text(MAX_MESSAGE_CHARS)
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("timestamp", mode="after")
+    @classmethod
+    def _within_the_batch(cls, value: datetime, info: ValidationInfo) -> datetime:
+        """With the batch's ``created_at`` in the validation context, the log must be dated near it."""
+        created_at = (info.context or {}).get("created_at")
+        if created_at is not None:
+            check_log_time(value, created_at)
+        return value
 
     @model_validator(mode="after")
     def _check_data(self) -> LogEntry:
@@ -203,14 +240,17 @@ def _violations(exc: ValidationError) -> list[SchemaViolation]:
     ]
 
 
-def decode_content(raw: bytes, *, max_logs: int = MAX_LOGS_PER_BATCH) -> BatchContent:
+def decode_content(
+    raw: bytes, *, max_logs: int = MAX_LOGS_PER_BATCH, created_at: datetime | None = None
+) -> BatchContent:
     """Validate decrypted plaintext JSON bytes.
 
+    With ``created_at`` (the batch's), every log must be dated within its window (``check_log_time``).
     Raises EnvelopeError (400) when the bytes are not JSON, SchemaError (422)
     when the JSON breaks the schema.
     """
     try:
-        content = BatchContent.model_validate_json(raw, context={"max_logs": max_logs})
+        content = BatchContent.model_validate_json(raw, context={"max_logs": max_logs, "created_at": created_at})
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise EnvelopeError("ciphertext", "decrypted plaintext is not valid UTF-8 JSON") from None
@@ -218,11 +258,14 @@ def decode_content(raw: bytes, *, max_logs: int = MAX_LOGS_PER_BATCH) -> BatchCo
     return content
 
 
-def validate_content(obj: dict, *, max_logs: int = MAX_LOGS_PER_BATCH) -> BatchContent:
-    """Validate the machine and logs of an already-parsed unencrypted body."""
+def validate_content(
+    obj: dict, *, max_logs: int = MAX_LOGS_PER_BATCH, created_at: datetime | None = None
+) -> BatchContent:
+    """Validate the machine and logs of an already-parsed unencrypted body (``created_at``: as decode_content)."""
     try:
         content = BatchContent.model_validate(
-            {"machine": obj.get("machine"), "logs": obj.get("logs")}, context={"max_logs": max_logs}
+            {"machine": obj.get("machine"), "logs": obj.get("logs")},
+            context={"max_logs": max_logs, "created_at": created_at},
         )
     except ValidationError as exc:
         raise SchemaError(_violations(exc)) from None
