@@ -8,8 +8,10 @@ with a reason; Redis trouble becomes a 503 with Retry-After, never a 202.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import cached_property
@@ -19,15 +21,15 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from atlas.contract import ContractError, SchemaError
+from atlas.contract import ContractError, PayloadTooLargeError, SchemaError
 from atlas.server import metrics
 from atlas.server.config import Settings, get_settings
-from atlas.server.queue import QueuedBatch, batch_queue, queued_batch, redis_client
+from atlas.server.queue import QueuedBatch, accepted_marker, batch_queue, queued_batch, redis_client
 from atlas.server.ratelimit import IngestLimits
 
 from .auth import is_valid_key, presented_key
 from .grouping import GroupingEnqueuer, QueueBusy
-from .intake import read_batch
+from .intake import AlreadyAccepted, read_batch
 from .models import Duplicate, EncryptedBody, PlaintextBody, Problem, Queued, SchemaProblem
 
 log = logging.getLogger("atlas.ingest")
@@ -36,8 +38,9 @@ RETRY_AFTER_SECONDS = 5
 """What a 503 tells the agent to wait before sending again."""
 
 INLINE_DECODE_BYTES = 64 * 1024
-"""Bodies up to this size are decoded in the event loop; larger ones in a thread (zlib and AES-GCM
-release the GIL there, and the loop keeps answering meanwhile)."""
+"""Bodies up to this size, whose plaintext is no larger either, are decoded in the event loop (an agent's
+batch: about half a millisecond, less than a thread hand-off costs). Anything more, a gzip bomb
+included, is decoded in the bounded decode pool, so the loop never inflates or parses more than this."""
 
 WIDGET_LOGS_PATH = "/api/fleet/widget-logs"
 
@@ -82,22 +85,44 @@ class Ingest:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.enqueuer = GroupingEnqueuer(lambda: self.queue, settings)
+        self._decoding = 0  # bodies in the decode pool or waiting for it; touched only by the event loop
 
     @cached_property
     def queue(self):
         return batch_queue(redis_client(self.settings.redis_url), self.settings)
 
-    def decode(self, body: bytes) -> QueuedBatch | JSONResponse:
-        """Decrypt and validate one body: the batch to queue, or the error answer."""
-        received_at = datetime.now(UTC)
+    @cached_property
+    def decoder(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="atlas-decode")
+
+    def decode(
+        self, body: bytes, received_at: datetime, *, inline: bool = False
+    ) -> QueuedBatch | AlreadyAccepted | JSONResponse:
+        """Decrypt and validate one body: the batch to queue, a known duplicate, or the error answer.
+
+        Inline, the plaintext is capped at INLINE_DECODE_BYTES and a larger one raises
+        PayloadTooLargeError for the caller to move to the pool; in the pool, a batch_id
+        already accepted is answered before the body is decrypted.
+        """
         try:
-            accepted = read_batch(body, self.settings, now=received_at)
+            if inline:
+                cap = min(INLINE_DECODE_BYTES, self.settings.max_plaintext_bytes)
+                accepted = read_batch(body, self.settings, now=received_at, max_plaintext_bytes=cap)
+            else:
+                accepted = read_batch(body, self.settings, now=received_at, accepted_before=self.accepted_before)
         except SchemaError as exc:
             metrics.reject("schema")
             return JSONResponse({"detail": [v.as_dict() for v in exc.violations]}, status_code=422)
+        except PayloadTooLargeError as exc:
+            if inline and self.settings.max_plaintext_bytes > INLINE_DECODE_BYTES:
+                raise
+            metrics.reject("too_large")
+            return problem(exc.status, exc.detail, exc.field)
         except ContractError as exc:
             metrics.reject(metrics.rejection_reason(exc))
             return problem(exc.status, exc.detail, exc.field)
+        if isinstance(accepted, AlreadyAccepted):
+            return accepted
         if accepted.encrypted:
             log.info(
                 "Successfully decrypted widget logs payload (batch_id=%s, logs=%d, kid=%s)",
@@ -113,13 +138,40 @@ class Ingest:
             kid=accepted.kid,
         )
 
+    def accepted_before(self, batch_id: str) -> bool:
+        """Whether the duplicate marker of ``batch_id`` is set; unknown (False) when Redis is down."""
+        try:
+            return bool(self.queue.connection.exists(accepted_marker(self.settings, batch_id)))
+        except RedisError:
+            return False
+
+    async def decode_off_loop(self, body: bytes, received_at: datetime) -> QueuedBatch | AlreadyAccepted | JSONResponse:
+        """Decode in the pool, or answer 503 when every thread and backlog slot is taken."""
+        if self._decoding >= self.settings.decode_threads + self.settings.decode_backlog:
+            metrics.reject("decode_busy")
+            return problem(503, "decoder busy, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        self._decoding += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.decoder, self.decode, body, received_at)
+        finally:
+            self._decoding -= 1
+
     async def accept(self, body: bytes) -> JSONResponse:
-        if len(body) <= INLINE_DECODE_BYTES:  # an agent's batch: ~0.5 ms, less than a thread hand-off costs
-            decoded = self.decode(body)
-        else:  # a large body would hold every other request for up to a quarter of a second
-            decoded = await run_in_threadpool(self.decode, body)
+        received_at = datetime.now(UTC)
+        decoded: QueuedBatch | AlreadyAccepted | JSONResponse
+        if len(body) <= INLINE_DECODE_BYTES:
+            try:
+                decoded = self.decode(body, received_at, inline=True)
+            except PayloadTooLargeError:  # small body, large plaintext: finish in the pool
+                decoded = await self.decode_off_loop(body, received_at)
+        else:
+            decoded = await self.decode_off_loop(body, received_at)
         if isinstance(decoded, JSONResponse):
             return decoded
+        if isinstance(decoded, AlreadyAccepted):
+            log.info("Duplicate batch %s: already accepted, not decrypted", decoded.batch_id)
+            metrics.BATCHES_DUPLICATE.inc()
+            return JSONResponse(Duplicate(batch_id=decoded.batch_id).model_dump(), status_code=200)
         batch_id = decoded["batch_id"]
         try:
             queued = await self.enqueuer.submit(decoded)
@@ -145,6 +197,8 @@ class Ingest:
 
     def close(self) -> None:
         """Close the Redis connection, if one was opened (the app's shutdown)."""
+        if "decoder" in self.__dict__:
+            self.decoder.shutdown(wait=False, cancel_futures=True)
         if "queue" in self.__dict__:
             self.queue.connection.close()
 
@@ -166,7 +220,7 @@ _ERRORS = {
     415: {"model": Problem, "description": "Content-Type is not application/json"},
     422: {"model": SchemaProblem, "description": "Plaintext breaks the record schema"},
     429: {"model": Problem, "description": "Over the client address's or API key's rate; retry after Retry-After"},
-    503: {"model": Problem, "description": "Queue unavailable; retry after Retry-After seconds"},
+    503: {"model": Problem, "description": "Queue unavailable or decoder busy; retry after Retry-After seconds"},
 }
 
 

@@ -6,6 +6,7 @@ its HTTP status by the app.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,14 +40,36 @@ class Accepted:
         return self.kid is not None
 
 
-def read_batch(body: bytes, settings: Settings, *, now: datetime) -> Accepted:
-    """Parse, authenticate-decrypt and validate one request body."""
+@dataclass(frozen=True)
+class AlreadyAccepted:
+    """A batch whose ``batch_id`` was accepted recently, recognised before it was decrypted."""
+
+    batch_id: str
+
+
+def read_batch(
+    body: bytes,
+    settings: Settings,
+    *,
+    now: datetime,
+    max_plaintext_bytes: int | None = None,
+    accepted_before: Callable[[str], bool] | None = None,
+) -> Accepted | AlreadyAccepted:
+    """Parse, authenticate-decrypt and validate one request body.
+
+    ``max_plaintext_bytes`` lowers the settings' plaintext cap (PayloadTooLargeError past it);
+    ``accepted_before(batch_id)``, asked once the header checks pass, spares the decryption of a
+    batch already accepted.
+    """
     obj = parse_body(body)
+    cap = settings.max_plaintext_bytes if max_plaintext_bytes is None else max_plaintext_bytes
     if is_encrypted_body(obj):
         envelope = parse_envelope(obj)
         created_at = parse_timestamp(envelope.created_at, "created_at")
         _check_window(created_at, settings, now)
-        plaintext = open_envelope(envelope, settings.keyring, max_plaintext_bytes=settings.max_plaintext_bytes)
+        if accepted_before is not None and accepted_before(envelope.batch_id.lower()):
+            return AlreadyAccepted(envelope.batch_id.lower())
+        plaintext = open_envelope(envelope, settings.keyring, max_plaintext_bytes=cap)
         content = decode_content(plaintext, max_logs=settings.max_logs_per_batch, created_at=created_at)
         return Accepted(envelope.batch_id.lower(), created_at, envelope.kid, content)
 
@@ -54,6 +77,8 @@ def read_batch(body: bytes, settings: Settings, *, now: datetime) -> Accepted:
         raise EnvelopeError("body", "encryption required: send a v1 AES-256-GCM envelope")
     batch_id, created_at = parse_plaintext_header(obj)
     _check_window(created_at, settings, now)
+    if accepted_before is not None and accepted_before(batch_id.lower()):
+        return AlreadyAccepted(batch_id.lower())
     content = validate_content(obj, max_logs=settings.max_logs_per_batch, created_at=created_at)
     return Accepted(batch_id.lower(), created_at, None, content)
 

@@ -86,8 +86,15 @@ host that sends no X-Forwarded-For (all clients would share its address)."""
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 """Largest request body read off the wire."""
 
-DEFAULT_MAX_PLAINTEXT_BYTES = 32 * 1024 * 1024
-"""Largest decompressed plaintext; bounds a gzip bomb."""
+DEFAULT_MAX_PLAINTEXT_BYTES = 2 * 1024 * 1024
+"""Largest decompressed plaintext; bounds a gzip bomb. The Atlas agent seals at most
+``atlas.agent.sender.MAX_BATCH_PLAINTEXT_BYTES`` (1 MiB) per batch; a typical batch is a few KiB."""
+
+DEFAULT_DECODE_THREADS = 2
+"""Threads that decode large bodies off the event loop."""
+
+DEFAULT_DECODE_BACKLOG = 16
+"""Large bodies that may wait for a decode thread; past it ingest answers 503 ``decode busy``."""
 
 MIN_API_KEY_CHARS = 16
 """Shortest API key accepted; shorter ones are guessable."""
@@ -114,6 +121,8 @@ class Settings:
     allow_plaintext: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_plaintext_bytes: int = DEFAULT_MAX_PLAINTEXT_BYTES
+    decode_threads: int = DEFAULT_DECODE_THREADS
+    decode_backlog: int = DEFAULT_DECODE_BACKLOG
     max_logs_per_batch: int = 5000
     created_at_max_age: timedelta = timedelta(days=7)
     created_at_max_future: timedelta = timedelta(minutes=5)
@@ -318,6 +327,8 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
         max_plaintext_bytes=_int(
             server, "max_plaintext_bytes", DEFAULT_MAX_PLAINTEXT_BYTES, "server.max_plaintext_bytes"
         ),
+        decode_threads=_int(server, "decode_threads", DEFAULT_DECODE_THREADS, "server.decode_threads"),
+        decode_backlog=_int(server, "decode_backlog", DEFAULT_DECODE_BACKLOG, "server.decode_backlog", 0),
         max_logs_per_batch=_int(server, "max_logs_per_batch", 5000, "server.max_logs_per_batch"),
         created_at_max_age=timedelta(
             seconds=_int(server, "created_at_max_age_seconds", 7 * 86400, "server.created_at_max_age_seconds")

@@ -68,6 +68,7 @@ REJECTION_REASONS = (
     "created_at_window",  # 400: created_at too old or in the future
     "schema",  # 422: the plaintext breaks the record schema
     "queue_unavailable",  # 503: Redis down, nothing queued
+    "decode_busy",  # 503: every decode thread and backlog slot taken by large bodies
     "rate_limited",  # 429: over the per-address or per-API-key rate limit, refused before the body is read
 )
 """Every value of ``atlas_batches_rejected_total{reason}``."""

@@ -36,6 +36,10 @@ DEFAULT_SEND_INTERVAL_S = 300
 MAX_LOGS_PER_BATCH = 1000
 """Logs sealed into one batch; the contract allows up to 5000."""
 
+MAX_BATCH_PLAINTEXT_BYTES = 1024 * 1024
+"""Plaintext sealed into one batch, at most (one log larger than this goes alone): half the
+server's default ``max_plaintext_bytes``, so a batch of the largest logs is never refused."""
+
 BACKOFF_BASE_S = 5.0
 BACKOFF_CAP_S = 900.0
 RETRYABLE_4XX = frozenset({408, 429})
@@ -160,7 +164,10 @@ class Sender:
     def seal_pending(self) -> int:
         """Turn every unsent log into batches; returns how many batches were sealed."""
         count = 0
-        while self.store.seal_batch(self._seal, max_logs=MAX_LOGS_PER_BATCH) is not None:
+        while (
+            self.store.seal_batch(self._seal, max_logs=MAX_LOGS_PER_BATCH, max_bytes=MAX_BATCH_PLAINTEXT_BYTES)
+            is not None
+        ):
             count += 1
         return count
 

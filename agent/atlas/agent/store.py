@@ -102,6 +102,20 @@ def _within_span(rows: list[tuple]) -> int:
     return len(rows)
 
 
+LOG_FRAME_BYTES = 128
+"""What one log adds to a batch's JSON beyond its stored body: its keys, timestamp, level and type."""
+
+
+def _within_bytes(rows: list[tuple], max_bytes: int) -> int:
+    """How many of ``rows`` (their sixth column the stored body) fit in ``max_bytes`` of batch; at least 1."""
+    total = 0
+    for count, row in enumerate(rows):
+        total += len(row[5]) + LOG_FRAME_BYTES
+        if total > max_bytes and count:
+            return count
+    return len(rows)
+
+
 def _aad(timestamp: str, level: str, widget_type: str) -> bytes:
     return "\n".join((STORE_AAD_LABEL, timestamp, level, widget_type)).encode("utf-8")
 
@@ -150,8 +164,8 @@ class LocalStore:
             )
             return int(cur.lastrowid or 0)
 
-    def seal_batch(self, seal: Any, *, max_logs: int) -> PendingBatch | None:
-        """Take up to ``max_logs`` unbatched logs and turn them into one pending batch.
+    def seal_batch(self, seal: Any, *, max_logs: int, max_bytes: int) -> PendingBatch | None:
+        """Take up to ``max_logs`` unbatched logs, about ``max_bytes`` of plaintext, into one pending batch.
 
         The batch spans at most ``LOG_MAX_BEFORE_BATCH`` of log time (a spool of logs older than that, say
         after the Mac slept for days or the fleet server was configured late, goes in several batches), so
@@ -171,6 +185,7 @@ class LocalStore:
                     conn.execute("ROLLBACK")
                     return None
                 rows = rows[: _within_span(rows)]
+                rows = rows[: _within_bytes(rows, max_bytes)]
                 logs = [self._decode(row) for row in rows]
                 batch_id, created_at, body = seal(
                     [
