@@ -46,6 +46,7 @@ from typing import IO, Any
 import yaml
 
 from .config import Settings
+from .privatefile import PrivateFileError, create_private_file
 
 SERVICES = ("ingest", "worker", "exporter", "dashboard")
 """Started in this order; the demo agent comes after all of them are ready."""
@@ -301,11 +302,8 @@ def ensure_first_admin(settings: Settings, env: Mapping[str, str]) -> tuple[str,
 
 
 def write_admin_file(path: str, url: str, username: str, password: str) -> None:
-    """The first admin's credentials, readable by this user only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(f"Atlas dashboard: {url}\nUsername: {username}\nPassword: {password}\n")
+    """The first admin's credentials in a new file, readable by this user only (PrivateFileError if it exists)."""
+    create_private_file(path, f"Atlas dashboard: {url}\nUsername: {username}\nPassword: {password}\n")
 
 
 def demo_machine_id() -> str:
@@ -368,7 +366,11 @@ def run(
         print(f"atlas-server: {exc}", file=sys.stderr)
         return 1
     if admin is not None and admin[1] is not None and admin_file:
-        write_admin_file(admin_file, f"{dashboard_url}/", admin[0], admin[1])
+        try:
+            write_admin_file(admin_file, f"{dashboard_url}/", admin[0], admin[1])
+        except PrivateFileError as exc:
+            print(f"atlas-server: --admin-file {exc}", file=sys.stderr)
+            return 1
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     config_args = ["--config", os.path.abspath(config)] if config else []
