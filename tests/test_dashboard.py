@@ -23,8 +23,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from atlas.dashboard import extract, fleet, render, security
+from atlas.dashboard import extract, fleet, presession, render, security
 from atlas.dashboard.machine import levels_from
+from atlas.dashboard.presession import PRESESSION_COOKIE
 from atlas.server.db import connect
 from atlas.server.web import SESSION_COOKIE
 
@@ -116,20 +117,67 @@ def test_failed_login_is_401_with_one_generic_message(
         assert "wrong password" not in answer.text.lower()
 
 
+def presession_cookie(answer: httpx.Response) -> str:
+    """The Set-Cookie header of the login form's pre-session cookie."""
+    return next(v for k, v in answer.headers.multi_items() if k == "set-cookie" and v.startswith(PRESESSION_COOKIE))
+
+
 def test_login_form_needs_its_csrf_token(browserless: Callable[[], Browserless], make_user: Callable[..., str]):
     name = make_user()
     client = browserless()
     token = client.login_form_token()
     form = {"username": name, "password": PASSWORD}
-    assert client.post("/login", form).status_code == 403  # no token
+    no_token = client.post("/login", form)
+    assert no_token.status_code == 403
+    assert presession.FOREIGN_FORM in html.unescape(no_token.text)
     assert client.post("/login", {**form, "csrf_token": "x" + token}).status_code == 403  # wrong token
-    other = browserless()  # the right-looking token but not this browser's cookie
-    assert other.post("/login", {**form, "csrf_token": token}).status_code == 403
+    other = browserless()  # the right token but no pre-session cookie
+    no_cookie = other.post("/login", {**form, "csrf_token": token})
+    assert no_cookie.status_code == 403
+    assert presession.NO_PRESESSION in html.unescape(no_cookie.text)
     evil = client.post("/login", {**form, "csrf_token": token}, headers={"Origin": "https://evil.example"})
     assert evil.status_code == 403
     assert "expired" in evil.text
-    fresh = client.login_form_token()  # every refusal issued a new token
-    assert client.post("/login", {**form, "csrf_token": fresh}).status_code == 303
+    fresh = client.login_form_token()
+    answer = client.post("/login", {**form, "csrf_token": fresh})
+    assert answer.status_code == 303
+    assert 'atlas_login=""' in presession_cookie(answer)  # the pre-session ends with the sign-in
+
+
+def test_the_login_token_is_bound_to_its_own_signed_presession_cookie(
+    browserless: Callable[[], Browserless], make_user: Callable[..., str]
+):
+    name = make_user()
+    form = {"username": name, "password": PASSWORD}
+    first, second = browserless(), browserless()
+    first_token, second_token = first.login_form_token(), second.login_form_token()
+    assert first_token != second_token
+    # Each browser's token fails with the other one's cookie.
+    for client, token in ((first, second_token), (second, first_token)):
+        answer = client.post("/login", {**form, "csrf_token": token})
+        assert answer.status_code == 403
+        assert presession.FOREIGN_FORM in html.unescape(answer.text)
+        assert SESSION_COOKIE not in answer.headers.get("set-cookie", "")
+    # A value chosen for both the cookie and the field (what a double-submit check accepts), the cookie's own
+    # value as the token, or a cookie whose signature was tampered with: all refused.
+    cookie = first.client.cookies[PRESESSION_COOKIE]
+    forged = "attacker-chosen-value-0123456789"
+    for value, token in ((forged, forged), (cookie, cookie), (cookie[:-2] + "xx", first_token)):
+        answer = browserless().post(
+            "/login", {**form, "csrf_token": token}, headers={"Cookie": f"{PRESESSION_COOKIE}={value}"}
+        )
+        assert answer.status_code == 403, (value, token)
+        assert SESSION_COOKIE not in answer.headers.get("set-cookie", "")
+    # The cookie: HttpOnly, SameSite=Strict, only sent to /login, Secure when served over HTTPS.
+    page = browserless().get("/login")
+    attributes = {part.strip().lower() for part in presession_cookie(page).split(";")[1:]}
+    assert {"httponly", "samesite=strict", "path=/login"} <= attributes
+    assert "secure" not in attributes
+    behind_tls = browserless().get("/login", headers={"X-Forwarded-Proto": "https"})
+    assert "secure" in {part.strip().lower() for part in presession_cookie(behind_tls).split(";")[1:]}
+    # Both tokens still work with their own cookies.
+    assert first.post("/login", {**form, "csrf_token": first_token}).status_code == 303
+    assert second.post("/login", {**form, "csrf_token": second_token}).status_code == 303
 
 
 def test_forms_need_the_session_csrf_token_and_this_origin(viewer: Browserless):

@@ -6,8 +6,8 @@
 * Every state-changing request is a POST carrying the session's CSRF token in
   a hidden field, compared in constant time; a POST whose ``Origin`` is another
   site is refused before anything else.
-* The login form has no session yet, so it uses a double-submit token: a
-  random value in an HttpOnly cookie and the same value in the form.
+* The login form has no session yet: its token is bound to a signed
+  pre-session cookie set by ``GET /login`` (see ``presession``).
 * A failed login says only "Invalid username or password", with status 401.
 * Sign-ins are limited per client address (``dashboard.login_attempts_per_minute``,
   in this process; a success gives its attempt back, so only failures add up),
@@ -41,14 +41,17 @@ from atlas.server.accounts import (
 from atlas.server.ratelimit import RateLimiter, client_key, retry_after
 from atlas.server.web import SESSION_COOKIE, Principal, WebState
 
+from .presession import (
+    PRESESSION_COOKIE,
+    PRESESSION_MAX_AGE,
+    login_csrf_token,
+    login_token_problem,
+    new_presession_id,
+    presession_id,
+    sign_presession,
+)
 from .render import render
-from .security import new_token, safe_next, same_origin, tokens_match
-
-LOGIN_CSRF_COOKIE = "atlas_login_csrf"
-"""Double-submit token of the login form (HttpOnly, path /login)."""
-
-LOGIN_CSRF_MAX_AGE = 3600
-"""Seconds a login form stays usable."""
+from .security import safe_next, same_origin, tokens_match
 
 log = logging.getLogger("atlas.dashboard")
 
@@ -175,15 +178,20 @@ def _login_page(
     username: str = "",
     wait: float = 0.0,
 ) -> Response:
-    """The login form with a fresh double-submit token (also set as a cookie); ``wait``: a 429's Retry-After."""
-    token = new_token()
+    """The login form, its token bound to this browser's pre-session (kept if valid, else a new one).
+
+    ``wait``: a 429's Retry-After.
+    """
+    secret = web_state(request).secret
+    presession = presession_id(secret, request.cookies.get(PRESESSION_COOKIE)) or new_presession_id()
+    token = login_csrf_token(secret, presession)
     response = render("login.html", status=status, next=next_path, error=error, username=username, login_csrf=token)
     if wait:
         response.headers["Retry-After"] = retry_after(wait)
     response.set_cookie(
-        LOGIN_CSRF_COOKIE,
-        token,
-        max_age=LOGIN_CSRF_MAX_AGE,
+        PRESESSION_COOKIE,
+        sign_presession(secret, presession),
+        max_age=PRESESSION_MAX_AGE,
         path="/login",
         secure=request.url.scheme == "https",
         httponly=True,
@@ -211,12 +219,11 @@ def login(
     next: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
     target = safe_next(next, "")
-    presented_cookie = request.cookies.get(LOGIN_CSRF_COOKIE)
-    if not same_origin(request.headers.get("origin"), request.headers.get("host")) or not tokens_match(
-        presented_cookie, csrf_token
-    ):
+    if not same_origin(request.headers.get("origin"), request.headers.get("host")):
         return _login_page(request, target, status=403, error=EXPIRED_FORM, username=username)
     web, limiter = web_state(request), login_limiter(request)
+    if problem := login_token_problem(web.secret, request.cookies.get(PRESESSION_COOKIE), csrf_token):
+        return _login_page(request, target, status=403, error=problem, username=username)
     address = client_key(request.client.host if request.client else None)
     if wait := limiter.hit(address):
         error = TOO_MANY_ATTEMPTS.format(wait=_wait_text(wait))
@@ -255,7 +262,9 @@ def login(
         session_id, _ = create_session(conn, user, web.settings.session_max_age)
     response = RedirectResponse(target or "/", status_code=303)
     set_session_cookie(response, request, session_id)
-    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login", httponly=True, samesite="strict")
+    response.delete_cookie(
+        PRESESSION_COOKIE, path="/login", secure=request.url.scheme == "https", httponly=True, samesite="strict"
+    )
     return response
 
 

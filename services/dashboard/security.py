@@ -8,7 +8,6 @@ untouched apart from their headers.
 from __future__ import annotations
 
 import hmac
-import secrets
 from urllib.parse import urlsplit
 
 from starlette.datastructures import MutableHeaders
@@ -37,10 +36,6 @@ def tokens_match(expected: str | None, presented: str | None) -> bool:
     if not expected or not presented:
         return False
     return hmac.compare_digest(expected.encode(), presented.encode())
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(32)
 
 
 def same_origin(origin: str | None, host: str | None) -> bool:

@@ -33,6 +33,9 @@ from atlas.contract import generate_encryption_key
 from .config import ConfigError, Settings, load_settings
 from .logs import LOG_FORMATS, configure_logging, secret_values, uvicorn_log_config
 
+DEFAULT_ADMIN_FILE = "atlas-first-admin.txt"
+"""Where ``run`` writes the first admin's generated password unless --admin-file says otherwise."""
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     if args.config:
@@ -119,7 +122,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _password(args: argparse.Namespace) -> tuple[str, bool]:
-    """The password from stdin if --password-stdin, else a generated one (True: show it)."""
+    """The password from stdin if --password-stdin, else a generated one (True: it goes to --password-file)."""
     from .accounts import generate_password
 
     if args.password_stdin:
@@ -127,36 +130,51 @@ def _password(args: argparse.Namespace) -> tuple[str, bool]:
     return generate_password(), True
 
 
+def password_file_path(args: argparse.Namespace) -> str:
+    """Where a generated password is written: --password-file, else atlas-password-NAME.txt here."""
+    return args.password_file or f"atlas-password-{args.username.strip()}.txt"
+
+
 def cmd_create_user(args: argparse.Namespace, role: str | None = None) -> int:
+    """Create a user (or reset a password); a generated password goes to a new mode-600 file, never to stdout."""
     from .accounts import AccountError, count_users, create_user, set_password
     from .db import connect
+    from .privatefile import PrivateFileError, create_private_file
 
     settings = _settings(args)
     role = role or args.role
-    password, show = _password(args)
+    password, generated = _password(args)
+    path = password_file_path(args) if generated else None
     with connect(settings.database_url, autocommit=True) as conn:
         if getattr(args, "if_no_users", False) and count_users(conn):
             print("Dashboard users exist already; no admin created")
             return 0
         try:
-            if getattr(args, "reset_password", False):
-                row = conn.execute(
-                    "SELECT id FROM users WHERE lower(username) = lower(%s)", (args.username,)
-                ).fetchone()
-                if row is None:
-                    print(f"atlas-server: no user named {args.username!r}", file=sys.stderr)
-                    return 1
-                set_password(conn, row[0], password)
-                print(f"Password of {args.username!r} reset; their sessions are ended")
-            else:
-                user = create_user(conn, args.username, password, role)
-                print(f"Created {user.role} {user.username!r}")
+            with conn.transaction():  # undone if the password file cannot be written
+                if getattr(args, "reset_password", False):
+                    row = conn.execute(
+                        "SELECT id, username FROM users WHERE lower(username) = lower(%s)", (args.username,)
+                    ).fetchone()
+                    if row is None:
+                        print(f"atlas-server: no user named {args.username!r}", file=sys.stderr)
+                        return 1
+                    set_password(conn, row[0], password)
+                    username, done = row[1], f"Password of {args.username!r} reset; their sessions are ended"
+                else:
+                    user = create_user(conn, args.username, password, role)
+                    username, done = user.username, f"Created {user.role} {user.username!r}"
+                if path is not None:
+                    create_private_file(path, f"Username: {username}\nPassword: {password}\n")
         except AccountError as exc:
             print(f"atlas-server: {exc}", file=sys.stderr)
             return 1
-    if show:
-        print(f"Password: {password}")
-        print("Atlas keeps only its hash: note it now; it can be changed under Account in the dashboard.")
+        except PrivateFileError as exc:
+            print(f"atlas-server: --password-file {exc}; nothing changed", file=sys.stderr)
+            return 1
+    print(done)
+    if path is not None:
+        print(f"Its generated password is in {os.path.abspath(path)} (mode 600), shown nowhere else.")
+        print("Atlas keeps only its hash: read it, then delete the file; it can be changed under Account.")
     return 0
 
 
@@ -344,7 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address the services bind (default: 127.0.0.1)")
     p.add_argument("--demo", action="store_true", help="also run a local agent reporting this machine")
     p.add_argument(
-        "--admin-file", metavar="PATH", help="when the first admin is created, also write its password here (mode 600)"
+        "--admin-file",
+        metavar="PATH",
+        default=DEFAULT_ADMIN_FILE,
+        help=f"a new file (mode 600) for the first admin's generated password (default: ./{DEFAULT_ADMIN_FILE})",
     )
     p.set_defaults(func=cmd_run)
 
@@ -355,8 +376,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     account = argparse.ArgumentParser(add_help=False)
     account.add_argument("--username", required=True, help="login name")
-    account.add_argument(
-        "--password-stdin", action="store_true", help="read the password from stdin (default: generate and print one)"
+    given = account.add_mutually_exclusive_group()
+    given.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from stdin (default: generate one and write it to --password-file)",
+    )
+    given.add_argument(
+        "--password-file",
+        metavar="PATH",
+        help="a new file (mode 600) for the generated password (default: ./atlas-password-NAME.txt)",
     )
     p = sub.add_parser("create-admin", parents=[common, account], help="create a dashboard admin")
     p.add_argument("--reset-password", action="store_true", help="set a new password for an existing user instead")

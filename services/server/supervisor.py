@@ -1,8 +1,8 @@
 """``atlas-server run``: the whole server stack as local processes, until Ctrl-C.
 
 It migrates the database, creates the first dashboard admin when there is no
-user yet (the generated password is printed once, and written to
-``--admin-file`` if given), then starts ``atlas-server ingest``, ``worker``,
+user yet (its generated password is written to a new mode-600 ``--admin-file``,
+never printed: output may end up in journald or docker logs), then starts ``atlas-server ingest``, ``worker``,
 ``exporter`` and ``dashboard`` as child processes with the same configuration
 and environment, waits for each one's ``/readyz`` (the worker: alive for
 ``WORKER_SETTLE`` seconds) and prints the URLs. Their output is printed line
@@ -46,6 +46,7 @@ from typing import IO, Any
 import yaml
 
 from .config import Settings
+from .privatefile import PrivateFileError, create_private_file
 
 SERVICES = ("ingest", "worker", "exporter", "dashboard")
 """Started in this order; the demo agent comes after all of them are ready."""
@@ -280,32 +281,35 @@ def check_redis(settings: Settings) -> None:
         client.close()
 
 
-def ensure_first_admin(settings: Settings, env: Mapping[str, str]) -> tuple[str, str | None] | None:
-    """Create the first dashboard admin if there is no user: (name, generated password or None), else None.
+def ensure_first_admin(
+    settings: Settings, env: Mapping[str, str], admin_file: str, url: str
+) -> tuple[str, bool] | None:
+    """Create the first dashboard admin if there is no user: (name, True if its password is in admin_file), else None.
 
-    ATLAS_ADMIN_USERNAME/ATLAS_ADMIN_PASSWORD name that admin when set (the password is then not shown);
-    otherwise it is ``admin`` with a generated password.
+    ATLAS_ADMIN_USERNAME/ATLAS_ADMIN_PASSWORD name that admin when set; otherwise it is ``admin`` with a
+    generated password, written to ``admin_file`` in the same transaction: if that file cannot be created
+    (PrivateFileError), no admin is.
     """
-    from .accounts import bootstrap_admin, count_users, create_user, generate_password
+    from .accounts import BOOTSTRAP_LOCK_ID, bootstrap_admin, count_users, create_user, generate_password
     from .db import connect
 
     with connect(settings.database_url, autocommit=True) as conn:
         if env.get("ATLAS_ADMIN_USERNAME") and env.get("ATLAS_ADMIN_PASSWORD"):
             user = bootstrap_admin(conn, env)
-            return (user.username, None) if user else None
-        if count_users(conn):
-            return None
-        password = generate_password()
-        user = create_user(conn, ADMIN_USERNAME, password, "admin")
-        return user.username, password
+            return (user.username, False) if user else None
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK_ID,))
+            if count_users(conn):
+                return None
+            password = generate_password()
+            user = create_user(conn, ADMIN_USERNAME, password, "admin")
+            write_admin_file(admin_file, url, user.username, password)
+        return user.username, True
 
 
 def write_admin_file(path: str, url: str, username: str, password: str) -> None:
-    """The first admin's credentials, readable by this user only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(f"Atlas dashboard: {url}\nUsername: {username}\nPassword: {password}\n")
+    """The first admin's credentials in a new file, readable by this user only (PrivateFileError if it exists)."""
+    create_private_file(path, f"Atlas dashboard: {url}\nUsername: {username}\nPassword: {password}\n")
 
 
 def demo_machine_id() -> str:
@@ -343,7 +347,7 @@ def run(
     config: str | None,
     host: str,
     demo: bool = False,
-    admin_file: str | None = None,
+    admin_file: str,
     out: IO[str] | None = None,
 ) -> int:
     """``atlas-server run``; see the module docstring."""
@@ -363,12 +367,13 @@ def run(
     exporter_url = f"http://{web}:{settings.exporter_port}"
     dashboard_url = f"http://{web}:{settings.dashboard_port}"
     try:
-        admin = ensure_first_admin(settings, os.environ)
+        admin = ensure_first_admin(settings, os.environ, admin_file, f"{dashboard_url}/")
     except AccountError as exc:
         print(f"atlas-server: {exc}", file=sys.stderr)
         return 1
-    if admin is not None and admin[1] is not None and admin_file:
-        write_admin_file(admin_file, f"{dashboard_url}/", admin[0], admin[1])
+    except PrivateFileError as exc:
+        print(f"atlas-server: --admin-file {exc}; no admin created", file=sys.stderr)
+        return 1
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     config_args = ["--config", os.path.abspath(config)] if config else []
@@ -417,8 +422,8 @@ def run(
 def summary(
     settings: Settings,
     urls: Mapping[str, str],
-    admin: tuple[str, str | None] | None,
-    admin_file: str | None,
+    admin: tuple[str, bool] | None,
+    admin_file: str,
     demo: bool,
 ) -> str:
     lines = [
@@ -436,11 +441,10 @@ def summary(
         )
     if admin is None:
         lines.append("Dashboard: sign in with an existing user")
-    elif admin[1] is None:
+    elif not admin[1]:
         lines.append(f"Dashboard: created the admin {admin[0]!r} from ATLAS_ADMIN_USERNAME/ATLAS_ADMIN_PASSWORD")
     else:
-        lines.append(f"Dashboard admin created: user {admin[0]}  password {admin[1]}")
-        kept = f"; also kept in {admin_file}: delete that file once you have changed the password" if admin_file else ""
-        lines.append(f"  (shown only now{kept})")
+        lines.append(f"Dashboard admin created: user {admin[0]}; its password is in {os.path.abspath(admin_file)}")
+        lines.append("  (mode 600, shown nowhere else: delete that file once you have changed the password)")
     lines += ["Each service serves /healthz and /readyz. Ctrl-C stops everything.", ""]
     return "\n".join(lines)

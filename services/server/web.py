@@ -65,6 +65,7 @@ class WebState:
         )
         """Exports hold a connection for as long as the client reads; they get their own few, so slow
         downloads can never take the connections that pages and sign-ins need."""
+        self._secret: str | None = None
         self._signer: Signer | None = None
         self._lock = threading.Lock()
 
@@ -77,13 +78,21 @@ class WebState:
         self.pool.close()
 
     @property
+    def secret(self) -> str:
+        """The server secret: ``dashboard.secret_key`` or the key kept in the database, read on first use."""
+        with self._lock:
+            if self._secret is None:
+                with self.pool.connection() as conn:
+                    self._secret = signing_key(conn, self.settings.secret_key)
+            return self._secret
+
+    @property
     def signer(self) -> Signer:
-        """Signs session ids; the key comes from config or the database, read on first use."""
+        """Signs session ids."""
+        secret = self.secret
         with self._lock:
             if self._signer is None:
-                with self.pool.connection() as conn:
-                    key = signing_key(conn, self.settings.secret_key)
-                self._signer = Signer(key, salt="atlas-session")
+                self._signer = Signer(secret, salt="atlas-session")
             return self._signer
 
     def sign_session(self, session_id: str) -> str:

@@ -6,7 +6,10 @@
     GET /api/status            encryption on or off, fleet server, last successful send
 
 It binds to loopback by default: the readings (SSIDs, process names) are for
-the person at this Mac, not the network.
+the person at this Mac, not the network. It also answers only requests whose
+``Host`` is a loopback name (localhost, 127.0.0.1 or [::1], any port), else 421:
+a web page whose own hostname an attacker has pointed at 127.0.0.1 (DNS
+rebinding) cannot read it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from .daemon import Agent
 log = logging.getLogger("atlas.agent")
 
 WIDGETS = ("wifi", "speedtest", "ping", "health", "processes")
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+"""The only ``Host`` names answered, with or without a port."""
+
+MISDIRECTED = "This page answers only to http://localhost, http://127.0.0.1 or http://[::1]."
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Atlas live widgets</title>
@@ -68,6 +76,15 @@ refresh(); setInterval(refresh, 5000);
 """
 
 
+def loopback_host(host: str | None) -> bool:
+    """True if a ``Host`` header names this Mac's loopback, with an optional numeric port."""
+    value = (host or "").strip().lower()
+    if value in LOOPBACK_HOSTS:
+        return True
+    name, _, port = value.rpartition(":")
+    return name in LOOPBACK_HOSTS and port.isascii() and port.isdigit()
+
+
 def _handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "AtlasAgent"
@@ -88,6 +105,9 @@ def _handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
             self._send(status, json.dumps(value, ensure_ascii=False).encode("utf-8"), "application/json")
 
         def do_GET(self) -> None:
+            if not loopback_host(self.headers.get("Host")):
+                self._json({"detail": MISDIRECTED}, HTTPStatus.MISDIRECTED_REQUEST)
+                return
             path = self.path.split("?", 1)[0].rstrip("/") or "/"
             snapshot = agent.snapshot()
             if path == "/":
