@@ -123,6 +123,8 @@ class Ingest:
             return problem(exc.status, exc.detail, exc.field)
         if isinstance(accepted, AlreadyAccepted):
             return accepted
+        if accepted.legacy_key:
+            metrics.BATCHES_LEGACY_KEY.inc()
         if accepted.encrypted:
             log.info(
                 "Successfully decrypted widget logs payload (batch_id=%s, logs=%d, kid=%s)",

@@ -34,6 +34,8 @@ class Accepted:
     created_at: datetime
     kid: str | None
     content: BatchContent
+    legacy_key: bool = False
+    """Sealed directly under the shared payload key (no salt): it used up one of that key's 2^32 seals."""
 
     @property
     def encrypted(self) -> bool:
@@ -71,7 +73,7 @@ def read_batch(
             return AlreadyAccepted(envelope.batch_id.lower())
         plaintext = open_envelope(envelope, settings.keyring, max_plaintext_bytes=cap)
         content = decode_content(plaintext, max_logs=settings.max_logs_per_batch, created_at=created_at)
-        return Accepted(envelope.batch_id.lower(), created_at, envelope.kid, content)
+        return Accepted(envelope.batch_id.lower(), created_at, envelope.kid, content, envelope.salt is None)
 
     if not settings.accepts_plaintext:
         raise EnvelopeError("body", "encryption required: send a v1 AES-256-GCM envelope")

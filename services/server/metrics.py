@@ -91,6 +91,11 @@ HTTP_DURATION = Histogram(
 )
 BATCHES_ACCEPTED = Counter("atlas_batches_accepted_total", "Batches queued (answered 202)", registry=REGISTRY)
 LOGS_ACCEPTED = Counter("atlas_logs_accepted_total", "Widget logs in the batches queued", registry=REGISTRY)
+BATCHES_LEGACY_KEY = Counter(
+    "atlas_batches_legacy_key_total",
+    "Encrypted batches without a salt that decrypted: sealed under the shared payload key itself (2^32 seals per key)",
+    registry=REGISTRY,
+)
 BATCHES_DUPLICATE = Counter(
     "atlas_batches_duplicate_total",
     "Batches answered 200 duplicate: accepted within the duplicate window",

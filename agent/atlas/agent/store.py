@@ -1,9 +1,11 @@
 """The agent's local store: SQLite, crash-safe, encrypted at rest, bounded by age and size.
 
-Each log's message and data are sealed with AES-256-GCM under the configured
-key; the columns exports filter on (time, level, widget type) stay clear and
-are bound into the associated data, so moving a sealed body to another row
-fails to decrypt. A batch is sealed once, its exact request body kept, and
+Each log's message and data are sealed with AES-256-GCM under a key of its
+own, HKDF-SHA256 of the configured key over a random 32-byte salt kept in the
+row (rows written before the salt column have none and were sealed under the
+configured key itself; they stay readable). The columns exports filter on
+(time, level, widget type) stay clear and are bound into the associated data,
+so moving a sealed body to another row fails to decrypt. A batch is sealed once, its exact request body kept, and
 re-sent byte for byte until the server has it: a crash at any point loses
 nothing and the server's batch_id makes a re-send harmless. SQLite runs in
 WAL mode with synchronous=FULL, so a committed write survives power loss.
@@ -27,7 +29,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
-from atlas.contract import LOG_MAX_BEFORE_BATCH, Keyring
+from atlas.contract import LOG_MAX_BEFORE_BATCH, SALT_BYTES, STORE_RECORD_KEY_INFO, Keyring
 
 STORE_AAD_LABEL = "atlas-agent-store/v1"
 """First line of a stored log's associated data."""
@@ -44,7 +46,8 @@ CREATE TABLE IF NOT EXISTS logs (
     kid          TEXT,
     body         BLOB NOT NULL,
     size         INTEGER NOT NULL,
-    batch_id     TEXT
+    batch_id     TEXT,
+    salt         BLOB
 );
 CREATE INDEX IF NOT EXISTS logs_unbatched ON logs (id) WHERE batch_id IS NULL;
 CREATE INDEX IF NOT EXISTS logs_type_time ON logs (widget_type, timestamp);
@@ -62,6 +65,8 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE INDEX IF NOT EXISTS batches_due ON batches (state, next_attempt_at);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+NONCE_BYTES = 12
 
 
 class StoreError(Exception):
@@ -120,6 +125,19 @@ def _aad(timestamp: str, level: str, widget_type: str) -> bytes:
     return "\n".join((STORE_AAD_LABEL, timestamp, level, widget_type)).encode("utf-8")
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the ``salt`` column to a store made before it; its rows keep NULL (sealed under the key itself)."""
+    conn.execute("BEGIN IMMEDIATE")  # two processes opening an old store at once: one adds the column
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(logs)")}
+        if "salt" not in columns:
+            conn.execute("ALTER TABLE logs ADD COLUMN salt BLOB")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 class LocalStore:
     """One SQLite file in the agent's data folder; safe to use from several threads."""
 
@@ -138,6 +156,7 @@ class LocalStore:
         self.max_bytes = max_bytes
         with closing(self._connect()) as conn, conn:
             conn.executescript(SCHEMA)
+            _migrate(conn)
         os.chmod(self.path, 0o600)
 
     def _connect(self) -> sqlite3.Connection:
@@ -152,15 +171,19 @@ class LocalStore:
         """Store one log, sealed under the current key (plain JSON only when no key is configured)."""
         plain = json.dumps({"message": message, "data": data}, ensure_ascii=False, separators=(",", ":")).encode()
         key = self.keyring.current
+        salt: bytes | None = None
         if key is None:
             kid, body = None, plain
         else:
-            nonce = os.urandom(12)
-            kid, body = key.kid, nonce + key.aead().encrypt(nonce, plain, _aad(timestamp, level, widget_type))
+            salt, nonce = os.urandom(SALT_BYTES), os.urandom(NONCE_BYTES)
+            sealed = key.derive_aead(salt, STORE_RECORD_KEY_INFO).encrypt(
+                nonce, plain, _aad(timestamp, level, widget_type)
+            )
+            kid, body = key.kid, nonce + sealed
         with closing(self._connect()) as conn, conn:
             cur = conn.execute(
-                "INSERT INTO logs (timestamp, level, widget_type, kid, body, size) VALUES (?, ?, ?, ?, ?, ?)",
-                (timestamp, level, widget_type, kid, body, len(body)),
+                "INSERT INTO logs (timestamp, level, widget_type, kid, body, size, salt) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (timestamp, level, widget_type, kid, body, len(body) + len(salt or b""), salt),
             )
             return int(cur.lastrowid or 0)
 
@@ -177,7 +200,7 @@ class LocalStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 rows = conn.execute(
-                    "SELECT id, timestamp, level, widget_type, kid, body FROM logs WHERE batch_id IS NULL"
+                    "SELECT id, timestamp, level, widget_type, kid, body, salt FROM logs WHERE batch_id IS NULL"
                     " ORDER BY id LIMIT ?",
                     (max_logs,),
                 ).fetchall()
@@ -341,17 +364,26 @@ class LocalStore:
     # --- reading -----------------------------------------------------------------------------
 
     def _decode(self, row: tuple) -> StoredLog:
-        log_id, timestamp, level, widget_type, kid, body = row[:6]
-        batch_id = row[6] if len(row) > 6 else None
+        """A row (id, timestamp, level, widget_type, kid, body, salt[, batch_id]) decrypted."""
+        log_id, timestamp, level, widget_type, kid, body, salt = row[:7]
+        batch_id = row[7] if len(row) > 7 else None
         if kid is None:
             plain = bytes(body)
         else:
-            aead = self.keyring.aead(kid)
-            if aead is None:
+            key = self.keyring.get(kid)
+            if key is None:
                 raise StoreKeyError(f"log {log_id} was encrypted with key id {kid}, which is not configured")
             body = bytes(body)
+            if not any(body[:NONCE_BYTES]):
+                raise StoreKeyError(f"log {log_id} has an all-zero nonce, which this store never writes: refused")
+            if salt is None:  # written before per-record keys
+                aead = self.keyring.aead(kid) or key.aead()
+            elif len(salt) != SALT_BYTES or not any(salt):
+                raise StoreKeyError(f"log {log_id} has a malformed salt: the store was altered")
+            else:
+                aead = key.derive_aead(bytes(salt), STORE_RECORD_KEY_INFO)
             try:
-                plain = aead.decrypt(body[:12], body[12:], _aad(timestamp, level, widget_type))
+                plain = aead.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], _aad(timestamp, level, widget_type))
             except InvalidTag:
                 raise StoreKeyError(f"log {log_id} does not decrypt with key id {kid}: the store was altered") from None
         content = json.loads(plain)
@@ -374,7 +406,7 @@ class LocalStore:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with closing(self._connect()) as conn:
             cursor = conn.execute(
-                "SELECT id, timestamp, level, widget_type, kid, body, batch_id FROM logs"  # noqa: S608
+                "SELECT id, timestamp, level, widget_type, kid, body, salt, batch_id FROM logs"  # noqa: S608
                 + where  # built from the constant clauses above; values are bound
                 + " ORDER BY id",
                 params,

@@ -32,8 +32,20 @@ from .errors import (
     SchemaError,
     SchemaViolation,
     UnknownKeyError,
+    WeakKeyError,
 )
-from .keys import Key, Keyring, generate_encryption_key, key_id, parse_key
+from .keys import (
+    BATCH_KEY_INFO,
+    SALT_BYTES,
+    STORE_RECORD_KEY_INFO,
+    Key,
+    Keyring,
+    derive_key,
+    generate_encryption_key,
+    key_id,
+    parse_key,
+    weak_key_reason,
+)
 from .schema import (
     LEVELS,
     LOG_MAX_AFTER_BATCH,
@@ -50,11 +62,14 @@ from .schema import (
 __all__ = [
     "AAD_LABEL",
     "ALGORITHM",
+    "BATCH_KEY_INFO",
     "COMPRESSIONS",
     "LEVELS",
     "LOG_MAX_AFTER_BATCH",
     "LOG_MAX_BEFORE_BATCH",
     "MAX_LOGS_PER_BATCH",
+    "SALT_BYTES",
+    "STORE_RECORD_KEY_INFO",
     "WIDGET_TYPES",
     "WIRE_VERSION",
     "BatchContent",
@@ -71,10 +86,12 @@ __all__ = [
     "SchemaError",
     "SchemaViolation",
     "UnknownKeyError",
+    "WeakKeyError",
     "associated_data",
     "check_created_at_window",
     "check_version",
     "decode_content",
+    "derive_key",
     "format_timestamp",
     "generate_encryption_key",
     "is_encrypted_body",
@@ -88,4 +105,5 @@ __all__ = [
     "parse_timestamp",
     "seal",
     "validate_content",
+    "weak_key_reason",
 ]

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import DecryptionError, EnvelopeError, PayloadTooLargeError, UnknownKeyError
-from .keys import KID_HEX_CHARS, Key, Keyring
+from .keys import BATCH_KEY_INFO, KID_HEX_CHARS, SALT_BYTES, Key, Keyring
 
 WIRE_VERSION = 1
 """The only envelope version this code reads and writes."""
@@ -44,7 +45,10 @@ TAG_BYTES = 16
 """AES-GCM authentication tag length, appended to the ciphertext."""
 
 ENVELOPE_FIELDS = ("v", "alg", "kid", "batch_id", "created_at", "compression", "nonce", "ciphertext")
-"""Every field of an encrypted body, all required."""
+"""Every required field of an encrypted body."""
+
+OPTIONAL_ENVELOPE_FIELDS = ("salt",)
+"""Fields an encrypted body may carry: ``salt`` selects a per-batch key (docs/protocol.md section 4.1)."""
 
 PLAINTEXT_BODY_FIELDS = ("v", "batch_id", "created_at", "machine", "logs")
 """Every field of an unencrypted body, all required."""
@@ -64,6 +68,8 @@ class Envelope:
     compression: str
     nonce: bytes
     ciphertext: bytes
+    salt: bytes | None = None
+    """None: a legacy envelope, sealed directly under the shared key."""
 
     @property
     def batch_uuid(self) -> uuid.UUID:
@@ -157,11 +163,11 @@ def _b64(obj: dict, field: str) -> bytes:
         raise EnvelopeError(field, "is not valid standard base64") from None
 
 
-def _check_fields(obj: dict, expected: tuple[str, ...]) -> None:
+def _check_fields(obj: dict, expected: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
     missing = [f for f in expected if f not in obj]
     if missing:
         raise EnvelopeError(missing[0], "is required")
-    extra = sorted(str(k) for k in obj if k not in expected)
+    extra = sorted(str(k) for k in obj if k not in expected and k not in optional)
     if extra:
         raise EnvelopeError(extra[0], "is not a field of contract v1")
 
@@ -169,7 +175,7 @@ def _check_fields(obj: dict, expected: tuple[str, ...]) -> None:
 def parse_envelope(obj: dict) -> Envelope:
     """Check an encrypted body's fields and decode its base64; no decryption yet."""
     check_version(obj.get("v"))
-    _check_fields(obj, ENVELOPE_FIELDS)
+    _check_fields(obj, ENVELOPE_FIELDS, OPTIONAL_ENVELOPE_FIELDS)
     if obj["alg"] != ALGORITHM:
         raise EnvelopeError("alg", f"unsupported algorithm; v1 uses {ALGORITHM}")
     kid = obj["kid"]
@@ -184,10 +190,19 @@ def parse_envelope(obj: dict) -> Envelope:
     nonce = _b64(obj, "nonce")
     if len(nonce) != NONCE_BYTES:
         raise EnvelopeError("nonce", f"must decode to {NONCE_BYTES} bytes")
+    if not any(nonce):
+        raise EnvelopeError("nonce", "must not be all zero bytes: draw 12 fresh random bytes for every seal")
+    salt = None
+    if "salt" in obj:
+        salt = _b64(obj, "salt")
+        if len(salt) != SALT_BYTES:
+            raise EnvelopeError("salt", f"must decode to {SALT_BYTES} bytes")
+        if not any(salt):
+            raise EnvelopeError("salt", "must not be all zero bytes: draw 32 fresh random bytes for every seal")
     ciphertext = _b64(obj, "ciphertext")
     if len(ciphertext) < TAG_BYTES:
         raise EnvelopeError("ciphertext", f"is shorter than the {TAG_BYTES}-byte tag")
-    return Envelope(kid, batch_id, created_at, compression, nonce, ciphertext)
+    return Envelope(kid, batch_id, created_at, compression, nonce, ciphertext, salt)
 
 
 def parse_plaintext_header(obj: dict) -> tuple[str, datetime]:
@@ -199,9 +214,13 @@ def parse_plaintext_header(obj: dict) -> tuple[str, datetime]:
 
 def open_envelope(envelope: Envelope, keyring: Keyring, *, max_plaintext_bytes: int) -> bytes:
     """Decrypt and decompress an envelope, returning the plaintext JSON bytes."""
-    aead = keyring.aead(envelope.kid)
-    if aead is None:
+    key = keyring.get(envelope.kid)
+    if key is None:
         raise UnknownKeyError("kid", f"no configured key has id {envelope.kid}")
+    if envelope.salt is None:  # legacy: sealed under the shared key itself
+        aead = keyring.aead(key.kid) or key.aead()
+    else:
+        aead = key.derive_aead(envelope.salt, BATCH_KEY_INFO)
     try:
         data = aead.decrypt(envelope.nonce, envelope.ciphertext, envelope.associated_data())
     except InvalidTag:
@@ -252,14 +271,21 @@ def seal(
     created_at: str,
     compression: str = "gzip",
     nonce: bytes | None = None,
+    salt: bytes | None = None,
+    legacy: bool = False,
 ) -> dict:
     """Encrypt a plaintext batch (JSON bytes) into a v1 envelope dict.
 
-    ``nonce`` exists for test vectors only; leave it None so each seal draws
-    12 fresh random bytes.
+    The batch is sealed under its own key, derived from ``key`` over a fresh
+    32-byte salt that the envelope carries. ``legacy=True`` seals directly under
+    ``key`` with no salt, as agents before the salt did (tests only).
+    ``nonce`` and ``salt`` exist for test vectors only; leave them None so each
+    seal draws fresh random bytes.
     """
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}")
+    if legacy and salt is not None:
+        raise ValueError("a legacy envelope has no salt")
     parse_batch_id(batch_id)
     parse_timestamp(created_at, "created_at")
     if compression == "gzip":
@@ -267,9 +293,19 @@ def seal(
 
         plaintext = gzip.compress(plaintext, compresslevel=6, mtime=0)
     nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
+    if len(nonce) != NONCE_BYTES or not any(nonce):
+        raise ValueError(f"nonce must be {NONCE_BYTES} bytes, not all zero")
+    aead: AESGCM
+    if legacy:
+        aead = key.aead()
+    else:
+        salt = os.urandom(SALT_BYTES) if salt is None else salt
+        if len(salt) != SALT_BYTES or not any(salt):
+            raise ValueError(f"salt must be {SALT_BYTES} bytes, not all zero")
+        aead = key.derive_aead(salt, BATCH_KEY_INFO)
     aad = associated_data(key.kid, batch_id, created_at, compression)
-    ciphertext = key.aead().encrypt(nonce, plaintext, aad)
-    return {
+    ciphertext = aead.encrypt(nonce, plaintext, aad)
+    envelope = {
         "v": WIRE_VERSION,
         "alg": ALGORITHM,
         "kid": key.kid,
@@ -277,5 +313,8 @@ def seal(
         "created_at": created_at,
         "compression": compression,
         "nonce": base64.b64encode(nonce).decode("ascii"),
-        "ciphertext": base64.b64encode(ciphertext).decode("ascii"),
     }
+    if salt is not None:
+        envelope["salt"] = base64.b64encode(salt).decode("ascii")
+    envelope["ciphertext"] = base64.b64encode(ciphertext).decode("ascii")
+    return envelope

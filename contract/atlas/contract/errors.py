@@ -12,6 +12,7 @@ content::
      └── SchemaError              422: the plaintext violates the record schema
 
     KeyFormatError (ValueError)   a configured key is not 32 bytes of base64
+     └── WeakKeyError             ... or is an obviously weak one (all zero, the documented example)
 """
 
 from __future__ import annotations
@@ -95,3 +96,7 @@ class SchemaError(ContractError):
 
 class KeyFormatError(ValueError):
     """A key is not standard base64 of exactly 32 bytes."""
+
+
+class WeakKeyError(KeyFormatError):
+    """A key is all zero, the documentation's example key, or another regular byte pattern."""
