@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import hmac
 import json
 import re
 import uuid
@@ -24,6 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from atlas.contract import (
+    BATCH_KEY_INFO,
     ContractError,
     DecryptionError,
     Key,
@@ -31,6 +33,7 @@ from atlas.contract import (
     SchemaError,
     associated_data,
     decode_content,
+    derive_key,
     format_timestamp,
     key_id,
     open_envelope,
@@ -83,6 +86,32 @@ ENVELOPE = {
     "nonce": NONCE_B64,
     "ciphertext": CIPHERTEXT_B64,
 }
+# Section 14.2: the same inputs sealed under a per-batch key.
+SALT = bytes(range(0xC0, 0xE0))
+SALT_B64 = "wMHCw8TFxsfIycrLzM3Oz9DR0tPU1dbX2Nna29zd3t8="
+BATCH_KEY_HEX = "12bc47dd020c0c86125f68504d1e2cf1a5d0d660e0275fb8ae837c9f4e764085"
+BATCH_KEY_B64 = "ErxH3QIMDIYSX2hQTR4s8aXQ1mDgJ1+4roN8n052QIU="
+SALTED_TAG_HEX = "7505fb82bf5a9cbd97de8fbd99c827b8"
+SALTED_CIPHERTEXT_B64 = (
+    "vmv1ih2Rm6BnLKvT9rj8xgL55x28PMNzKjhtGiG/pIcV3WMvTPQYj76xWMapA8gy5ziudDXnprdFYU24jw54rLNu8JlaOSOmaXDsjEXHqHuL"
+    "byPpcXEUAoc6WLuTB+c44glMH1EWZ+2y4Si240ONXRZm7ZL4M9O/EaxFPlHYEJZ4mAp9EY4vI/b2lbnWpi12ZXqgjEjzY8gvr7WIpYTI0eB8"
+    "VrxKGpueQRe5YipBmLkaKBntKzKc6+AvUT0lDcV6QTwO63tTyMbr/IT8gayDKZINgJoxEwGAh8J5kSXWMY5sDxUfVnN7FZhA9GqD3Ohqvlee"
+    "vunQxCVMxK8TdsxjRxMNXNRTZh2JPOtKyf4gtBNlPyDvkrGmCYc7NDade1HSTWJBPH1AcLsNb1wdNd27E8/iielwr/5B144GaKYnO/QzuQxT"
+    "GLlQTJOVQeth/jz9w0JTFZJwp0gHIR8e5n2QnfGU5j2R5OY9Y6zGeU5c8Bnbgoz34s03nui1DYc+6lLV1z7lWTcqIEYM4ObXD8PwsxUaR6UW"
+    "EPJM1kZ7LYQ9vVNpPVa5sMSdXrgmvqo9/KSIpHmUcQtRCNntBvyTokofXVfXYbTp/rYsTogunsGj0M6wiqZVwjE7C2H3PxGJ26cmYUPequ3t"
+    "P+CFDWY8MhHQGtiSq433U1O27GkpS0tZUn2aRK51BfuCv1qcvZfej72ZyCe4"
+)
+SALTED_ENVELOPE = {
+    "v": 1,
+    "alg": "AES-256-GCM",
+    "kid": KID,
+    "batch_id": BATCH_ID,
+    "created_at": CREATED_AT,
+    "compression": "none",
+    "nonce": NONCE_B64,
+    "salt": SALT_B64,
+    "ciphertext": SALTED_CIPHERTEXT_B64,
+}
 VECTOR_TIME = datetime(2026, 11, 28, 16, 0, tzinfo=UTC)
 API_KEY = "protocol-vector-api-key-0123456789"
 
@@ -107,11 +136,17 @@ def blocks(doc: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def key() -> Key:
-    return Key.from_base64(KEY_B64)
+    return Key.from_base64(KEY_B64, allow_weak=True)  # public: a configuration refuses it
 
 
 def _settings(**overrides) -> Settings:
-    return Settings(api_keys=(API_KEY,), keyring=Keyring.from_base64([KEY_B64]), **overrides)
+    return Settings(api_keys=(API_KEY,), keyring=Keyring([Key.from_base64(KEY_B64, allow_weak=True)]), **overrides)
+
+
+def _hkdf_sha256(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    """RFC 5869 written out on hmac, independent of the code under test: extract, then one expand block."""
+    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
 
 
 def _run_example(source: str, name: str = "protocol_example") -> dict:
@@ -139,7 +174,9 @@ def test_associated_data() -> None:
 
 
 def test_seal_reproduces_the_vector(key: Key) -> None:
-    envelope = seal(PLAINTEXT, key, batch_id=BATCH_ID, created_at=CREATED_AT, compression="none", nonce=NONCE)
+    envelope = seal(
+        PLAINTEXT, key, batch_id=BATCH_ID, created_at=CREATED_AT, compression="none", nonce=NONCE, legacy=True
+    )
     assert envelope == ENVELOPE
     assert list(envelope) == ["v", "alg", "kid", "batch_id", "created_at", "compression", "nonce", "ciphertext"]
     sealed = base64.b64decode(CIPHERTEXT_B64)
@@ -152,6 +189,60 @@ def test_seal_reproduces_the_vector(key: Key) -> None:
 def test_vector_matches_plain_aes_gcm() -> None:
     """The vector is plain AES-256-GCM over the plaintext with the AAD, nothing more."""
     assert AESGCM(KEY_RAW).encrypt(NONCE, PLAINTEXT, AAD) == base64.b64decode(CIPHERTEXT_B64)
+
+
+def test_batch_key_is_hkdf_sha256_of_the_shared_key() -> None:
+    assert derive_key(KEY_RAW, SALT, BATCH_KEY_INFO) == _hkdf_sha256(KEY_RAW, SALT, b"atlas v1 batch key")
+    assert derive_key(KEY_RAW, SALT, BATCH_KEY_INFO).hex() == BATCH_KEY_HEX
+    assert base64.b64decode(BATCH_KEY_B64).hex() == BATCH_KEY_HEX
+    assert base64.b64decode(SALT_B64) == SALT
+
+
+def test_seal_reproduces_the_salted_vector(key: Key) -> None:
+    envelope = seal(
+        PLAINTEXT, key, batch_id=BATCH_ID, created_at=CREATED_AT, compression="none", nonce=NONCE, salt=SALT
+    )
+    assert envelope == SALTED_ENVELOPE
+    assert list(envelope) == ["v", "alg", "kid", "batch_id", "created_at", "compression", "nonce", "salt", "ciphertext"]
+    sealed = base64.b64decode(SALTED_CIPHERTEXT_B64)
+    assert len(sealed) == len(PLAINTEXT) + 16
+    assert sealed[-16:].hex() == SALTED_TAG_HEX
+    assert AESGCM(bytes.fromhex(BATCH_KEY_HEX)).encrypt(NONCE, PLAINTEXT, AAD) == sealed, "same AAD as without salt"
+
+
+def test_seal_draws_a_fresh_salt_each_time(key: Key) -> None:
+    first, second = (seal(PLAINTEXT, key, batch_id=BATCH_ID, created_at=CREATED_AT) for _ in range(2))
+    assert len(base64.b64decode(first["salt"])) == 32
+    assert first["salt"] != second["salt"]
+    assert first["nonce"] != second["nonce"]
+
+
+def test_server_intake_accepts_both_forms() -> None:
+    for envelope, legacy in ((SALTED_ENVELOPE, False), (ENVELOPE, True)):
+        accepted = read_batch(json.dumps(envelope).encode("utf-8"), _settings(), now=VECTOR_TIME)
+        assert (accepted.batch_id, accepted.kid, accepted.legacy_key) == (BATCH_ID, KID, legacy)
+        assert len(accepted.content.logs) == 2
+
+
+@pytest.mark.parametrize(
+    "salt",
+    [
+        base64.b64encode(bytes(range(0xC1, 0xE1))).decode("ascii"),  # another salt
+        "wMHCw8TFxsfIycrLzM3Oz9DR0tPU1dbX2Nna29zd3t4=",  # its last bit flipped
+        None,  # removed: the server then opens it with the shared key itself
+    ],
+)
+def test_changed_salt_fails_authentication(salt: str | None) -> None:
+    envelope = {k: v for k, v in SALTED_ENVELOPE.items() if k != "salt"}
+    if salt is not None:
+        envelope["salt"] = salt
+    with pytest.raises(DecryptionError):
+        read_batch(json.dumps(envelope).encode("utf-8"), _settings(), now=VECTOR_TIME)
+
+
+def test_salt_added_to_a_legacy_envelope_fails_authentication() -> None:
+    with pytest.raises(DecryptionError):
+        read_batch(json.dumps(dict(ENVELOPE, salt=SALT_B64)).encode("utf-8"), _settings(), now=VECTOR_TIME)
 
 
 def test_open_envelope_returns_the_plaintext(key: Key) -> None:
@@ -209,8 +300,24 @@ def test_document_blocks_equal_the_vector(blocks: dict[str, str]) -> None:
 
 def test_document_envelope_is_what_the_code_produces(blocks: dict[str, str], key: Key) -> None:
     documented = json.loads(blocks["vector:envelope"])
-    produced = seal(PLAINTEXT, key, batch_id=BATCH_ID, created_at=CREATED_AT, compression="none", nonce=NONCE)
+    produced = seal(
+        PLAINTEXT, key, batch_id=BATCH_ID, created_at=CREATED_AT, compression="none", nonce=NONCE, legacy=True
+    )
     assert documented == produced
+    assert list(documented) == list(produced)
+    opened = open_envelope(parse_envelope(documented), Keyring([key]), max_plaintext_bytes=len(PLAINTEXT))
+    assert opened == blocks["vector:plaintext"].encode("utf-8")
+
+
+def test_document_salted_vector_is_what_the_code_produces(blocks: dict[str, str], key: Key) -> None:
+    assert blocks["vector:salt"] == SALT_B64
+    assert blocks["vector:batch-key"] == BATCH_KEY_B64
+    assert blocks["vector:salted-ciphertext"] == SALTED_CIPHERTEXT_B64
+    documented = json.loads(blocks["vector:salted-envelope"])
+    produced = seal(
+        PLAINTEXT, key, batch_id=BATCH_ID, created_at=CREATED_AT, compression="none", nonce=NONCE, salt=SALT
+    )
+    assert documented == produced == SALTED_ENVELOPE
     assert list(documented) == list(produced)
     opened = open_envelope(parse_envelope(documented), Keyring([key]), max_plaintext_bytes=len(PLAINTEXT))
     assert opened == blocks["vector:plaintext"].encode("utf-8")
@@ -224,6 +331,11 @@ def test_document_states_the_derived_values(doc: str) -> None:
         NONCE.hex(),
         AAD.hex(),
         TAG_HEX,
+        SALT.hex(),
+        BATCH_KEY_HEX,
+        SALTED_TAG_HEX,
+        'info = "atlas v1 batch key"',
+        'info = "atlas v1 store record key"',
         hashlib.sha256(KEY_B64.encode("ascii")).hexdigest()[:16],  # the "hashing the text" pitfall
         f"exactly these {len(PLAINTEXT)} bytes",
         f"exactly these {len(AAD)} bytes",
@@ -241,8 +353,11 @@ def test_document_states_the_derived_values(doc: str) -> None:
 def test_standalone_example_reproduces_the_vector(blocks: dict[str, str]) -> None:
     example = _run_example(blocks["example:seal"])
     assert example["key_id"](KEY_RAW) == KID
-    envelope = example["seal_batch"](KEY_B64, PLAINTEXT, BATCH_ID, CREATED_AT, compression="none", nonce=NONCE)
-    assert envelope == ENVELOPE
+    assert example["batch_key"](KEY_RAW, SALT).hex() == BATCH_KEY_HEX
+    envelope = example["seal_batch"](
+        KEY_B64, PLAINTEXT, BATCH_ID, CREATED_AT, compression="none", nonce=NONCE, salt=SALT
+    )
+    assert envelope == SALTED_ENVELOPE
 
 
 def test_standalone_example_output_is_opened_by_the_server(blocks: dict[str, str]) -> None:
@@ -253,6 +368,7 @@ def test_standalone_example_output_is_opened_by_the_server(blocks: dict[str, str
     second = seal_batch(KEY_B64, PLAINTEXT, batch_id, format_timestamp(now))
     assert first["compression"] == "gzip"
     assert first["nonce"] != second["nonce"], "every seal draws a fresh nonce"
+    assert first["salt"] != second["salt"], "and a fresh salt"
     for envelope in (first, second):
         accepted = read_batch(json.dumps(envelope).encode("utf-8"), _settings(), now=now)
         assert accepted.batch_id == batch_id
@@ -346,6 +462,23 @@ _PLAIN_BODY = {"v": 1, "batch_id": BATCH_ID, "created_at": CREATED_AT, **json.lo
         (_body(nonce=12), VECTOR_TIME, {}, 400, "<field>: must be a base64 string"),
         (_body(nonce="oKGio6Slpqeoqaq_"), VECTOR_TIME, {}, 400, "<field>: is not valid standard base64"),
         (_body(nonce="AAAA"), VECTOR_TIME, {}, 400, "nonce: must decode to 12 bytes"),
+        (
+            _body(nonce="AAAAAAAAAAAAAAAA"),
+            VECTOR_TIME,
+            {},
+            400,
+            "nonce: must not be all zero bytes: draw 12 fresh random bytes for every seal",
+        ),
+        (_body(salt=12), VECTOR_TIME, {}, 400, "<field>: must be a base64 string"),
+        (_body(salt=SALT_B64[:-2] + "_="), VECTOR_TIME, {}, 400, "<field>: is not valid standard base64"),
+        (_body(salt=NONCE_B64), VECTOR_TIME, {}, 400, "salt: must decode to 32 bytes"),
+        (
+            _body(salt=base64.b64encode(bytes(32)).decode()),
+            VECTOR_TIME,
+            {},
+            400,
+            "salt: must not be all zero bytes: draw 32 fresh random bytes for every seal",
+        ),
         (_body(ciphertext="AAAA"), VECTOR_TIME, {}, 400, "ciphertext: is shorter than the 16-byte tag"),
         (
             _body(compression="gzip"),
