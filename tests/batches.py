@@ -75,8 +75,10 @@ def sealed(
     batch_id: str | None = None,
     created_at: str | None = None,
     compression: str = "gzip",
+    legacy: bool = False,
 ) -> dict[str, Any]:
-    """An encrypted v1 envelope of ``body`` (a {"machine", "logs"} dict)."""
+    """An encrypted v1 envelope of ``body`` (a {"machine", "logs"} dict): with a salt, or, ``legacy``,
+    without one, as agents before per-batch keys sealed it."""
     plaintext = json.dumps(body).encode("utf-8")
     return seal(
         plaintext,
@@ -84,6 +86,7 @@ def sealed(
         batch_id=batch_id or str(uuid.uuid4()),
         created_at=created_at or now_stamp(),
         compression=compression,
+        legacy=legacy,
     )
 
 
