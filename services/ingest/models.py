@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from atlas.contract import BatchContent
 
@@ -52,7 +53,12 @@ class EncryptedBody(BaseModel):
     batch_id: str = Field(description="UUID")
     created_at: str = Field(description="RFC 3339 UTC, e.g. 2026-11-28T16:00:00Z")
     compression: Literal["gzip", "none"]
-    nonce: str = Field(description="base64 of 12 random bytes")
+    nonce: str = Field(description="base64 of 12 random bytes, not all zero")
+    salt: str | SkipJsonSchema[None] = Field(  # optional, but never null
+        default=None,
+        description="base64 of 32 random bytes: the batch is sealed under HKDF-SHA256(shared key, salt, "
+        '"atlas v1 batch key"); absent: sealed under the shared key itself (older agents)',
+    )
     ciphertext: str = Field(description="base64 of AES-GCM ciphertext followed by its 16-byte tag")
 
 
