@@ -95,7 +95,7 @@ def test_documented_weak_key_message(make_settings) -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
     with pytest.raises(ConfigError) as raised:
         make_settings(server={"encryption_key": DOC_EXAMPLE_KEY})
-    assert f"`{raised.value}`" in " ".join(doc.split())
+    assert f"`` {raised.value} ``" in " ".join(doc.split())
 
 
 def test_agent_config_refuses_weak_keys(tmp_path: Path) -> None:
