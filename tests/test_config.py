@@ -79,6 +79,8 @@ def test_no_key_means_plaintext_accepted():
         ({"api_key": "your-api-key"}, {}, "server.api_key: is a documentation placeholder"),
         ({"port": "eighty"}, {}, "server.port: must be an integer"),
         ({"allow_plaintext": "yes"}, {}, "server.allow_plaintext: must be true or false"),
+        ({"decode_threads": 0}, {}, "server.decode_threads: must be an integer >= 1"),
+        ({"decode_backlog": -1}, {}, "server.decode_backlog: must be an integer >= 0"),
     ],
 )
 def test_invalid_settings_name_the_setting(server, env, message):
@@ -86,6 +88,14 @@ def test_invalid_settings_name_the_setting(server, env, message):
         settings_from_mapping({"server": server}, env=env)
     assert str(exc.value).startswith(message)
     assert "\n" not in str(exc.value)
+
+
+def test_decode_settings_default_and_read():
+    defaults = settings_from_mapping({"server": {}}, env={})
+    assert (defaults.max_plaintext_bytes, defaults.decode_threads, defaults.decode_backlog) == (2 * 2**20, 2, 16)
+    server = {"max_plaintext_bytes": 4096, "decode_threads": 3, "decode_backlog": 0}
+    chosen = settings_from_mapping({"server": server}, env={})
+    assert (chosen.max_plaintext_bytes, chosen.decode_threads, chosen.decode_backlog) == (4096, 3, 0)
 
 
 def test_missing_api_key_stops_ingest_with_one_line(tmp_path):
