@@ -4,6 +4,7 @@ at a time and bodies stopped short are closed at their deadlines, while real age
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -129,3 +130,18 @@ def test_slow_clients_are_closed_at_their_deadlines_while_agents_get_202_fast(
         assert s.deadline - 0.2 <= s.closed_at <= s.deadline + MARGIN, (s.kind, s.closed_at - s.started)
         assert s.answer.startswith(b"HTTP/1.1 408 "), (s.kind, s.answer[:80])
     assert "Traceback" not in tls_ingest.logs()
+
+
+def test_requests_past_max_connections_get_503(
+    start_ingest: Callable[..., IngestServer], server_config: dict[str, Any], keys: dict[str, str]
+):
+    server = start_ingest({**server_config, "server": {**server_config["server"], "max_connections": 3}})
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    try:
+        time.sleep(0.3)  # accepted by the server
+        assert server.post(sealed(content(1), keys["current"])).status_code == 503
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.3)
+    assert server.post(sealed(content(1), keys["current"])).status_code == 202
