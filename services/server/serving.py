@@ -14,7 +14,9 @@ short grace (a TLS peer that never answers close_notify) is aborted.
 from __future__ import annotations
 
 import asyncio
+import functools
 from asyncio import TimerHandle
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +40,30 @@ class Deadlines:
 
 
 class AtlasConfig(uvicorn.Config):
-    """uvicorn's Config carrying the request deadlines (it is pickled into ``--workers`` processes)."""
+    """uvicorn's Config carrying the request deadlines (it is pickled into ``--workers`` processes).
+
+    Over TLS its event loops also give the handshake the head deadline (asyncio's default is 60 s, so a
+    client that connects and never says hello held its socket that long) and a closing connection
+    ``CLOSE_GRACE_SECONDS`` for the peer's close_notify (default 30 s): uvicorn takes no such options,
+    so the loop's ``create_server`` gets them as defaults.
+    """
 
     def __init__(self, app: Any, *, deadlines: Deadlines, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.deadlines = deadlines
+
+    def get_loop_factory(self) -> Callable[[], asyncio.AbstractEventLoop] | None:
+        make_loop = super().get_loop_factory() or asyncio.new_event_loop
+        if not self.is_ssl:
+            return make_loop
+        tls_timeouts = {"ssl_handshake_timeout": self.deadlines.header, "ssl_shutdown_timeout": CLOSE_GRACE_SECONDS}
+
+        def make() -> asyncio.AbstractEventLoop:
+            loop = make_loop()
+            loop.create_server = functools.partial(loop.create_server, **tls_timeouts)  # type: ignore[method-assign]
+            return loop
+
+        return make
 
 
 class DeadlineProtocol(HttpToolsProtocol):
