@@ -64,6 +64,22 @@ def test_environment_overrides_and_rotation_lists():
     assert settings.redis_url == "redis://env:6379/1"
 
 
+def test_connection_settings_default_and_read():
+    defaults = settings_from_mapping({"server": {"api_key": API_KEY}}, env={})
+    assert (defaults.header_timeout_seconds, defaults.body_timeout_seconds) == (10, 30)
+    assert (defaults.keepalive_timeout_seconds, defaults.max_connections) == (5, 1000)
+    server = {
+        "api_key": API_KEY,
+        "header_timeout_seconds": 3,
+        "body_timeout_seconds": 60,
+        "keepalive_timeout_seconds": 2,
+        "max_connections": 50,
+    }
+    settings = settings_from_mapping({"server": server}, env={})
+    assert (settings.header_timeout_seconds, settings.body_timeout_seconds) == (3, 60)
+    assert (settings.keepalive_timeout_seconds, settings.max_connections) == (2, 50)
+
+
 def test_no_key_means_plaintext_accepted():
     assert settings_from_mapping({"server": {"api_key": API_KEY}}, env={}).accepts_plaintext
 
@@ -81,6 +97,10 @@ def test_no_key_means_plaintext_accepted():
         ({"allow_plaintext": "yes"}, {}, "server.allow_plaintext: must be true or false"),
         ({"decode_threads": 0}, {}, "server.decode_threads: must be an integer >= 1"),
         ({"decode_backlog": -1}, {}, "server.decode_backlog: must be an integer >= 0"),
+        ({"header_timeout_seconds": 0}, {}, "server.header_timeout_seconds: must be an integer >= 1"),
+        ({"body_timeout_seconds": 2.5}, {}, "server.body_timeout_seconds: must be an integer >= 1"),
+        ({"keepalive_timeout_seconds": "5"}, {}, "server.keepalive_timeout_seconds: must be an integer >= 1"),
+        ({"max_connections": -1}, {}, "server.max_connections: must be an integer >= 1"),
     ],
 )
 def test_invalid_settings_name_the_setting(server, env, message):

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from atlas.contract import ContractError, PayloadTooLargeError, SchemaError
 from atlas.server import metrics
@@ -294,6 +295,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BodyTooLarge:
             metrics.reject("too_large")
             return problem(413, f"body: exceeds {settings.max_body_bytes} bytes", "body")
+        except ClientDisconnect:  # gone, or closed for missing the body deadline: nobody reads this answer
+            return problem(408, "body: the client went away before sending all of it", "body")
         return await ingest.accept(body)
 
     @app.get("/healthz", summary="The process is alive")

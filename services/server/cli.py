@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from atlas.contract import generate_encryption_key
 
 from .config import ConfigError, Settings, load_settings
-from .logs import LOG_FORMATS, configure_logging, secret_values, uvicorn_log_config
+from .logs import LOG_FORMATS, configure_logging, secret_values
 
 DEFAULT_ADMIN_FILE = "atlas-first-admin.txt"
 """Where ``run`` writes the first admin's generated password unless --admin-file says otherwise."""
@@ -87,38 +87,34 @@ def cmd_partitions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(app: str, args: argparse.Namespace, host: str, port: int) -> int:
-    import uvicorn
+def _serve(app: str, args: argparse.Namespace, settings: Settings, port: int) -> int:
+    from .serving import serve
 
-    uvicorn.run(
+    return serve(
         app,
-        factory=True,
-        host=args.host or host,
+        settings,
+        host=args.host or settings.host,
         port=args.port or port,
         workers=args.workers,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
-        log_level="info",
-        log_config=uvicorn_log_config(),  # uvicorn logs through ours (text or JSON), in each of its workers too
-        proxy_headers=True,
     )
-    return 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.require_api_keys()
-    return _serve("atlas.ingest.app:create_app", args, settings.host, settings.port)
+    return _serve("atlas.ingest.app:create_app", args, settings, settings.port)
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    return _serve("atlas.exporter.app:create_app", args, settings.host, settings.exporter_port)
+    return _serve("atlas.exporter.app:create_app", args, settings, settings.exporter_port)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    return _serve("atlas.dashboard.app:create_app", args, settings.host, settings.dashboard_port)
+    return _serve("atlas.dashboard.app:create_app", args, settings, settings.dashboard_port)
 
 
 def _password(args: argparse.Namespace) -> tuple[str, bool]:

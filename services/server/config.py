@@ -11,6 +11,10 @@
       db_encryption_keys: [...] # older database keys, still read until rotate-db-key is done
       rate_limit_per_key: 2000  # batches/s per API key per ingest process (burst: rate_limit_per_key_burst)
       rate_limit_per_address: 100  # requests/s per client address per ingest process (and _burst)
+      header_timeout_seconds: 10    # a request's head must arrive within this (else 408, closed)
+      body_timeout_seconds: 30      # and its body within this after the head
+      keepalive_timeout_seconds: 5  # an idle kept-alive connection is closed after this
+      max_connections: 1000         # per process; requests beyond it get 503
     database:
       url: postgresql://...
     redis:
@@ -155,6 +159,10 @@ class Settings:
     export_chunk_bytes: int = 256 * 1024
     retention_days: int = 0
     partitions_ahead_days: int = 14
+    header_timeout_seconds: int = 10
+    body_timeout_seconds: int = 30
+    keepalive_timeout_seconds: int = 5
+    max_connections: int = 1000
 
     @property
     def queue_name(self) -> str:
@@ -378,6 +386,10 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
         lockout_duration=timedelta(seconds=_int(dashboard, "lockout_seconds", 900, "dashboard.lockout_seconds")),
         online_within=timedelta(seconds=online),
         stale_within=timedelta(seconds=stale),
+        header_timeout_seconds=_int(server, "header_timeout_seconds", 10, "server.header_timeout_seconds"),
+        body_timeout_seconds=_int(server, "body_timeout_seconds", 30, "server.body_timeout_seconds"),
+        keepalive_timeout_seconds=_int(server, "keepalive_timeout_seconds", 5, "server.keepalive_timeout_seconds"),
+        max_connections=_int(server, "max_connections", 1000, "server.max_connections"),
     )
 
 
