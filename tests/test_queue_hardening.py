@@ -1,7 +1,9 @@
-"""Whoever can write to Redis cannot make the worker run code: only Atlas jobs run, and nothing is unpickled."""
+"""The queue in Redis: whoever can write to it cannot make the worker run code (only Atlas jobs run, nothing
+is unpickled), and with a database key it holds no log content in the clear."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import uuid
@@ -14,10 +16,21 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
+from atlas.contract import Keyring, generate_encryption_key
+from atlas.server.atrest import AtRestError
 from atlas.server.config import Settings
 from atlas.server.failed import list_failed, requeue_failed
-from atlas.server.queue import PERSIST_JOB, batch_queue, enqueue_batch, redis_client, refusal
+from atlas.server.queue import (
+    PERSIST_JOB,
+    batch_queue,
+    enqueue_batch,
+    job_payload,
+    open_payload,
+    redis_client,
+    refusal,
+)
 
+from . import batches
 from .test_worker import count, queued
 
 
@@ -32,9 +45,9 @@ class RunsOnUnpickle:
 
 
 @pytest.fixture
-def own_settings(make_settings) -> Settings:
+def own_settings(make_settings, redis_prefix: str) -> Settings:
     """A queue of this test's own, so its failed registry holds only what the test put there."""
-    return make_settings(redis={"key_prefix": f"hardening{uuid.uuid4().hex[:8]}"})
+    return make_settings(redis={"key_prefix": f"{redis_prefix}-hardening{uuid.uuid4().hex[:8]}"})
 
 
 def write_raw_pickled_job(queue: Queue, command: str) -> str:
@@ -102,3 +115,78 @@ def test_callbacks_and_other_calls_are_refused(own_settings: Settings):
     assert "not one argument" in refusal(queue.create_job(PERSIST_JOB, args=(group, group)))
     assert "not one argument" in refusal(queue.create_job(PERSIST_JOB, args=(), kwargs={"batches": group}))
     assert "not an Atlas job function" in refusal(queue.create_job("builtins.exec", args=("1",)))
+
+
+def raw_values(connection, patterns: list[str]) -> list[bytes]:
+    """Every value under these key patterns as Redis keeps it (and so its append-only file), zlib-compressed
+    values also inflated: rq compresses job data, which hides nothing."""
+    found: list[bytes] = []
+    for pattern in patterns:
+        for key in connection.scan_iter(match=pattern, count=1000):
+            kind = connection.type(key)
+            if kind == b"string":
+                values = [connection.get(key)]
+            elif kind == b"hash":
+                values = list(connection.hgetall(key).values())
+            elif kind == b"list":
+                values = connection.lrange(key, 0, -1)
+            elif kind == b"zset":
+                values = connection.zrange(key, 0, -1)
+            else:
+                values = list(connection.smembers(key)) if kind == b"set" else []
+            for value in values:
+                found.append(value)
+                with contextlib.suppress(zlib.error):
+                    found.append(zlib.decompress(value))
+    return found
+
+
+def test_with_a_database_key_redis_holds_no_log_content(
+    make_settings, redis_prefix, start_ingest, server_config, keys, drain, db
+):
+    """Ingest accepts a batch; Redis holds its job sealed under the database key; the worker opens and stores it."""
+    prefix = f"{redis_prefix}-sealed{uuid.uuid4().hex[:8]}"
+    db_key = generate_encryption_key()
+    config = {name: dict(values) for name, values in server_config.items()}
+    config["server"]["db_encryption_key"] = db_key
+    config["redis"] = {**config["redis"], "key_prefix": prefix}
+    ingest = start_ingest(config)
+    body = batches.content(3)
+    secret = f"plaintext-{uuid.uuid4().hex}"
+    body["logs"][0]["message"] = secret
+    body["logs"][1]["data"] = {"note": f"{secret}-data"}
+    envelope = batches.sealed(body, keys["current"])
+    assert ingest.post(envelope).status_code == 202
+
+    settings = make_settings(server={"db_encryption_key": db_key}, redis={"key_prefix": prefix})
+    queue = batch_queue(redis_client(settings.redis_url), settings)
+    assert len(queue) == 1
+    values = raw_values(queue.connection, [f"{prefix}*", f"{os.environ['RQ_KEY_PREFIX']}*"])
+    assert any(envelope["batch_id"].encode() in v for v in values), "the scan saw the job"
+    leaks = [v[:200] for v in values if secret.encode() in v or body["machine"]["hostname"].encode() in v]
+    assert leaks == []
+
+    drain(settings)
+    assert count(db, "widget_logs", envelope["batch_id"]) == 3
+    assert len(queue.failed_job_registry) == 0
+
+
+def test_a_sealed_job_opens_only_as_sealed():
+    """Altered, moved to other batch_ids, sealed under an unknown key, or unsealed while a key is configured:
+    the worker refuses, naming why; without a database key the batches go as they are."""
+    keyring = Keyring.from_base64([generate_encryption_key()])
+    group = [queued(), queued()]
+    sealed = job_payload(group, keyring.current)
+    assert open_payload(sealed, keyring) == [
+        {**b, "logs": [list(row) for row in b["logs"]]} for b in group
+    ]  # JSON: rows come back as lists
+    assert job_payload(group, None) is group
+    assert open_payload(group, Keyring()) is group
+    with pytest.raises(AtRestError, match="not sealed"):
+        open_payload(group, keyring)
+    with pytest.raises(AtRestError, match="altered"):
+        open_payload({**sealed, "batch_ids": sealed["batch_ids"][::-1]}, keyring)
+    with pytest.raises(AtRestError, match=r"server\.db_encryption_key"):
+        open_payload(sealed, Keyring.from_base64([generate_encryption_key()]))
+    with pytest.raises(AtRestError, match="neither batches nor a sealed group"):
+        open_payload({"sealed": sealed["sealed"]}, keyring)

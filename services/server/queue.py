@@ -11,6 +11,9 @@ what finally makes storage exactly-once; the marker only lets ingest answer
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from datetime import UTC, datetime
 from typing import TypedDict
 
@@ -22,8 +25,9 @@ from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from atlas.contract import BatchContent
+from atlas.contract import BatchContent, Key, Keyring
 
+from .atrest import AtRestError, open_job, seal_job
 from .config import Settings
 
 PERSIST_JOB = "atlas.worker.jobs.persist_batches"
@@ -61,6 +65,64 @@ class QueuedBatch(TypedDict):
     kid: str | None
     machine: QueuedMachine
     logs: list[tuple[str, str, str, str, str]]
+
+
+class SealedGroup(TypedDict):
+    """A job's batches sealed under the database key, as the job payload when one is configured.
+
+    Redis (and its append-only file) then holds no log content in the clear;
+    the batch_ids stay readable for ``atlas-server failed`` and are bound to
+    the ciphertext.
+    """
+
+    kid: str
+    batch_ids: list[str]
+    sealed: str  # base64 of nonce + AES-256-GCM ciphertext + tag of the batches' JSON
+
+
+JobPayload = list[QueuedBatch] | SealedGroup
+"""The one argument of a persist job: the batches, sealed when a database key is configured."""
+
+
+def job_payload(group: list[QueuedBatch], key: Key | None) -> JobPayload:
+    """The batches as they go into Redis: sealed under ``key``, or as they are without one."""
+    if key is None:
+        return group
+    batch_ids = [b["batch_id"] for b in group]
+    sealed = seal_job(key, batch_ids, json.dumps(group, separators=(",", ":")).encode())
+    return {"kid": key.kid, "batch_ids": batch_ids, "sealed": base64.b64encode(sealed).decode("ascii")}
+
+
+def payload_batch_ids(payload: object) -> list[str]:
+    """The batch_ids of a job payload, read without opening it; [] for an unexpected payload."""
+    if isinstance(payload, dict) and isinstance(payload.get("batch_ids"), list):
+        return [str(b) for b in payload["batch_ids"]]
+    if isinstance(payload, list):
+        return [str(b.get("batch_id")) for b in payload if isinstance(b, dict)]
+    return []
+
+
+def open_payload(payload: object, keyring: Keyring) -> list[QueuedBatch]:
+    """The batches of a job payload.
+
+    AtRestError if sealed under a key not in ``keyring``, or altered, or left
+    unsealed although a database key is configured: only Atlas, holding that
+    key, queues jobs, so an unsealed one was written by someone else.
+    """
+    if isinstance(payload, list):
+        if keyring:
+            raise AtRestError("a queued job is not sealed, but a database key is configured (every ingest needs it)")
+        return payload
+    if not isinstance(payload, dict) or set(payload) != {"kid", "batch_ids", "sealed"}:
+        raise AtRestError("a queued job's payload is neither batches nor a sealed group")
+    kid, batch_ids = payload["kid"], payload["batch_ids"]
+    if not isinstance(kid, str) or not isinstance(batch_ids, list) or not all(isinstance(b, str) for b in batch_ids):
+        raise AtRestError("a sealed queued job has a malformed kid or batch_ids")
+    try:
+        sealed = base64.b64decode(payload["sealed"], validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise AtRestError("a sealed queued job is not base64") from None
+    return json.loads(open_job(keyring, kid, batch_ids, sealed))
 
 
 def queued_batch(
@@ -227,7 +289,7 @@ def enqueue_batches(queue: Queue, batches: list[QueuedBatch], settings: Settings
                 logs = sum(len(b["logs"]) for b in group)
                 job = queue.create_job(
                     PERSIST_JOB,
-                    args=(group,),
+                    args=(job_payload(group, settings.db_keyring.current),),
                     timeout=settings.job_timeout,
                     result_ttl=0,
                     failure_ttl=-1,
