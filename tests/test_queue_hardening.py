@@ -172,8 +172,8 @@ def test_with_a_database_key_redis_holds_no_log_content(
 
 
 def test_a_sealed_job_opens_only_as_sealed():
-    """Altered, moved to other batch_ids, sealed under an unknown key, or unsealed while a key is configured:
-    the worker refuses, naming why; without a database key the batches go as they are."""
+    """Altered, moved to other batch_ids, or sealed under an unknown key: the worker refuses, naming why.
+    Unsealed (an ingest without a database key) the batches go as they are."""
     keyring = Keyring.from_base64([generate_encryption_key()])
     group = [queued(), queued()]
     sealed = job_payload(group, keyring.current)
@@ -182,11 +182,26 @@ def test_a_sealed_job_opens_only_as_sealed():
     ]  # JSON: rows come back as lists
     assert job_payload(group, None) is group
     assert open_payload(group, Keyring()) is group
-    with pytest.raises(AtRestError, match="not sealed"):
-        open_payload(group, keyring)
+    assert open_payload(group, keyring) is group  # while a database key is being switched on
     with pytest.raises(AtRestError, match="altered"):
         open_payload({**sealed, "batch_ids": sealed["batch_ids"][::-1]}, keyring)
     with pytest.raises(AtRestError, match=r"server\.db_encryption_key"):
         open_payload(sealed, Keyring.from_base64([generate_encryption_key()]))
     with pytest.raises(AtRestError, match="neither batches nor a sealed group"):
         open_payload({"sealed": sealed["sealed"]}, keyring)
+
+
+def test_a_failed_attempt_logs_batch_ids_not_batches(own_settings: Settings, drain, caplog):
+    """rq logs a failed job's arguments as extras, which the JSON log format writes out: not here."""
+    settings = Settings(**{**own_settings.__dict__, "job_retries": 1, "job_retry_intervals": (0,)})
+    queue = batch_queue(redis_client(settings.redis_url), settings)
+    batch = queued()
+    secret = f"plaintext-{uuid.uuid4().hex}"
+    batch["logs"][0] = ("0001-01-01T00:00:00+23:59", batch["logs"][0][1], batch["logs"][0][2], secret, "{}")
+    assert enqueue_batch(queue, batch, settings)  # PostgreSQL refuses that timestamp: the attempt fails
+    with caplog.at_level("ERROR"):
+        drain(settings)
+    failures = [r for r in caplog.records if "exception raised while executing" in r.getMessage()]
+    assert failures, "the attempt failed and was logged"
+    assert all(r.batch_ids == [batch["batch_id"]] for r in failures)
+    assert [r for r in caplog.records if secret in repr(vars(r))] == []

@@ -132,7 +132,10 @@ def persist_batches(payload: JobPayload) -> int:
     Any error propagates, so rq retries the job with backoff and finally
     parks it in the failed registry, where ``atlas-server failed`` shows it.
     """
-    batches = open_payload(payload, (_settings or get_settings()).db_keyring)
+    keyring = (_settings or get_settings()).db_keyring
+    if keyring and isinstance(payload, list):
+        log.warning("A job arrived unsealed although this worker has a database key: does every ingest have it?")
+    batches = open_payload(payload, keyring)
     for batch in batches:
         if batch.get("format") != QUEUE_FORMAT:
             raise ValueError(f"unknown queued batch format {batch.get('format')!r}")

@@ -7,11 +7,20 @@ import logging
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
+from rq.job_lifecycle import format_exc_info
 from rq.utils import now
 
 from atlas.server import metrics
 from atlas.server.config import ConfigError, Settings
-from atlas.server.queue import SERIALIZER, BatchJob, RefusedJobError, batch_queue, redis_client, refusal
+from atlas.server.queue import (
+    SERIALIZER,
+    BatchJob,
+    RefusedJobError,
+    batch_queue,
+    payload_batch_ids,
+    redis_client,
+    refusal,
+)
 
 from . import jobs
 
@@ -56,6 +65,24 @@ class BatchWorker(SimpleWorker):
             started_job_registry=queue.started_job_registry,
             exc_string=f"{RefusedJobError.__name__}: {reason}",
             execution=execution,
+        )
+
+    def handle_exception(self, job: Job, *exc_info) -> None:
+        """rq's error line for a failed attempt, naming the batch_ids instead of the job's arguments.
+
+        rq passes the arguments (the batches, clear without a database key) as
+        log extras, which the JSON log format writes out.
+        """
+        reason = refusal(job)
+        extra = {"queue": job.origin, "job_id": job.id}
+        if reason is None:
+            extra["batch_ids"] = payload_batch_ids(job.args[0])
+        self.log.error(
+            "Worker %s: job %s: exception raised while executing\n%s",
+            self.name,
+            job.id,
+            format_exc_info(exc_info),
+            extra=extra,
         )
 
     def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:
