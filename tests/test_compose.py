@@ -79,6 +79,19 @@ def test_postgres_and_redis_keep_their_data():
     assert "ping" in redis["healthcheck"]["test"]
 
 
+def test_redis_requires_the_password_the_services_use():
+    """Whoever can write to the queue decides what the workers store: Redis takes only the services' password."""
+    services = compose()
+    redis = services["services"]["redis"]
+    password = "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}"
+    command = redis["command"]
+    assert command[command.index("--requirepass") + 1] == password
+    assert redis["environment"]["REDISCLI_AUTH"] == password, "the healthcheck's redis-cli authenticates"
+    for name, service in server_services().items():
+        assert service["environment"]["REDIS_URL"] == f"redis://:{password}@redis:6379/0", name
+    assert "ports" not in redis
+
+
 def test_every_long_running_service_has_a_healthcheck():
     services = compose()["services"]
     assert set(services) == {*LONG_RUNNING, "migrate"}

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from atlas.ingest.grouping import FULL_GROUP_BATCHES, MAX_PENDING_BATCHES, GroupingEnqueuer, QueueBusy
 from atlas.server.config import Settings, settings_from_mapping
-from atlas.server.queue import batch_queue, enqueue_batches, redis_client
+from atlas.server.queue import batch_queue, enqueue_batches, payload_batch_ids, redis_client
 
 from .test_worker import queued
 
@@ -35,7 +35,7 @@ def own_queue(server_config, settings: Settings):
 
 def job_sizes(queue) -> list[int]:
     """Batches per queued job, in queue order."""
-    return [len(job.args[0]) for job in queue.get_jobs()]
+    return [len(payload_batch_ids(job.args[0])) for job in queue.get_jobs()]
 
 
 def test_an_idle_batch_goes_alone_and_a_burst_goes_as_one_group(own_queue) -> None:

@@ -12,6 +12,8 @@ import pytest
 from redis import Redis
 from rq import Queue
 
+from atlas.server.queue import SERIALIZER
+
 from . import batches
 from .fix_ingest import free_port
 
@@ -77,7 +79,7 @@ def test_redis_down_gives_503_and_recovers(own_redis, start_ingest, server_confi
     own_redis.start()  # a fresh, empty Redis: the agent re-sends what got 503
     assert server.post(during).status_code == 202
     assert httpx.get(f"{server.url}/readyz").status_code == 200
-    queue = Queue(settings.queue_name, connection=Redis.from_url(own_redis.url))
+    queue = Queue(settings.queue_name, connection=Redis.from_url(own_redis.url), serializer=SERIALIZER)
     [job] = queue.jobs
     assert [b["batch_id"] for b in job.args[0]] == [during["batch_id"]]
     assert "Traceback" not in server.logs()

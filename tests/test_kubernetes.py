@@ -5,6 +5,8 @@ the proxy's prefixes to the right Services, and KEDA watches the very Redis list
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,67 @@ def test_trial_runs_postgres_and_redis_in_cluster():
     example = documents(KUBE / "secret.example.yaml")[0]["stringData"]
     assert re.search(r"@postgres:5432/atlas", (KUBE / "secret.example.yaml").read_text())
     assert "POSTGRES_PASSWORD" in example
+
+
+def test_redis_requires_the_password_in_the_secret():
+    """Whoever can write to the queue decides what the workers store: the trial's Redis needs a password,
+    and the Secret hands the same one to the services (REDIS_URL) and to KEDA."""
+    example = documents(KUBE / "secret.example.yaml")[0]["stringData"]
+    assert example["REDIS_URL"].startswith("redis://:REPLACE_ME@")
+    (redis,) = pod_spec(named("StatefulSet", KUBE / "trial")["redis"])["containers"]
+    assert redis["args"][redis["args"].index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in redis["env"]}
+    assert env["REDIS_PASSWORD"] == env["REDISCLI_AUTH"] == {"name": "atlas-secrets", "key": "REDIS_PASSWORD"}
+    assert "REDIS_PASSWORD" in example
+    (trigger,) = next(iter(named("ScaledObject").values()))["spec"]["triggers"]
+    assert trigger["metadata"]["passwordFromEnv"] == "REDIS_PASSWORD"
+    assert "REDIS_PASSWORD" in (KUBE / "trial" / "kustomization.yaml").read_text()
+
+
+def built(folder: Path) -> list[dict]:
+    """What `kubectl kustomize folder` renders: the check that kustomize itself accepts the files."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    rendered = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, check=True)
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+
+
+def test_only_atlas_pods_reach_redis_and_postgres():
+    rendered = built(KUBE)
+    policies = {doc["metadata"]["name"]: doc for doc in rendered if doc["kind"] == "NetworkPolicy"}
+    assert set(policies) == {"redis-from-atlas", "postgres-from-atlas"}
+    pods = {
+        pod_spec(doc)["containers"][0]["args"][0]: doc["spec"]["template"]["metadata"]["labels"][
+            "app.kubernetes.io/name"
+        ]
+        for doc in rendered
+        if doc["kind"] in ("Deployment", "Job")
+    }
+    trial = named("StatefulSet", KUBE / "trial")
+    # Redis: ingest queues, the worker dequeues. PostgreSQL: everything but ingest.
+    wanted = {
+        "redis-from-atlas": ("redis", 6379, {pods["ingest"], pods["worker"]}),
+        "postgres-from-atlas": ("postgres", 5432, {pods[c] for c in ("migrate", "worker", "exporter", "dashboard")}),
+    }
+    for name, (target, port, allowed) in wanted.items():
+        policy = policies[name]
+        assert policy["metadata"]["namespace"] == "atlas"
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        assert (
+            spec["podSelector"]["matchLabels"].items()
+            <= trial[target]["spec"]["template"]["metadata"]["labels"].items()
+        )
+        (rule,) = spec["ingress"]
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+        in_namespace = [peer for peer in rule["from"] if "namespaceSelector" not in peer]
+        (peer,) = in_namespace
+        (expression,) = peer["podSelector"]["matchExpressions"]
+        assert expression["key"] == "app.kubernetes.io/name"
+        assert expression["operator"] == "In"
+        assert set(expression["values"]) == allowed, name
+        for other in rule["from"]:
+            if "namespaceSelector" in other:  # KEDA's operator, for Redis only
+                assert name == "redis-from-atlas"
+                assert other["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "keda"}
+                assert other["podSelector"]["matchLabels"]

@@ -21,12 +21,15 @@ import psutil
 import psycopg
 import pytest
 import yaml
+from redis import Redis
+from redis import exceptions as redis_exceptions
 
 from atlas.contract import generate_encryption_key
 
 from .fix_dashboard import Browserless
 from .fix_ingest import BIN, ServerProcess, free_port, service_env
 from .fix_services import own_database
+from .test_ingest_faults import OwnRedis
 
 START_TIMEOUT = 90
 DATA_TIMEOUT = 90
@@ -168,3 +171,51 @@ def test_run_demo_serves_this_machine_and_stops_everything_on_ctrl_c(
         for p in seen.values():
             if alive(p):
                 p.kill()
+
+
+REDIS_AUTH = Path(__file__).resolve().parents[1] / "scripts" / "redis-auth"
+
+
+@pytest.fixture
+def bare_redis() -> Iterator[OwnRedis]:
+    """A redis-server of the test's own without a password, as scripts/services starts one."""
+    redis = OwnRedis()
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+def test_scripts_run_gives_the_local_redis_a_password(tmp_path: Path, bare_redis: OwnRedis):
+    """scripts/run: whoever can write to the queue decides what the workers store, so the local Redis gets a
+    password from a file of its own (mode 600), and the services connect with it through REDIS_URL."""
+    script = (REDIS_AUTH.parent / "run").read_text()
+    assert "REDIS_URL=$(scripts/redis-auth 6379 .atlas/redis-password)" in script
+    assert script.index("export REDIS_URL") < script.index("exec .venv/bin/atlas-server run")
+    password_file = tmp_path / "atlas" / "redis-password"
+
+    def redis_auth(file: Path = password_file) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([REDIS_AUTH, str(bare_redis.port), str(file)], capture_output=True, text=True, timeout=30)
+
+    first = redis_auth()
+    assert first.returncode == 0, first.stderr
+    password = password_file.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", password)
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    url = first.stdout.strip()
+    assert url == f"redis://:{password}@127.0.0.1:{bare_redis.port}/0"
+    with pytest.raises(redis_exceptions.AuthenticationError):
+        Redis.from_url(bare_redis.url).ping()
+    assert Redis.from_url(url).ping()
+
+    again = redis_auth()  # the next start: same file, same password, nothing to change
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == url
+    assert password_file.read_text() == password
+
+    other = tmp_path / "other-password"
+    other.write_text("not-the-password")
+    refused = redis_auth(other)
+    assert refused.returncode == 1
+    assert "refuses the password" in refused.stderr
+    assert "not-the-password" not in refused.stderr
+    assert Redis.from_url(url).ping()

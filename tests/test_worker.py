@@ -226,13 +226,13 @@ def test_a_group_stores_only_what_is_new(db, database_url):
     assert count(db, "widget_logs", old["batch_id"]) == 3
 
 
-def test_one_unstorable_batch_does_not_hold_back_its_group(database_url, db):
+def test_one_unstorable_batch_does_not_hold_back_its_group(settings: Settings, db):
     """Found in review: a value PostgreSQL refuses failed the whole group. Now the others are stored."""
     from atlas.worker import jobs
 
     good, bad = queued(batches.content(2)), queued(batches.content(2))
     bad["logs"][0] = ("0001-01-01T00:00:00+23:59", *bad["logs"][0][1:])  # bypasses ingest's validation
-    jobs.use_database(database_url)
+    jobs.use_settings(settings)  # no database key: the job takes the batches unsealed
     try:
         with pytest.raises(jobs.UnstorableBatchError, match=bad["batch_id"]):
             jobs.persist_batches([good, bad])

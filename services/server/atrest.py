@@ -15,7 +15,9 @@ be swapped undetected):
 
 * wrapped data key: ``atlas-dek/v1``, batch_id, database key id;
 * sealed log: ``atlas-log/v1``, batch_id, machine_id, timestamp (µs since
-  the epoch), level, widget_type.
+  the epoch), level, widget_type;
+* sealed queue job (the batches between ingest and worker, sealed directly
+  under the database key): ``atlas-queue/v1``, database key id, the batch_ids.
 
 Pure functions: no I/O.
 """
@@ -103,3 +105,27 @@ def open_log(
         raise AtRestError(f"a stored log of batch {batch_id} does not open (altered, or moved)") from None
     message, _, data = plaintext.decode().partition("\x00")
     return message, data
+
+
+def _job_aad(kid: str, batch_ids: list[str]) -> bytes:
+    return "\n".join(["atlas-queue/v1", kid, *batch_ids]).encode()
+
+
+def seal_job(key: Key, batch_ids: list[str], plaintext: bytes) -> bytes:
+    """A queue job's batches sealed under the database key: nonce + ciphertext + tag."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + key.aead().encrypt(nonce, plaintext, _job_aad(key.kid, batch_ids))
+
+
+def open_job(keyring: Keyring, kid: str, batch_ids: list[str], sealed: bytes) -> bytes:
+    """The batches of a sealed queue job; AtRestError if its key is not configured or it was altered."""
+    aead = keyring.aead(kid)
+    if aead is None:
+        raise AtRestError(
+            f"a queued job is sealed under database key id {kid}, which is not configured"
+            f" (set {SETTING}, or add it to server.db_encryption_keys)"
+        )
+    try:
+        return aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _job_aad(kid, batch_ids))
+    except InvalidTag:
+        raise AtRestError(f"a queued job does not open under database key id {kid} (altered)") from None

@@ -303,7 +303,7 @@ def cmd_failed(args: argparse.Namespace) -> int:
         count = requeue_failed(queue, None if args.requeue_all else args.requeue)
         print(f"Requeued {count} batch(es)")
         return 0
-    failed = list_failed(queue)
+    failed = list_failed(queue, settings.db_keyring)
     if not failed:
         print("No failed batches")
         return 0

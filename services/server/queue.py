@@ -11,21 +11,33 @@ what finally makes storage exactly-once; the marker only lets ingest answer
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from datetime import UTC, datetime
 from typing import TypedDict
 
 from redis import Redis
 from redis.exceptions import WatchError
 from rq import Queue, Retry
+from rq.exceptions import DeserializationError
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job
+from rq.serializers import JSONSerializer
 
-from atlas.contract import BatchContent
+from atlas.contract import BatchContent, Key, Keyring
 
+from .atrest import AtRestError, open_job, seal_job
 from .config import Settings
 
 PERSIST_JOB = "atlas.worker.jobs.persist_batches"
 """Dotted path of the job function the worker runs for each group of batches."""
+
+JOB_FUNCTIONS = frozenset({PERSIST_JOB})
+"""The only functions a worker runs. Any other job is refused without being run."""
+
+SERIALIZER = JSONSerializer
+"""How rq writes job data to Redis: JSON, never pickle, so reading a job back runs no code."""
 
 QUEUE_FORMAT = 1
 """Version of the job payload below, in case it ever has to change under a live queue."""
@@ -41,7 +53,7 @@ class QueuedMachine(TypedDict):
 
 
 class QueuedBatch(TypedDict):
-    """A validated batch as the job payload: plain types, cheap to pickle.
+    """A validated batch as the job payload: plain JSON types.
 
     ``logs`` rows are ``[timestamp ISO 8601, level, widget_type, message, data JSON]``.
     """
@@ -53,6 +65,60 @@ class QueuedBatch(TypedDict):
     kid: str | None
     machine: QueuedMachine
     logs: list[tuple[str, str, str, str, str]]
+
+
+class SealedGroup(TypedDict):
+    """A job's batches sealed under the database key, as the job payload when one is configured.
+
+    Redis (and its append-only file) then holds no log content in the clear;
+    the batch_ids stay readable for ``atlas-server failed`` and are bound to
+    the ciphertext.
+    """
+
+    kid: str
+    batch_ids: list[str]
+    sealed: str  # base64 of nonce + AES-256-GCM ciphertext + tag of the batches' JSON
+
+
+JobPayload = list[QueuedBatch] | SealedGroup
+"""The one argument of a persist job: the batches, sealed when a database key is configured."""
+
+
+def job_payload(group: list[QueuedBatch], key: Key | None) -> JobPayload:
+    """The batches as they go into Redis: sealed under ``key``, or as they are without one."""
+    if key is None:
+        return group
+    batch_ids = [b["batch_id"] for b in group]
+    sealed = seal_job(key, batch_ids, json.dumps(group, separators=(",", ":")).encode())
+    return {"kid": key.kid, "batch_ids": batch_ids, "sealed": base64.b64encode(sealed).decode("ascii")}
+
+
+def payload_batch_ids(payload: object) -> list[str]:
+    """The batch_ids of a job payload, read without opening it; [] for an unexpected payload."""
+    if isinstance(payload, dict) and isinstance(payload.get("batch_ids"), list):
+        return [str(b) for b in payload["batch_ids"]]
+    if isinstance(payload, list):
+        return [str(b.get("batch_id")) for b in payload if isinstance(b, dict)]
+    return []
+
+
+def open_payload(payload: object, keyring: Keyring) -> list[QueuedBatch]:
+    """The batches of a job payload: as they are if unsealed, else opened under ``keyring``.
+
+    AtRestError if sealed under a key not in ``keyring``, or altered.
+    """
+    if isinstance(payload, list):
+        return payload
+    if not isinstance(payload, dict) or set(payload) != {"kid", "batch_ids", "sealed"}:
+        raise AtRestError("a queued job's payload is neither batches nor a sealed group")
+    kid, batch_ids = payload["kid"], payload["batch_ids"]
+    if not isinstance(kid, str) or not isinstance(batch_ids, list) or not all(isinstance(b, str) for b in batch_ids):
+        raise AtRestError("a sealed queued job has a malformed kid or batch_ids")
+    try:
+        sealed = base64.b64decode(payload["sealed"], validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise AtRestError("a sealed queued job is not base64") from None
+    return json.loads(open_job(keyring, kid, batch_ids, sealed))
 
 
 def queued_batch(
@@ -86,14 +152,64 @@ class TolerantExecutionRegistry(ExecutionRegistry):
         return found
 
 
+def refusal(job: Job) -> str | None:
+    """Why a worker must not run this job, or None for an Atlas job.
+
+    Anyone who can write to Redis can write a job; only a call of an Atlas job
+    function with one positional argument, no instance, callback or webhook runs.
+    Reads the job's data (JSON) and imports nothing.
+    """
+    try:
+        func_name, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
+    except DeserializationError:
+        return "job data is not JSON (pickled, or corrupt)"
+    if func_name not in JOB_FUNCTIONS:
+        return f"{str(func_name)[:80]!r} is not an Atlas job function"
+    if instance is not None or kwargs or not isinstance(args, list | tuple) or len(args) != 1:
+        return f"unexpected call of {func_name}: an instance, keyword arguments or not one argument"
+    if job._success_callback_name or job._failure_callback_name or job._stopped_callback_name or job.webhooks:
+        return "the job asks for callbacks or webhooks, which Atlas never sets"
+    return None
+
+
+class RefusedJobError(Exception):
+    """A job that is not an Atlas job was found on the queue; it is failed without being run."""
+
+
 class BatchJob(Job):
-    """rq's Job, tolerant of executions that expired with a killed worker.
+    """rq's Job for Atlas: runs only Atlas job functions, and tolerates expired executions.
+
+    ``func`` resolves only names in JOB_FUNCTIONS, and callbacks and webhooks
+    are never resolved or sent, whatever a job hash in Redis says: so no path
+    of rq's (worker, registry cleanup) imports or calls anything else.
 
     In rq 3.0.0, once a job abandoned by a killed worker has been retried and
     succeeds, deleting it (``result_ttl=0``) fetches every execution it ever
     had; the dead worker's has expired, ``Execution.fetch`` raises
     ValueError, and the job is reported failed although it succeeded.
     """
+
+    @property
+    def func(self):
+        reason = refusal(self)
+        if reason is not None:
+            raise RefusedJobError(reason)
+        return super().func
+
+    @property
+    def success_callback(self) -> None:
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        return None
+
+    def send_webhooks(self, status, *, exc_string: str | None = None) -> None:
+        return None
 
     @property
     def execution_registry(self) -> ExecutionRegistry:
@@ -106,7 +222,13 @@ def redis_client(url: str) -> Redis:
 
 
 def batch_queue(connection: Redis, settings: Settings) -> Queue:
-    return Queue(settings.queue_name, connection=connection, default_timeout=settings.job_timeout, job_class=BatchJob)
+    return Queue(
+        settings.queue_name,
+        connection=connection,
+        default_timeout=settings.job_timeout,
+        job_class=BatchJob,
+        serializer=SERIALIZER,
+    )
 
 
 def accepted_marker(settings: Settings, batch_id: str) -> str:
@@ -163,7 +285,7 @@ def enqueue_batches(queue: Queue, batches: list[QueuedBatch], settings: Settings
                 logs = sum(len(b["logs"]) for b in group)
                 job = queue.create_job(
                     PERSIST_JOB,
-                    args=(group,),
+                    args=(job_payload(group, settings.db_keyring.current),),
                     timeout=settings.job_timeout,
                     result_ttl=0,
                     failure_ttl=-1,

@@ -12,7 +12,7 @@ from atlas.server import metrics
 from atlas.server.config import Settings, get_settings
 from atlas.server.db import connect
 from atlas.server.partitions import drop_expired, ensure_partitions
-from atlas.server.queue import QUEUE_FORMAT, QueuedBatch
+from atlas.server.queue import QUEUE_FORMAT, JobPayload, QueuedBatch, open_payload
 
 from .store import persist_batches as store_batches
 
@@ -125,12 +125,17 @@ def _one_by_one(batches: list[QueuedBatch]) -> list[bool]:
     return stored
 
 
-def persist_batches(batches: list[QueuedBatch]) -> int:
-    """Persist one queued group of batches; returns how many were stored now.
+def persist_batches(payload: JobPayload) -> int:
+    """Persist one queued group of batches (sealed under the database key when one is configured);
+    returns how many were stored now.
 
     Any error propagates, so rq retries the job with backoff and finally
     parks it in the failed registry, where ``atlas-server failed`` shows it.
     """
+    keyring = (_settings or get_settings()).db_keyring
+    if keyring and isinstance(payload, list):
+        log.warning("A job arrived unsealed although this worker has a database key: does every ingest have it?")
+    batches = open_payload(payload, keyring)
     for batch in batches:
         if batch.get("format") != QUEUE_FORMAT:
             raise ValueError(f"unknown queued batch format {batch.get('format')!r}")

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import logging
 
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.executions import Execution
+from rq.job import Job
+from rq.job_lifecycle import format_exc_info
+from rq.utils import now
 
 from atlas.server import metrics
 from atlas.server.config import ConfigError, Settings
-from atlas.server.queue import BatchJob, batch_queue, redis_client
+from atlas.server.queue import (
+    SERIALIZER,
+    BatchJob,
+    RefusedJobError,
+    batch_queue,
+    payload_batch_ids,
+    redis_client,
+    refusal,
+)
 
 from . import jobs
 
@@ -30,7 +42,48 @@ class BatchWorker(SimpleWorker):
     A job of a worker killed mid-batch stays in rq's started registry until
     ``job_timeout`` + 120 s have passed; the next maintenance pass of any
     worker then retries it. With the defaults that is within about 3 minutes.
+
+    Only Atlas job functions run (see ``refusal``): any other job, such as one
+    written to Redis by someone else, goes to the failed registry unrun.
     """
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        reason = refusal(job)
+        if reason is None:
+            return super().perform_job(job, queue, execution)
+        self.refuse_job(job, queue, execution, reason)
+        return False
+
+    def refuse_job(self, job: Job, queue: Queue, execution: Execution, reason: str) -> None:
+        """Fail a job without running, importing or retrying anything of it."""
+        log.warning("Refused job %s: %s", job.id, reason)
+        job.retries_left = None
+        job.started_at = job.ended_at = now()
+        self.handle_job_failure(
+            job,
+            queue=queue,
+            started_job_registry=queue.started_job_registry,
+            exc_string=f"{RefusedJobError.__name__}: {reason}",
+            execution=execution,
+        )
+
+    def handle_exception(self, job: Job, *exc_info) -> None:
+        """rq's error line for a failed attempt, naming the batch_ids instead of the job's arguments.
+
+        rq passes the arguments (the batches, clear without a database key) as
+        log extras, which the JSON log format writes out.
+        """
+        reason = refusal(job)
+        extra = {"queue": job.origin, "job_id": job.id}
+        if reason is None:
+            extra["batch_ids"] = payload_batch_ids(job.args[0])
+        self.log.error(
+            "Worker %s: job %s: exception raised while executing\n%s",
+            self.name,
+            job.id,
+            format_exc_info(exc_info),
+            extra=extra,
+        )
 
     def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:
         """rq's heartbeat (three commands), sent as one pipeline when rq gives none.
@@ -63,6 +116,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> BatchWorker:
         maintenance_interval=settings.maintenance_interval,
         worker_ttl=WORKER_TTL,
         job_class=BatchJob,
+        serializer=SERIALIZER,
     )
 
 

@@ -35,6 +35,7 @@ from rq.worker import Worker as RqWorker
 
 from atlas.server.config import settings_from_mapping
 from atlas.server.db import connect
+from atlas.server.queue import SERIALIZER
 
 from .. import batches
 from ..fix_ingest import BIN, free_port, service_env
@@ -437,7 +438,7 @@ def queue_state(config: dict[str, Any]) -> QueueState:
     settings = settings_from_mapping(config, env={})
     connection = Redis.from_url(settings.redis_url, socket_timeout=5)
     try:
-        queue = Queue(settings.queue_name, connection=connection)
+        queue = Queue(settings.queue_name, connection=connection, serializer=SERIALIZER)
         return QueueState(
             queued=connection.llen(queue.key),
             intermediate=connection.llen(queue.intermediate_queue_key),
