@@ -6,6 +6,7 @@ nothing and creates the first admin whatever other tests have put in the shared 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -28,8 +29,7 @@ from atlas.contract import generate_encryption_key
 
 from .fix_dashboard import Browserless
 from .fix_ingest import BIN, ServerProcess, free_port, service_env
-from .fix_services import own_database
-from .test_ingest_faults import OwnRedis
+from .fix_services import REDIS_URL, own_database
 
 START_TIMEOUT = 90
 DATA_TIMEOUT = 90
@@ -173,49 +173,50 @@ def test_run_demo_serves_this_machine_and_stops_everything_on_ctrl_c(
                 p.kill()
 
 
-REDIS_AUTH = Path(__file__).resolve().parents[1] / "scripts" / "redis-auth"
+REDIS_LOCAL = Path(__file__).resolve().parents[1] / "scripts" / "redis-local"
 
 
-@pytest.fixture
-def bare_redis() -> Iterator[OwnRedis]:
-    """A redis-server of the test's own without a password, as scripts/services starts one."""
-    redis = OwnRedis()
-    redis.start()
-    yield redis
-    redis.stop()
-
-
-def test_scripts_run_gives_the_local_redis_a_password(tmp_path: Path, bare_redis: OwnRedis):
-    """scripts/run: whoever can write to the queue decides what the workers store, so the local Redis gets a
-    password from a file of its own (mode 600), and the services connect with it through REDIS_URL."""
-    script = (REDIS_AUTH.parent / "run").read_text()
-    assert "REDIS_URL=$(scripts/redis-auth 6379 .atlas/redis-password)" in script
+def test_scripts_run_uses_a_redis_of_its_own(tmp_path: Path):
+    """scripts/run never reconfigures the machine's shared Redis: it starts one of its own (own port, data
+    directory and password, in a mode-600 config file), with the append-only file synced on every write."""
+    script = (REDIS_LOCAL.parent / "run").read_text()
+    assert "REDIS_URL=$(scripts/redis-local .atlas/redis" in script
     assert script.index("export REDIS_URL") < script.index("exec .venv/bin/atlas-server run")
-    password_file = tmp_path / "atlas" / "redis-password"
+    assert "config set" not in script
+    shared = Redis.from_url(REDIS_URL)
+    shared_before = (
+        shared.config_get("requirepass") | shared.config_get("appendfsync") | shared.config_get("appendonly")
+    )
+    data, port = tmp_path / "redis", free_port()
 
-    def redis_auth(file: Path = password_file) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([REDIS_AUTH, str(bare_redis.port), str(file)], capture_output=True, text=True, timeout=30)
+    def redis_local() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([REDIS_LOCAL, str(data), str(port)], capture_output=True, text=True, timeout=30)
 
-    first = redis_auth()
+    first = redis_local()
     assert first.returncode == 0, first.stderr
-    password = password_file.read_text()
-    assert re.fullmatch(r"[0-9a-f]{64}", password)
-    assert password_file.stat().st_mode & 0o777 == 0o600
     url = first.stdout.strip()
-    assert url == f"redis://:{password}@127.0.0.1:{bare_redis.port}/0"
-    with pytest.raises(redis_exceptions.AuthenticationError):
-        Redis.from_url(bare_redis.url).ping()
-    assert Redis.from_url(url).ping()
-
-    again = redis_auth()  # the next start: same file, same password, nothing to change
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.strip() == url
-    assert password_file.read_text() == password
-
-    other = tmp_path / "other-password"
-    other.write_text("not-the-password")
-    refused = redis_auth(other)
-    assert refused.returncode == 1
-    assert "refuses the password" in refused.stderr
-    assert "not-the-password" not in refused.stderr
-    assert Redis.from_url(url).ping()
+    own = Redis.from_url(url)
+    try:
+        conf = data / "redis.conf"
+        assert conf.stat().st_mode & 0o777 == 0o600
+        password = re.search(r"^requirepass ([0-9a-f]{64})$", conf.read_text(), re.M).group(1)  # type: ignore[union-attr]
+        assert url == f"redis://:{password}@127.0.0.1:{port}/0"
+        assert password not in first.stderr
+        with pytest.raises(redis_exceptions.AuthenticationError):
+            Redis(host="127.0.0.1", port=port).ping()
+        assert own.ping()
+        assert own.config_get("appendonly") == {"appendonly": "yes"}
+        assert own.config_get("appendfsync") == {"appendfsync": "always"}
+        pid = own.info("server")["process_id"]
+        again = redis_local()  # the next scripts/run: same Redis, same password, nothing restarted
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == url
+        assert own.info("server")["process_id"] == pid
+        shared_after = (
+            shared.config_get("requirepass") | shared.config_get("appendfsync") | shared.config_get("appendonly")
+        )
+        assert shared_after == shared_before
+    finally:
+        with contextlib.suppress(redis_exceptions.ConnectionError):  # shut down: the connection drops
+            own.shutdown(nosave=True)
+        shared.close()
