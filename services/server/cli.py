@@ -84,20 +84,22 @@ def cmd_partitions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(app: str, args: argparse.Namespace, host: str, port: int) -> int:
+def _serve(app: str, args: argparse.Namespace, settings: Settings, port: int) -> int:
+    """Serve ``app``, believing X-Forwarded-* only from ``server.forwarded_allow_ips`` (none by default)."""
     import uvicorn
 
     uvicorn.run(
         app,
         factory=True,
-        host=args.host or host,
+        host=args.host or settings.host,
         port=args.port or port,
         workers=args.workers,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
         log_level="info",
         log_config=uvicorn_log_config(),  # uvicorn logs through ours (text or JSON), in each of its workers too
-        proxy_headers=True,
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=list(settings.forwarded_allow_ips),  # never uvicorn's own default (loopback)
     )
     return 0
 
@@ -105,17 +107,17 @@ def _serve(app: str, args: argparse.Namespace, host: str, port: int) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.require_api_keys()
-    return _serve("atlas.ingest.app:create_app", args, settings.host, settings.port)
+    return _serve("atlas.ingest.app:create_app", args, settings, settings.port)
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    return _serve("atlas.exporter.app:create_app", args, settings.host, settings.exporter_port)
+    return _serve("atlas.exporter.app:create_app", args, settings, settings.exporter_port)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    return _serve("atlas.dashboard.app:create_app", args, settings.host, settings.dashboard_port)
+    return _serve("atlas.dashboard.app:create_app", args, settings, settings.dashboard_port)
 
 
 def _password(args: argparse.Namespace) -> tuple[str, bool]:
