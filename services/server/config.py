@@ -27,7 +27,8 @@
       secret_key: "..."         # signs session cookies; default: one kept in the database
       session_max_age_seconds: 28800
       login_attempts_per_minute: 10  # failed sign-ins per client address per dashboard process
-      lockout_failures: 5       # consecutive failures that lock a username for lockout_seconds
+      lockout_failures: 5       # failures of one address at a name before it waits: 1 s, doubling
+      lockout_seconds: 900      # the longest wait
       online_seconds: 900       # last seen within: online; within stale_seconds: stale
       stale_seconds: 86400
 
