@@ -22,6 +22,8 @@
       metrics_host: 0.0.0.0     # address it binds (default: server.host)
     exporter:
       port: 8769
+      max_exports_per_principal: 2  # running exports per user per exporter process; beyond: 429
+      send_timeout_seconds: 60  # a client that reads nothing this long has its export cut off
     dashboard:
       port: 8770
       secret_key: "..."         # signs session cookies; default: one kept in the database
@@ -149,6 +151,8 @@ class Settings:
     online_within: timedelta = timedelta(minutes=15)
     stale_within: timedelta = timedelta(days=1)
     export_chunk_bytes: int = 256 * 1024
+    max_exports_per_principal: int = 2
+    export_send_timeout: float = 60.0
     retention_days: int = 0
     partitions_ahead_days: int = 14
 
@@ -375,6 +379,8 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
         worker_metrics_host=metrics_host,
         exporter_port=_port(exporter, DEFAULT_EXPORTER_PORT, "exporter.port"),
         export_chunk_bytes=_int(exporter, "chunk_bytes", 256 * 1024, "exporter.chunk_bytes", 1024),
+        max_exports_per_principal=_int(exporter, "max_exports_per_principal", 2, "exporter.max_exports_per_principal"),
+        export_send_timeout=float(_int(exporter, "send_timeout_seconds", 60, "exporter.send_timeout_seconds")),
         dashboard_port=_port(dashboard, DEFAULT_DASHBOARD_PORT, "dashboard.port"),
         secret_key=_secret_key(dashboard, env),
         session_max_age=timedelta(
