@@ -90,6 +90,7 @@ def server_config(database_url: str, redis_prefix: str, keys: dict[str, str]) ->
             "api_key": API_KEY,
             "encryption_key": keys["current"],
             "encryption_keys": [keys["previous"]],
+            "forwarded_allow_ips": ["127.0.0.1"],  # the tests play the proxy from loopback
         },
         "database": {"url": database_url},
         "redis": {"url": REDIS_URL, "key_prefix": redis_prefix},

@@ -4,6 +4,7 @@ natively, start-up waits on health, and only the TLS proxy is reachable from out
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from atlas.server.cli import build_parser
+from atlas.server.config import settings_from_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_IMAGE = "atlas-server:latest"
@@ -147,12 +149,22 @@ def test_worker_scales():
     assert "deploy" not in worker or "replicas" not in worker["deploy"]
 
 
-def test_web_services_trust_the_proxy_headers():
-    """uvicorn reads FORWARDED_ALLOW_IPS when `_serve` passes no forwarded_allow_ips; the dashboard needs
-    X-Forwarded-Proto for Secure cookies, the export audit X-Forwarded-For for the client address."""
-    services = compose()["services"]
+def test_web_services_trust_the_proxy_headers_from_the_proxy_alone():
+    """FORWARDED_ALLOW_IPS is server.forwarded_allow_ips: the dashboard needs X-Forwarded-Proto for Secure
+    cookies, the export audit and the rate limits X-Forwarded-For; only the proxy's fixed address is trusted."""
+    config = compose()
+    services = config["services"]
+    proxy_address = services["proxy"]["networks"]["default"]["ipv4_address"]
+    assert proxy_address == "172.30.87.10"
+    (pool,) = config["networks"]["default"]["ipam"]["config"]
+    assert pool["subnet"] == "172.30.87.0/24"
+    assert ipaddress.ip_address(proxy_address) in ipaddress.ip_network(pool["subnet"])
+    assert ipaddress.ip_address(proxy_address) not in ipaddress.ip_network(pool["ip_range"])  # never handed out
     for name in WEB_PORTS:
-        assert services[name]["environment"]["FORWARDED_ALLOW_IPS"] == "*", name
+        trusted = services[name]["environment"]["FORWARDED_ALLOW_IPS"]
+        assert trusted == proxy_address, name
+        settings = settings_from_mapping({"server": {"api_key": "x" * 24}}, {"FORWARDED_ALLOW_IPS": trusted})
+        assert settings.forwarded_allow_ips == (proxy_address,)
     for name in ("migrate", "worker"):
         assert "FORWARDED_ALLOW_IPS" not in services[name]["environment"], name
 

@@ -91,7 +91,7 @@ def test_login_sets_a_hardened_session_cookie_and_goes_to_next(
     assert page.status_code == 200
     assert client.username in page.text
 
-    behind_tls = browserless()  # a TLS proxy in front (uvicorn trusts X-Forwarded-Proto from loopback)
+    behind_tls = browserless()  # a TLS proxy in front (the test config trusts X-Forwarded-Proto from loopback)
     token = behind_tls.login_form_token()
     answer = behind_tls.post(
         "/login",

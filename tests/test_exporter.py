@@ -7,6 +7,7 @@ import csv
 import gzip
 import io
 import json
+import time
 import uuid
 import zlib
 from collections.abc import Callable
@@ -449,32 +450,110 @@ def test_encrypted_batch_comes_out_as_readable_plain_text(ingest, drain, exporte
     assert zlib.crc32(response.content)  # plain UTF-8 JSON, not ciphertext
 
 
-def test_slow_downloads_cannot_take_every_connection(exporter, accounts, db) -> None:
-    """Exports have a few connections of their own: one too many gets 429, and other requests still work."""
-    dev = device(db, count=1)
-    db.execute(
-        'INSERT INTO widget_logs (machine_id, serial_number, "timestamp", level, widget_type, message, data,'
-        " batch_id, received_at) SELECT %s, %s, now(), 'INFO', 'wifi', repeat('z', 4000), '{}', gen_random_uuid(),"
-        " now() FROM generate_series(1, 40000)",  # 160 MB each: more than loopback's socket buffers hold
-        (dev["machine_id"], dev["serial"]),
-    )
+@pytest.fixture(scope="module")
+def big_device(database_url: str) -> dict[str, str]:
+    """A machine with 160 MB of logs: more than loopback's socket buffers hold, so a client that stops
+    reading after the headers stalls its export."""
+    machine_id, serial = f"exp-{uuid.uuid4().hex[:12]}", f"C02{uuid.uuid4().hex[:8].upper()}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            'INSERT INTO widget_logs (machine_id, serial_number, "timestamp", level, widget_type, message, data,'
+            " batch_id, received_at) SELECT %s, %s, now(), 'INFO', 'wifi', repeat('z', 4000), '{}',"
+            " gen_random_uuid(), now() FROM generate_series(1, 40000)",
+            (machine_id, serial),
+        )
+    return {"machine_id": machine_id, "serial": serial}
+
+
+def stalled(stack: contextlib.ExitStack, server: ServerProcess, token: str, machine_id: str) -> httpx.Response:
+    """An export whose client reads the headers and then nothing (held open until ``stack`` closes)."""
     # identity: gzipped, 160 MB of 'z' would be a few hundred KB that socket buffers swallow, ending the export
-    headers = {"Authorization": f"Bearer {accounts['viewer_token']}", "Accept-Encoding": "identity"}
-    mine = {"machine_id": dev["machine_id"]}
+    headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
+    client = stack.enter_context(httpx.Client(timeout=60))
+    return stack.enter_context(
+        client.stream("GET", f"{server.url}/api/exports/logs", params={"machine_id": machine_id}, headers=headers)
+    )
+
+
+def other_tokens(db: psycopg.Connection, count: int) -> list[str]:
+    tag = uuid.uuid4().hex[:8]
+    return [
+        create_token(db, create_user(db, f"exporter-{tag}-{i}", "correct horse battery", "viewer"), "tests")
+        for i in range(count)
+    ]
+
+
+def test_slow_downloads_cannot_take_every_connection(exporter, accounts, db, big_device) -> None:
+    """Exports have a few connections of their own: one too many gets 429, and other requests still work."""
+    tokens = other_tokens(db, EXPORT_CONNECTIONS)  # one each: a user alone may hold only two
     held_ids: list[int] = []
     with contextlib.ExitStack() as stack:
-        for _ in range(EXPORT_CONNECTIONS):  # clients that stop reading after the headers
-            client = stack.enter_context(httpx.Client(timeout=60))
-            held = stack.enter_context(
-                client.stream("GET", f"{exporter.url}/api/exports/logs", params=mine, headers=headers)
-            )
+        for token in tokens:
+            held = stalled(stack, exporter, token, big_device["machine_id"])
             assert held.status_code == 200
             held_ids.append(int(held.headers["x-atlas-export-id"]))
         states = db.execute("SELECT id, status, row_count FROM export_audit WHERE id = ANY(%s)", (held_ids,)).fetchall()
         assert all(state == "running" for _, state, _ in states), states
-        one_more = get(exporter, accounts["viewer_token"], machine_id=dev["machine_id"])
+        one_more = get(exporter, accounts["viewer_token"], machine_id=big_device["machine_id"])
         assert one_more.status_code == 429, (one_more.headers, states, exporter.logs()[-3000:])
         assert one_more.headers["retry-after"] == "5"
+        assert one_more.json()["detail"] == f"{EXPORT_CONNECTIONS} exports are running already; retry later"
         assert httpx.get(f"{exporter.url}/readyz", timeout=10).status_code == 200
         assert get(exporter, None).status_code == 401  # authentication still reaches the database at once
     assert get(exporter, accounts["viewer_token"], machine_id="none").status_code == 200
+
+
+def test_one_user_holds_at_most_two_exports(exporter, accounts, db, big_device) -> None:
+    """Stalled exports of one viewer token leave the other export connections to everyone else."""
+    with contextlib.ExitStack() as stack:
+        held = [stalled(stack, exporter, accounts["viewer_token"], big_device["machine_id"]) for _ in range(2)]
+        assert [h.status_code for h in held] == [200, 200]
+        third = get(exporter, accounts["viewer_token"], machine_id="none")
+        assert third.status_code == 429
+        assert third.headers["retry-after"] == "5"
+        assert third.json() == {
+            "detail": "2 exports by this user are running already (exporter.max_exports_per_principal);"
+            " retry when one has finished",
+            "field": None,
+        }
+        session = httpx.get(
+            f"{exporter.url}/api/exports/logs",
+            params={"machine_id": "none"},
+            cookies={SESSION_COOKIE: accounts["cookie"]},
+            timeout=60,
+        )
+        assert session.status_code == 429  # the same viewer through the dashboard's session
+        assert get(exporter, accounts["admin_token"], machine_id="none").status_code == 200  # others at once
+    assert get(exporter, accounts["viewer_token"], machine_id="none").status_code == 200  # slots back on close
+
+
+def test_a_client_that_stops_reading_is_cut_off(start_server, server_config, accounts, db, big_device) -> None:
+    """After exporter.send_timeout_seconds without reading, the export ends aborted and frees its slot."""
+    config = {**server_config, "exporter": {"send_timeout_seconds": 1, "max_exports_per_principal": 1}}
+    server = start_server("exporter", config)
+    with contextlib.ExitStack() as stack:
+        held = stalled(stack, server, accounts["viewer_token"], big_device["machine_id"])
+        assert held.status_code == 200
+        export_id = int(held.headers["x-atlas-export-id"])
+        deadline = time.monotonic() + 20
+        status = "running"
+        while status == "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            (status,) = db.execute("SELECT status FROM export_audit WHERE id = %s", (export_id,)).fetchone()
+        assert status == "aborted", server.logs()[-3000:]
+        assert get(server, accounts["viewer_token"], machine_id="none").status_code == 200  # its slot is back
+        with pytest.raises(httpx.HTTPError):  # cut off without the final chunk: the client sees it incomplete
+            for _ in held.iter_bytes():
+                pass
+    assert f"Export {export_id} cut off: the client read nothing for 1 s" in server.logs()
+
+
+def test_export_limit_settings() -> None:
+    from atlas.server.config import ConfigError, settings_from_mapping
+
+    base = {"server": {"api_key": "x" * 24}}
+    settings = settings_from_mapping(base, {})
+    assert (settings.max_exports_per_principal, settings.export_send_timeout) == (2, 60)
+    for key in ("max_exports_per_principal", "send_timeout_seconds"):
+        with pytest.raises(ConfigError, match=f"exporter.{key}: must be an integer >= 1"):
+            settings_from_mapping({**base, "exporter": {key: 0}}, {})

@@ -141,8 +141,11 @@ def test_server_pods_run_locked_down():
             assert {"secretRef": {"name": "atlas-secrets"}} in container["envFrom"]
 
 
-def test_web_services_trust_forwarded_headers():
-    assert named("ConfigMap")["atlas-config"]["data"]["FORWARDED_ALLOW_IPS"]
+def test_web_services_trust_forwarded_headers_from_the_pod_cidr_only():
+    trusted = named("ConfigMap")["atlas-config"]["data"]["FORWARDED_ALLOW_IPS"]
+    assert trusted == "10.244.0.0/16"
+    settings = settings_from_mapping({"server": {"api_key": "x" * 24}}, {"FORWARDED_ALLOW_IPS": trusted})
+    assert settings.forwarded_allow_ips == ("10.244.0.0/16",)
 
 
 def test_ingress_routes_the_proxy_prefixes():

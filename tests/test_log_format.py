@@ -17,10 +17,12 @@ from atlas.server.config import settings_from_mapping
 from atlas.server.logs import (
     REDACTED,
     JsonFormatter,
+    RedactQueryTokens,
     RedactSecrets,
     TextFormatter,
     configure_logging,
     logging_config,
+    redact_query,
     secret_values,
 )
 
@@ -161,3 +163,34 @@ def test_ingest_logs_json_lines_without_secrets_or_content(json_ingest: ServerPr
     access = [e for e in entries if e["logger"] == "uvicorn.access"]
     assert {e["status"] for e in access} >= {202, 200, 401, 400}
     assert all(e["path"] in ("/healthz", "/api/fleet/widget-logs", "/metrics") for e in access)
+
+
+def test_token_like_query_parameters_are_blanked_in_access_lines() -> None:
+    assert redact_query("/api/exports/logs?format=csv&token=atlas_abc&since=1") == (
+        f"/api/exports/logs?format=csv&token={REDACTED}&since=1"
+    )
+    assert redact_query("/x?access_token=a&API_KEY=b&%6Bey=c&keys=d&token") == (
+        f"/x?access_token={REDACTED}&API_KEY={REDACTED}&%6Bey={REDACTED}&keys=d&token={REDACTED}"
+    )
+    assert redact_query("/healthz") == "/healthz"
+    access = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        "",
+        0,
+        '%s - "%s %s HTTP/%s" %d',
+        ("1.2.3.4:5", "GET", "/?key=v", "1.1", 200),
+        None,
+    )
+    assert RedactQueryTokens().filter(access)
+    assert TextFormatter().format(access).endswith(f'1.2.3.4:5 - "GET /?key={REDACTED} HTTP/1.1" 200')
+
+
+def test_a_token_in_the_query_string_is_not_logged(json_ingest: ServerProcess) -> None:
+    secret = "atlas_" + uuid.uuid4().hex
+    answer = httpx.get(f"{json_ingest.url}/healthz?token={secret}&api_key={secret}x&probe=1", timeout=10)
+    assert answer.status_code == 200
+    text = json_ingest.logs()
+    assert secret not in text
+    paths = [e["path"] for e in map(json.loads, text.splitlines()) if e.get("path", "").endswith("probe=1")]
+    assert paths == [f"/healthz?token={REDACTED}&api_key={REDACTED}&probe=1"]

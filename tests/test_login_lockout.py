@@ -1,7 +1,8 @@
-"""Dashboard sign-in limits against a real ``atlas-server dashboard``: per address, and per name.
+"""Dashboard sign-in limits against a real ``atlas-server dashboard``: per address, and per address and name.
 
 The module's dashboard allows 30 attempts a minute per address (one back every
-2 s) and locks a name for 3 s after 3 consecutive failures. Each test comes
+2 s); after 3 consecutive failures at a name an address waits 1 s before it may
+try that name again, then 2 s, then at most 3 s. Each test comes
 from addresses of its own through X-Forwarded-For (trusted from 127.0.0.1,
 as from the proxy in production), so the tests do not share a budget.
 """
@@ -117,34 +118,64 @@ def test_successful_sign_ins_do_not_use_up_the_address_budget(
     assert answers == [303] * 6
 
 
-def test_lockout_after_failures_then_unlocked_by_time(
+def test_failures_delay_the_address_not_the_user(
     client: Callable[[str], Browserless], make_user: Callable[..., str], guarded: ServerProcess
 ) -> None:
-    user = make_user()
-    browser = client(new_address())
+    user, address = make_user(), new_address()
+    browser = client(address)
     assert [attempt(browser, user, WRONG)[0] for _ in range(LOCKOUT_FAILURES)] == [401] * LOCKOUT_FAILURES
-    status, alert, wait = attempt(client(new_address()), user, PASSWORD)  # locked: from any address
-    assert status == 429
-    assert wait is not None
-    assert 1 <= int(wait) <= LOCKOUT_SECONDS
-    assert alert.startswith("Too many failed sign-ins for this username. Please wait ")
+    status, alert, wait = attempt(browser, user, PASSWORD)  # this address waits, the password untried
+    assert (status, wait) == (429, "1")
+    assert alert.startswith("Too many failed sign-ins for this username from this address. Please wait ")
+    assert attempt(client(new_address()), user, PASSWORD)[0] == 303  # the real user elsewhere: at once
     logs = guarded.logs()
-    assert f"Dashboard sign-in locked for username '{user}' for {LOCKOUT_SECONDS} s after 3 consecutive" in logs
+    assert f"Dashboard sign-ins for username '{user}' from {address} delayed (1 s, doubling" in logs
     assert WRONG not in logs
     assert PASSWORD not in logs
     time.sleep(int(wait) + 0.2)
     assert attempt(browser, user, PASSWORD)[0] == 303
 
 
+def test_guesses_from_many_addresses_never_lock_the_user_out(
+    client: Callable[[str], Browserless], make_user: Callable[..., str]
+) -> None:
+    """Five wrong guesses from five addresses, then each of them past the threshold: the user still signs in."""
+    user = make_user()
+    attackers = [client(new_address()) for _ in range(5)]
+    assert [attempt(b, user, WRONG)[0] for b in attackers] == [401] * 5
+    assert attempt(client(new_address()), user, PASSWORD)[0] == 303
+    for browser in attackers:
+        assert [attempt(browser, user, WRONG)[0] for _ in range(LOCKOUT_FAILURES)] == [401] * (LOCKOUT_FAILURES - 1) + [
+            429
+        ]
+    assert attempt(client(new_address()), user, PASSWORD)[0] == 303
+
+
+def test_the_delay_doubles_up_to_lockout_seconds(
+    client: Callable[[str], Browserless], make_user: Callable[..., str]
+) -> None:
+    user = make_user()
+    browser = client(new_address())
+    assert [attempt(browser, user, WRONG)[0] for _ in range(LOCKOUT_FAILURES)] == [401] * LOCKOUT_FAILURES
+    waits = []
+    for _ in range(3):
+        status, _, wait = attempt(browser, user, WRONG)
+        assert status == 429
+        waits.append(wait)
+        time.sleep(int(wait) + 0.1)
+        assert attempt(browser, user, WRONG)[0] == 401  # tried again after the wait, and failed again
+    assert waits == ["1", "2", str(LOCKOUT_SECONDS)]  # 1, 2, then 4 capped at LOCKOUT_SECONDS
+
+
 def test_parallel_guesses_check_at_most_the_threshold_of_passwords(
     client: Callable[[str], Browserless], make_user: Callable[..., str]
 ) -> None:
-    """Each attempt is counted before its password is checked: 12 wrong guesses at once, from 12 addresses,
+    """Each attempt is counted before its password is checked: 12 wrong guesses at once, from one address,
     get the password tried LOCKOUT_FAILURES times (401) and refused untried (429) the rest."""
     from concurrent.futures import ThreadPoolExecutor
 
-    user = make_user()
-    browsers = [client(new_address()) for _ in range(12)]
+    user, address = make_user(), new_address()
+    browsers = [client(address) for _ in range(12)]
     with ThreadPoolExecutor(len(browsers)) as pool:
         statuses = sorted(pool.map(lambda b: b.login(user, WRONG).status_code, browsers))
     assert statuses == [401] * LOCKOUT_FAILURES + [429] * (12 - LOCKOUT_FAILURES)

@@ -32,6 +32,7 @@ PROXY = ROOT / "deploy" / "proxy"
 CONF = PROXY / "nginx.conf"
 ENTRYPOINT = PROXY / "entrypoint.sh"
 PUBLIC_PORT = 8768
+HSTS = "max-age=31536000; includeSubDomains"
 APPS = ("ingest", "exporter", "dashboard")
 PREFIXES = {"/api/fleet/": "ingest", "/api/exports/": "exporter", "/": "dashboard"}
 INTERNAL = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/metrics"}
@@ -176,6 +177,8 @@ def test_forwarded_headers_and_limits():
     assert re.search(r"proxy_set_header\s+X-Forwarded-Proto\s+https;", server)
     assert re.search(r"proxy_set_header\s+X-Forwarded-For\s+\$remote_addr;", server), "replace, never append"
     assert re.search(r"ssl_protocols\s+TLSv1\.2\s+TLSv1\.3;", server)
+    assert re.search(rf'add_header\s+Strict-Transport-Security\s+"{re.escape(HSTS)}"\s+always;', server)
+    assert all("add_header" not in body for body in locations().values()), "it would drop the HSTS header there"
     found = locations()
     body_limit = re.search(r"client_max_body_size\s+(\d+)m;", found["", "/api/fleet/"]).group(1)
     max_body = settings_from_mapping({"server": {"api_key": "x" * 24}}, {}).max_body_bytes
@@ -370,16 +373,22 @@ def live_proxy(tmp_path_factory):
             stub.server_close()
 
 
-def fetch(proxy, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+def fetch_response(proxy, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """The status, the answer's headers, and its JSON (None if it is not JSON)."""
     conn = http.client.HTTPSConnection("localhost", proxy["port"], context=proxy["context"], timeout=30)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
         data = response.read()
         answer = json.loads(data) if response.getheader("content-type") == "application/json" else None
-        return response.status, answer
+        return response.status, response.headers, answer
     finally:
         conn.close()
+
+
+def fetch(proxy, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    status, _, answer = fetch_response(proxy, method, path, body, headers)
+    return status, answer
 
 
 @pytest.mark.parametrize(
@@ -408,6 +417,16 @@ def test_live_proxy_forwarded_headers(live_proxy):
     assert headers["host"] == f"localhost:{live_proxy['port']}"
     assert headers["x-forwarded-proto"] == "https"
     assert headers["x-forwarded-for"] == "127.0.0.1", "a client's own X-Forwarded-For is dropped"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/"), ("GET", "/api/exports/logs"), ("POST", "/api/fleet/widget-logs"), ("GET", "/metrics")],
+)
+def test_live_proxy_sends_hsts(live_proxy, method, path):
+    """Every answer of the public entry, errors included, tells browsers to keep to https."""
+    _, headers, _ = fetch_response(live_proxy, method, path, body=b"{}" if method == "POST" else None)
+    assert headers.get_all("Strict-Transport-Security") == [HSTS]
 
 
 @pytest.mark.parametrize("path", ["/metrics", "/metrics/", "/%6Detrics", "/static/../metrics"])

@@ -1,9 +1,10 @@
 """Ingest's rate limits, per client address and per API key, against real ingest servers.
 
 Each test starts its own ``atlas-server ingest`` with small limits. Clients
-appear at other addresses through X-Forwarded-For, which uvicorn trusts from
-127.0.0.1 by default (FORWARDED_ALLOW_IPS), exactly as it does from the
-proxy in production; one test shows the header is ignored from other peers.
+appear at other addresses through X-Forwarded-For, which the test config
+trusts from 127.0.0.1 (server.forwarded_allow_ips), exactly as from the proxy
+in production; other tests show the header is ignored from other peers, and
+by default.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +28,7 @@ from atlas.server.config import ConfigError, settings_from_mapping
 from atlas.server.ratelimit import RateLimiter, client_key, retry_after
 
 from . import batches
-from .fix_ingest import IngestServer, ServerProcess
+from .fix_ingest import BIN, IngestServer, ServerProcess, service_env
 from .fix_services import API_KEY
 
 WIDGET_LOGS = "/api/fleet/widget-logs"
@@ -140,6 +142,14 @@ def test_exempt_networks_and_ipv6_prefixes() -> None:
     assert limiter.hit(client_key("2001:db8:1:2:bbbb::2")) > 0  # one /64, one bucket
 
 
+def test_an_exempt_address_from_x_forwarded_for_is_limited() -> None:
+    limiter = RateLimiter(1, 2, exempt=["127.0.0.0/8"])
+    assert all(limiter.hit("127.0.0.1") == 0.0 for _ in range(5))
+    assert [limiter.hit("127.0.0.1", forwarded=True) > 0 for _ in range(3)] == [False, False, True]
+    assert limiter.hit("127.0.0.1") == 0.0  # the proxy's own requests stay exempt
+    assert limiter.hit("198.51.100.1", forwarded=True) == 0.0
+
+
 def test_a_check_costs_about_a_microsecond() -> None:
     """Generous bound (the machine is shared): a per-request scan of the buckets would blow it."""
     limiter = RateLimiter(100, 1000, max_keys=100_000)
@@ -175,6 +185,41 @@ def test_settings_defaults_and_validation() -> None:
         settings_from_mapping({**base, "server": {**base["server"], "rate_limit_exempt": []}}, env={}).rate_limit_exempt
         == ()
     )
+    assert settings.forwarded_allow_ips == ()  # no proxy is trusted unless named
+
+
+def test_forwarded_allow_ips_refuses_any_peer() -> None:
+    def load(value: Any, env: dict[str, str] | None = None):
+        return settings_from_mapping({"server": {"api_key": API_KEY, "forwarded_allow_ips": value}}, env=env or {})
+
+    assert load(["172.30.87.10", "10.244.0.0/16"]).forwarded_allow_ips == ("172.30.87.10", "10.244.0.0/16")
+    assert load("10.244.1.7/16").forwarded_allow_ips == ("10.244.0.0/16",)  # as uvicorn parses networks
+    assert load([], {"FORWARDED_ALLOW_IPS": "172.30.87.10, ::1"}).forwarded_allow_ips == ("172.30.87.10", "::1")
+    for value, env, message in (
+        ("*", None, "server.forwarded_allow_ips: '*' trusts X-Forwarded-For from any peer"),
+        (["10.0.0.1", "*"], None, "server.forwarded_allow_ips: '*' trusts X-Forwarded-For from any peer"),
+        ([], {"FORWARDED_ALLOW_IPS": "*"}, "FORWARDED_ALLOW_IPS: '*' trusts X-Forwarded-For from any peer"),
+        (["0.0.0.0/0"], None, "server.forwarded_allow_ips: '0.0.0.0/0' trusts every peer"),
+        (["proxy.local"], None, "server.forwarded_allow_ips: 'proxy.local' is not an address or network"),
+        ([1], None, "server.forwarded_allow_ips: must be a string or a list of strings"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load(value, env)
+
+
+def test_serve_refuses_a_wildcard_proxy_at_start(tmp_path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server:\n  api_key: {API_KEY}\n  forwarded_allow_ips: '*'\n")
+    result = subprocess.run(
+        [BIN / "atlas-server", "ingest", "--config", config],
+        capture_output=True,
+        text=True,
+        env=service_env(),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "configuration error: server.forwarded_allow_ips: '*' trusts X-Forwarded-For" in result.stderr
 
 
 # --- against real ingest servers ------------------------------------------------------------
@@ -237,6 +282,28 @@ def test_forwarded_for_counts_only_from_trusted_proxies(
     server = start_server("ingest", config, env={"FORWARDED_ALLOW_IPS": "192.0.2.1"})
     answers = [post(server, keys, f"198.51.100.{i}").status_code for i in range(1, 4)]
     assert answers == [202, 202, 429]
+
+
+def test_no_proxy_is_trusted_by_default(
+    start_server: Callable[..., ServerProcess], server_config: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """Without server.forwarded_allow_ips, X-Forwarded-For from loopback names no new client either."""
+    config = with_limits(server_config, rate_limit_per_address=1, rate_limit_per_address_burst=2, rate_limit_exempt=[])
+    del config["server"]["forwarded_allow_ips"]
+    server = start_server("ingest", config)
+    answers = [post(server, keys, f"198.51.100.{i}").status_code for i in range(11, 14)]
+    assert answers == [202, 202, 429]
+
+
+def test_a_forwarded_exempt_address_is_limited(
+    start_ingest: Callable[..., IngestServer], server_config: dict[str, Any], keys: dict[str, str]
+) -> None:
+    """A client behind the trusted proxy writing 127.0.0.1 into X-Forwarded-For is no local tool."""
+    server = start_ingest(with_limits(server_config, rate_limit_per_address=1, rate_limit_per_address_burst=2))
+    answers = [post(server, keys, "127.0.0.1").status_code for _ in range(3)]
+    assert answers == [202, 202, 429]
+    assert "Rate limit reached by client address 127.0.0.1; answering 429" in server.logs()
+    assert {post(server, keys).status_code for _ in range(3)} == {202}  # loopback itself stays exempt
 
 
 def test_loopback_is_exempt_by_default(

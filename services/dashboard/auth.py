@@ -11,9 +11,11 @@
 * A failed login says only "Invalid username or password", with status 401.
 * Sign-ins are limited per client address (``dashboard.login_attempts_per_minute``,
   in this process; a success gives its attempt back, so only failures add up),
-  and a name is locked for ``dashboard.lockout_seconds`` after
-  ``dashboard.lockout_failures`` consecutive failures, whether or not such a user
-  exists (kept in PostgreSQL). Both answer 429 with Retry-After.
+  and per address and name: after ``dashboard.lockout_failures`` consecutive
+  failures at a name that address waits 1 s, then twice as long after each further
+  failure, at most ``dashboard.lockout_seconds``, whether or not such a user exists
+  (kept in PostgreSQL). The name is never locked for everyone: its real user at
+  another address signs in at once. Both answer 429 with Retry-After.
 
 The dependencies are sync functions: FastAPI runs them in its thread pool,
 where ``WebState.principal`` may block on PostgreSQL.
@@ -32,11 +34,11 @@ from fastapi.responses import RedirectResponse, Response
 
 from atlas.server.accounts import (
     authenticate,
+    claim_login_attempt,
     clear_login_failures,
     create_session,
     end_session,
-    lockout_remaining,
-    record_login_failure,
+    failure_delay,
 )
 from atlas.server.ratelimit import RateLimiter, client_key, retry_after
 from atlas.server.web import SESSION_COOKIE, Principal, WebState
@@ -58,7 +60,7 @@ log = logging.getLogger("atlas.dashboard")
 INVALID_LOGIN = "Invalid username or password"
 TOO_MANY_ATTEMPTS = "Too many sign-in attempts from this address. Please wait {wait} and try again."
 LOCKED_OUT = (
-    "Too many failed sign-ins for this username. Please wait {wait} and try again,"
+    "Too many failed sign-ins for this username from this address. Please wait {wait} and try again,"
     " or ask an administrator to unlock it."
 )
 EXPIRED_FORM = "This form has expired or came from another site. Please try again."
@@ -229,35 +231,30 @@ def login(
         error = TOO_MANY_ATTEMPTS.format(wait=_wait_text(wait))
         return _login_page(request, target, status=429, error=error, username=username, wait=wait)
     settings = web.settings
+    threshold, longest = settings.lockout_failures, settings.lockout_duration
     with web.pool.connection() as conn:
-        if username and (locked := lockout_remaining(conn, username)):
-            error = LOCKED_OUT.format(wait=_wait_text(locked))
-            return _login_page(request, target, status=429, error=error, username=username, wait=locked)
-        failures, locked_now = 0, False
+        failures = 0
         if username and password:
-            # Counted before the password is checked, so parallel guesses cannot all pass a check made
-            # before any of them was counted: past the threshold the password is not even tried. A
-            # success below takes the count back.
-            failures, locked_now = record_login_failure(
-                conn, username, threshold=settings.lockout_failures, duration=settings.lockout_duration
-            )
-            if settings.lockout_failures >= 1 and failures > settings.lockout_failures:
-                locked = lockout_remaining(conn, username) or settings.lockout_duration.total_seconds()
-                error = LOCKED_OUT.format(wait=_wait_text(locked))
-                return _login_page(request, target, status=429, error=error, username=username, wait=locked)
+            # Counted before the password is checked (a success below takes it back); while this address
+            # waits, the password is not even tried.
+            failures, wait = claim_login_attempt(conn, address, username, threshold=threshold, longest=longest)
+            if wait:
+                error = LOCKED_OUT.format(wait=_wait_text(wait))
+                return _login_page(request, target, status=429, error=error, username=username, wait=wait)
         user = authenticate(conn, username, password) if username and password else None
         if user is None:
-            if locked_now:
+            if failures >= 1 and failures == threshold:
                 log.warning(
-                    "Dashboard sign-in locked for username %r for %d s after %d consecutive failures"
-                    " (the last from %s)",
+                    "Dashboard sign-ins for username %r from %s delayed (%d s, doubling with each further"
+                    " failure up to %d s) after %d consecutive failures",
                     username.strip()[:64],
-                    settings.lockout_duration.total_seconds(),
-                    failures,
                     address,
+                    failure_delay(failures, threshold, longest),
+                    longest.total_seconds(),
+                    failures,
                 )
             return _login_page(request, target, status=401, error=INVALID_LOGIN, username=username)
-        clear_login_failures(conn, user.username)
+        clear_login_failures(conn, username, address)
         limiter.refund(address)
         session_id, _ = create_session(conn, user, web.settings.session_max_age)
     response = RedirectResponse(target or "/", status_code=303)

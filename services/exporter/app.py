@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
@@ -38,6 +38,7 @@ from atlas.server.web import EXPORT_CONNECTIONS, Principal, WebState
 
 from .audit import finish_export, recent_exports, start_export
 from .decrypted import decrypted_lines
+from .limits import ExportSlots, TimedStreamingResponse
 from .query import MEDIA_TYPES, FilterError, accepts_gzip, copy_statement, export_filename, parse_filters
 from .stream import RowCount, chunked, copy_out, frame, gzipped
 
@@ -72,8 +73,18 @@ class ExportsBusy(Exception):
 class Export:
     """One export from start to end: the audit row, the COPY, and how it finished."""
 
-    def __init__(self, web: WebState, principal: Principal, client: str | None, fmt: str, filters) -> None:
+    def __init__(
+        self,
+        web: WebState,
+        principal: Principal,
+        client: str | None,
+        fmt: str,
+        filters,
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
         self.web = web
+        self.release = release
+        """Gives the principal's export slot back; called when the export ends, however it ends."""
         self.principal = principal
         self.client = client
         self.fmt = fmt
@@ -147,6 +158,7 @@ class Export:
             self.finish(status, error)
 
     def finish(self, status: str, error: str | None) -> None:
+        self.release()
         seconds = time.monotonic() - self.started
         metrics.EXPORTS.labels(self.fmt, status).inc()
         metrics.EXPORT_ROWS.labels(self.fmt).inc(self.count.rows)
@@ -191,6 +203,7 @@ async def _drain(chunks: Iterator[bytes], first: bytes) -> AsyncIterator[bytes]:
 
 def add_export_routes(app: FastAPI, web: WebState) -> None:
     """Add ``GET /api/exports/logs`` and ``GET /api/exports/audit`` to ``app``."""
+    slots = ExportSlots(web.settings.max_exports_per_principal)
 
     @app.get(
         EXPORT_PATH,
@@ -203,6 +216,7 @@ def add_export_routes(app: FastAPI, web: WebState) -> None:
             },
             401: {"description": "No session and no valid API token"},
             422: {"description": "A filter cannot be used; `field` names it"},
+            429: {"description": "Too many exports running (this user's, or all); retry after Retry-After seconds"},
             503: {"description": "Database unavailable; retry after Retry-After seconds"},
         },
     )
@@ -236,12 +250,23 @@ def add_export_routes(app: FastAPI, web: WebState) -> None:
             )
         except FilterError as exc:
             return problem(422, str(exc), exc.field)
-        export = Export(web, principal, request.client.host if request.client else None, fmt, filters)
+        release = slots.acquire(principal.user.id)
+        if release is None:
+            return problem(
+                429,
+                f"{slots.limit} exports by this user are running already (exporter.max_exports_per_principal);"
+                " retry when one has finished",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        client = request.client.host if request.client else None
+        export = Export(web, principal, client, fmt, filters, release)
         gzip = accepts_gzip(request.headers.get("accept-encoding"))
+        streaming = False
         try:
             serial = await run_in_threadpool(export.begin)
             chunks = export.chunks(gzip)
             first = await run_in_threadpool(next, chunks, b"")
+            streaming = True  # from here the export gives its slot back when it ends
         except ExportsBusy:
             return problem(
                 429,
@@ -254,6 +279,9 @@ def add_export_routes(app: FastAPI, web: WebState) -> None:
         except AtRestError as exc:
             log.error("Export refused: %s", exc)
             return problem(503, f"cannot decrypt stored logs: {exc}")
+        finally:
+            if not streaming:
+                release()  # at most once, however often it is called
         name = export_filename(fmt, filters, datetime.now(UTC).date(), serial)
         headers = {
             "Content-Disposition": f'attachment; filename="{name}"',
@@ -264,7 +292,13 @@ def add_export_routes(app: FastAPI, web: WebState) -> None:
         }
         if gzip:
             headers["Content-Encoding"] = "gzip"
-        return StreamingResponse(_drain(chunks, first), media_type=MEDIA_TYPES[fmt], headers=headers)
+        return TimedStreamingResponse(
+            _drain(chunks, first),
+            media_type=MEDIA_TYPES[fmt],
+            headers=headers,
+            send_timeout=web.settings.export_send_timeout,
+            what=f"Export {export.audit_id}",
+        )
 
     @app.get(
         AUDIT_PATH,

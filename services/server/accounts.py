@@ -178,64 +178,87 @@ def authenticate(conn: psycopg.Connection, username: str, password: str) -> User
     return User(row[0], row[1], row[2])
 
 
-# --- failed sign-ins and lockout --------------------------------------------------------
-# Kept by lower(username) whether or not such a user exists, so a lockout tells nobody which names
-# exist; in PostgreSQL, so it holds across dashboard processes and restarts.
+# --- failed sign-ins and their delays ---------------------------------------------------
+# Counted per (client address, lower(username)), whether or not such a user exists, so a delay tells
+# nobody which names exist; in PostgreSQL, so it holds across dashboard processes and restarts. The
+# address guessing waits, not the account: the real user elsewhere signs in at once.
+
+FAILURE_MEMORY = timedelta(days=1)
+"""An address's failures at a name are forgotten after this long without one (or twice the longest delay)."""
 
 
 def _name_key(username: str) -> str:
     return username.strip()[:64]
 
 
-def lockout_remaining(conn: psycopg.Connection, username: str) -> float:
-    """Seconds until this name may try to sign in again; 0.0 if it is not locked."""
-    row = conn.execute(
-        "SELECT extract(epoch FROM locked_until - now()) FROM login_failures"
-        " WHERE username_key = lower(%s) AND locked_until > now()",
-        (_name_key(username),),
-    ).fetchone()
-    return float(row[0]) if row else 0.0
+def failure_delay(failures: int, threshold: int, longest: timedelta) -> float:
+    """Seconds an address waits after its ``failures``-th failure at a name: 0 before ``threshold``,
+    then 1 s doubling with each further failure, at most ``longest``."""
+    if threshold < 1 or failures < threshold:
+        return 0.0
+    return min(longest.total_seconds(), 2.0 ** min(failures - threshold, 40))
 
 
-def record_login_failure(
-    conn: psycopg.Connection, username: str, *, threshold: int, duration: timedelta
-) -> tuple[int, bool]:
-    """Count a failed sign-in of this name: (consecutive failures, True if this one locked it).
+_CLAIM = """
+    INSERT INTO login_failures AS f (address, username_key, failures, last_failed_at, blocked_until)
+    VALUES (%(address)s, lower(%(name)s), 1, now(),
+            CASE WHEN %(threshold)s <= 1 THEN now() + make_interval(secs => least(%(longest)s, 1)) END)
+    ON CONFLICT (username_key, address) DO UPDATE SET
+        failures = CASE WHEN f.last_failed_at < now() - %(memory)s THEN 1 ELSE f.failures + 1 END,
+        last_failed_at = now(),
+        blocked_until = CASE WHEN (CASE WHEN f.last_failed_at < now() - %(memory)s THEN 1 ELSE f.failures + 1 END)
+                                  >= %(threshold)s
+            THEN now() + make_interval(secs => least(%(longest)s, power(2, least(
+                (CASE WHEN f.last_failed_at < now() - %(memory)s THEN 1 ELSE f.failures + 1 END) - %(threshold)s, 40))))
+            END
+    WHERE f.blocked_until IS NULL OR f.blocked_until <= now()
+    RETURNING failures
+"""
+"""Count one attempt and set the wait it earns; no row back while the address must still wait."""
 
-    Failures are consecutive until a success or an unlock; a lockout that has
-    ended, or ``duration`` without a failure, starts the count again. At
-    ``threshold`` failures the name is locked for ``duration`` (``threshold`` 0:
-    never). Rows idle that long are deleted here, so names that were only
-    guessed do not pile up.
+
+def claim_login_attempt(
+    conn: psycopg.Connection, address: str, username: str, *, threshold: int, longest: timedelta
+) -> tuple[int, float]:
+    """Count a sign-in attempt of ``username`` from ``address`` as failed, before its password is checked.
+
+    Returns (failures, 0.0) when the password may be checked (a success then calls
+    ``clear_login_failures`` with the address), or (failures, seconds to wait) when the address
+    must wait: that attempt is neither counted nor tried. One statement counts and sets the
+    delay, so parallel guesses serialise on the row and cannot all pass a check made before any
+    was counted. ``threshold`` 0: never delayed, nothing stored. Rows idle past the memory
+    (``FAILURE_MEMORY`` or twice ``longest``) are deleted here.
     """
     if threshold < 1:
-        return 0, False
-    row = conn.execute(
-        """
-        INSERT INTO login_failures AS f (username_key, failures, last_failed_at, locked_until)
-        VALUES (lower(%(name)s), 1, now(), CASE WHEN %(threshold)s <= 1 THEN now() + %(duration)s END)
-        ON CONFLICT (username_key) DO UPDATE SET
-            failures = CASE WHEN f.locked_until <= now() OR f.last_failed_at < now() - %(duration)s
-                            THEN 1 ELSE f.failures + 1 END,
-            locked_until = CASE WHEN (CASE WHEN f.locked_until <= now() OR f.last_failed_at < now() - %(duration)s
-                                           THEN 1 ELSE f.failures + 1 END) >= %(threshold)s
-                                THEN now() + %(duration)s END,
-            last_failed_at = now()
-        RETURNING failures
-        """,
-        {"name": _name_key(username), "threshold": threshold, "duration": duration},
+        return 0, 0.0
+    params = {
+        "address": address,
+        "name": _name_key(username),
+        "memory": max(FAILURE_MEMORY, 2 * longest),
+        "threshold": threshold,
+        "longest": longest.total_seconds(),
+    }
+    row = conn.execute(_CLAIM, params).fetchone()
+    if row is not None:
+        conn.execute("DELETE FROM login_failures WHERE last_failed_at < now() - %(memory)s", params)
+        return int(row[0]), 0.0
+    waiting = conn.execute(
+        "SELECT failures, extract(epoch FROM blocked_until - now()) FROM login_failures"
+        " WHERE username_key = lower(%(name)s) AND address = %(address)s",
+        params,
     ).fetchone()
-    conn.execute(
-        "DELETE FROM login_failures WHERE last_failed_at < now() - %(d)s AND coalesce(locked_until, now()) <= now()",
-        {"d": duration},
-    )
-    failures = int(row[0]) if row else 0
-    return failures, failures == threshold
+    return (int(waiting[0]), max(float(waiting[1]), 0.001)) if waiting else (0, 0.001)
 
 
-def clear_login_failures(conn: psycopg.Connection, username: str) -> bool:
-    """Forget this name's failed sign-ins and end its lockout; True if there were any."""
-    cursor = conn.execute("DELETE FROM login_failures WHERE username_key = lower(%s)", (_name_key(username),))
+def clear_login_failures(conn: psycopg.Connection, username: str, address: str | None = None) -> bool:
+    """Forget this name's failed sign-ins (from ``address`` only, if given) and their delays; True if any."""
+    if address is None:
+        cursor = conn.execute("DELETE FROM login_failures WHERE username_key = lower(%s)", (_name_key(username),))
+    else:
+        cursor = conn.execute(
+            "DELETE FROM login_failures WHERE username_key = lower(%s) AND address = %s",
+            (_name_key(username), address),
+        )
     return cursor.rowcount > 0
 
 

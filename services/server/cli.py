@@ -10,7 +10,7 @@
     atlas-server create-admin       create the first admin (or --reset-password)
     atlas-server create-user        add a dashboard user
     atlas-server create-token       make an API token for scripted exports
-    atlas-server unlock-user        end a username's sign-in lockout (create-admin --reset-password does too)
+    atlas-server unlock-user        end every sign-in delay of a username (create-admin --reset-password does too)
     atlas-server rotate-db-key      put every stored batch under the current database key
     atlas-server partitions         create daily partitions ahead, drop those past database.retention_days
     atlas-server keys               which keys are configured, and which ones stored batches use
@@ -88,6 +88,7 @@ def cmd_partitions(args: argparse.Namespace) -> int:
 
 
 def _serve(app: str, args: argparse.Namespace, settings: Settings, port: int) -> int:
+    """Serve ``app``, believing X-Forwarded-* only from ``server.forwarded_allow_ips`` (none by default)."""
     from .serving import serve
 
     return serve(
@@ -394,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--username", required=True, help="the user the token acts as")
     p.add_argument("--name", required=True, help="what the token is for, e.g. 'nightly export'")
     p.set_defaults(func=cmd_create_token)
-    p = sub.add_parser("unlock-user", parents=[common], help="end a username's sign-in lockout, forget its failures")
-    p.add_argument("username", metavar="NAME", help="the login name (known or not: unknown names are locked too)")
+    p = sub.add_parser("unlock-user", parents=[common], help="end every sign-in delay of a username")
+    p.add_argument("username", metavar="NAME", help="the login name (known or not: unknown names are counted too)")
     p.set_defaults(func=cmd_unlock_user)
 
     p = sub.add_parser(

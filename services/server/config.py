@@ -15,6 +15,7 @@
       body_timeout_seconds: 30      # and its body within this after the head
       keepalive_timeout_seconds: 5  # an idle kept-alive connection is closed after this
       max_connections: 1000         # per process; requests beyond it get 503
+      forwarded_allow_ips: []   # proxies whose X-Forwarded-For/-Proto are believed; empty: none
     database:
       url: postgresql://...
     redis:
@@ -25,17 +26,21 @@
       metrics_host: 0.0.0.0     # address it binds (default: server.host)
     exporter:
       port: 8769
+      max_exports_per_principal: 2  # running exports per user per exporter process; beyond: 429
+      send_timeout_seconds: 60  # a client that reads nothing this long has its export cut off
     dashboard:
       port: 8770
       secret_key: "..."         # signs session cookies; default: one kept in the database
       session_max_age_seconds: 28800
       login_attempts_per_minute: 10  # failed sign-ins per client address per dashboard process
-      lockout_failures: 5       # consecutive failures that lock a username for lockout_seconds
+      lockout_failures: 5       # failures of one address at a name before it waits: 1 s, doubling
+      lockout_seconds: 900      # the longest wait
       online_seconds: 900       # last seen within: online; within stale_seconds: stale
       stale_seconds: 86400
 
 Environment variables override the file: FLEET_API_KEY, FLEET_ENCRYPTION_KEY,
-FLEET_DB_ENCRYPTION_KEY, DATABASE_URL, REDIS_URL, ATLAS_REDIS_PREFIX, ATLAS_SECRET_KEY. A bad setting raises ConfigError
+FLEET_DB_ENCRYPTION_KEY, DATABASE_URL, REDIS_URL, ATLAS_REDIS_PREFIX, ATLAS_SECRET_KEY,
+FORWARDED_ALLOW_IPS (comma-separated, for server.forwarded_allow_ips). A bad setting raises ConfigError
 whose message is one line naming the setting and never showing a secret.
 """
 
@@ -85,7 +90,8 @@ one runaway client looping on a connection (about 500 requests/s) is held to a f
 
 DEFAULT_RATE_LIMIT_EXEMPT = ("127.0.0.0/8", "::1/128")
 """Addresses without a per-address limit: local tools and the benches, and a proxy on the same
-host that sends no X-Forwarded-For (all clients would share its address)."""
+host that sends no X-Forwarded-For (all clients would share its address). A request carrying
+X-Forwarded-For is never exempt, whatever address it names."""
 
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 """Largest request body read off the wire."""
@@ -151,12 +157,15 @@ class Settings:
     burst_per_address: int = DEFAULT_BURST_PER_ADDRESS
     rate_limit_exempt: tuple[str, ...] = DEFAULT_RATE_LIMIT_EXEMPT
     rate_limit_max_addresses: int = 100_000
+    forwarded_allow_ips: tuple[str, ...] = ()
     login_attempts_per_minute: int = 10
     lockout_failures: int = 5
     lockout_duration: timedelta = timedelta(minutes=15)
     online_within: timedelta = timedelta(minutes=15)
     stale_within: timedelta = timedelta(days=1)
     export_chunk_bytes: int = 256 * 1024
+    max_exports_per_principal: int = 2
+    export_send_timeout: float = 60.0
     retention_days: int = 0
     partitions_ahead_days: int = 14
     header_timeout_seconds: int = 10
@@ -229,6 +238,35 @@ def _networks(server: Mapping[str, Any]) -> tuple[str, ...]:
         except ValueError:
             raise ConfigError(f"server.rate_limit_exempt: {net!r} is not an address or network") from None
     return tuple(networks)
+
+
+def _forwarded_allow_ips(server: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, ...]:
+    """The proxies whose X-Forwarded-For and X-Forwarded-Proto uvicorn believes; none by default.
+
+    ``*`` (or a /0) is refused: with it any client names its own address, and so dodges the
+    per-address limits or poses as an exempt one.
+    """
+    if env.get("FORWARDED_ALLOW_IPS") is not None:
+        setting = "FORWARDED_ALLOW_IPS"
+        entries = [e.strip() for e in env["FORWARDED_ALLOW_IPS"].split(",") if e.strip()]
+    else:
+        setting = "server.forwarded_allow_ips"
+        entries = [e.strip() for e in _str_list(server.get("forwarded_allow_ips"), setting)]
+    trusted = []
+    for entry in entries:
+        if entry == "*":
+            raise ConfigError(
+                f"{setting}: '*' trusts X-Forwarded-For from any peer, so any client could choose its address;"
+                " list the proxy's addresses or network instead"
+            )
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"{setting}: {entry!r} is not an address or network") from None
+        if network.prefixlen == 0:
+            raise ConfigError(f"{setting}: {entry!r} trusts every peer, as '*' would; list the proxy's network")
+        trusted.append(entry if "/" not in entry else str(network))
+    return tuple(dict.fromkeys(trusted))
 
 
 def _secret_key(dashboard: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
@@ -360,6 +398,8 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
         worker_metrics_host=metrics_host,
         exporter_port=_port(exporter, DEFAULT_EXPORTER_PORT, "exporter.port"),
         export_chunk_bytes=_int(exporter, "chunk_bytes", 256 * 1024, "exporter.chunk_bytes", 1024),
+        max_exports_per_principal=_int(exporter, "max_exports_per_principal", 2, "exporter.max_exports_per_principal"),
+        export_send_timeout=float(_int(exporter, "send_timeout_seconds", 60, "exporter.send_timeout_seconds")),
         dashboard_port=_port(dashboard, DEFAULT_DASHBOARD_PORT, "dashboard.port"),
         secret_key=_secret_key(dashboard, env),
         session_max_age=timedelta(
@@ -376,6 +416,7 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
             server, "rate_limit_per_address_burst", DEFAULT_BURST_PER_ADDRESS, "server.rate_limit_per_address_burst"
         ),
         rate_limit_exempt=_networks(server),
+        forwarded_allow_ips=_forwarded_allow_ips(server, env),
         rate_limit_max_addresses=_int(
             server, "rate_limit_max_addresses", 100_000, "server.rate_limit_max_addresses", 100
         ),

@@ -13,7 +13,10 @@ line being slipped in through logged input.
 Services never log keys or log content by design; ``RedactSecrets`` is the
 defence in depth: every configured secret (API keys, payload and database
 keys, the dashboard's secret key, database and Redis passwords) is replaced
-by ``[REDACTED]`` wherever it would appear in a record.
+by ``[REDACTED]`` wherever it would appear in a record. ``RedactQueryTokens``
+blanks the values of token-like query parameters (``token``, ``access_token``,
+``api_key``, ``key``) in access log lines, since a token sent in a URL is not
+one of the configured secrets.
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 LOG_FORMATS = ("text", "json")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 REDACTED = "[REDACTED]"
+
+TOKEN_PARAMS = frozenset({"token", "access_token", "api_key", "key"})
+"""Query parameters whose values are blanked in access logs (names matched decoded, in any case)."""
 
 MIN_SECRET_CHARS = 12
 """Shorter strings are not redacted: they would blank out ordinary words (every real secret here is longer)."""
@@ -125,6 +131,31 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+def redact_query(path: str) -> str:
+    """``path`` with the value of every token-like query parameter replaced by ``[REDACTED]``."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    parts = []
+    for part in query.split("&"):
+        name = part.partition("=")[0]
+        if unquote_plus(name).strip().lower() in TOKEN_PARAMS:
+            part = f"{name}={REDACTED}"
+        parts.append(part)
+    return f"{base}?{'&'.join(parts)}"
+
+
+class RedactQueryTokens(logging.Filter):
+    """Blanks token-like query parameters in the path of uvicorn's access log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+            path = record.args[2]
+            if isinstance(path, str) and "?" in path:
+                record.args = (*record.args[:2], redact_query(path), *record.args[3:])
+        return True
+
+
 def _url_password(url: str) -> list[str]:
     try:
         password = urlsplit(url).password
@@ -160,14 +191,17 @@ def logging_config(fmt: str = "text", level: str | int = "INFO", secrets: Iterab
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"redact": {"()": RedactSecrets, "secrets": list(secrets)}},
+        "filters": {
+            "tokens": {"()": RedactQueryTokens},
+            "redact": {"()": RedactSecrets, "secrets": list(secrets)},
+        },
         "formatters": {"atlas": {"()": JsonFormatter if fmt == "json" else TextFormatter}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stderr",
                 "formatter": "atlas",
-                "filters": ["redact"],
+                "filters": ["tokens", "redact"],
             }
         },
         "root": {"level": level, "handlers": ["stderr"]},

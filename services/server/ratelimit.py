@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
+from starlette.types import Scope
 
 from . import metrics
 
@@ -54,6 +55,9 @@ LOG_EVERY_SECONDS = 60.0
 
 UNKNOWN_CLIENT = "unknown"
 """The key of requests without a peer address (a Unix socket)."""
+
+FORWARDED_SUFFIX = " (via X-Forwarded-For)"
+"""Appended to an exempt address named by X-Forwarded-For: its own bucket, limited like any other."""
 
 
 class _Bucket:
@@ -95,19 +99,22 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def hit(self, key: str) -> float:
-        """Take a token for ``key``: 0.0 if allowed, else the seconds until a token is back."""
+    def hit(self, key: str, *, forwarded: bool = False) -> float:
+        """Take a token for ``key``: 0.0 if allowed, else the seconds until a token is back.
+
+        ``forwarded``: the address came from X-Forwarded-For, so it is never exempt (anyone
+        behind the proxy can write 127.0.0.1 there).
+        """
         if not self.rate:
             return 0.0
         now = self._clock()
         with self._lock:
-            bucket = self._buckets.get(key, False)
-            if bucket is False:
-                bucket = self._add(key, now)
-            else:
-                self._buckets.move_to_end(key)
+            bucket = self._bucket(key, now)
             if bucket is None:
-                return 0.0
+                if not forwarded:
+                    return 0.0
+                bucket = self._bucket(key + FORWARDED_SUFFIX, now)  # no address: never exempt
+                assert bucket is not None
             tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
             bucket.stamp = now
             if tokens >= 1.0:
@@ -122,6 +129,14 @@ class RateLimiter:
             bucket = self._buckets.get(key)
             if bucket is not None:
                 bucket.tokens = min(self.burst, bucket.tokens + 1.0)
+
+    def _bucket(self, key: str, now: float) -> _Bucket | None:
+        """The bucket of ``key`` (None: exempt), made if new; under the lock."""
+        bucket = self._buckets.get(key, False)
+        if bucket is False:
+            return self._add(key, now)
+        self._buckets.move_to_end(key)
+        return bucket
 
     def _add(self, key: str, now: float) -> _Bucket | None:
         buckets = self._buckets
@@ -172,6 +187,11 @@ def client_key(host: str | None) -> str:
     return f"{ipaddress.IPv6Address(address.packed[:8] + bytes(8))}/64"
 
 
+def forwarded_for(scope: Scope) -> bool:
+    """Whether the request carries X-Forwarded-For: then its address may be one a client chose."""
+    return any(name == b"x-forwarded-for" for name, _ in scope["headers"])
+
+
 def retry_after(seconds: float) -> str:
     """A Retry-After value: whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))
@@ -199,9 +219,10 @@ class IngestLimits:
 
     def check_address(self, request: HTTPConnection) -> JSONResponse | None:
         """None if the client's address may go on, else the 429 answer."""
-        client = request.scope.get("client")  # what request.client wraps, without building an Address
+        scope = request.scope
+        client = scope.get("client")  # what request.client wraps, without building an Address
         key = client_key(client[0] if client else None)
-        if wait := self.per_address.hit(key):
+        if wait := self.per_address.hit(key, forwarded=forwarded_for(scope)):
             self._log(f"client address {key}")
             return _too_many(wait, "this client address")
         return None

@@ -274,6 +274,28 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX identity_conflicts_machine_idx ON identity_conflicts (machine_id, received_at);
         """,
     ),
+    Migration(
+        7,
+        "login failures per client address and username",
+        """
+        -- A count per name let anyone lock the real user out with a few guesses from anywhere; the rows
+        -- are short-lived by nature, so they are not carried over.
+        DROP TABLE login_failures;
+        CREATE TABLE login_failures (
+            address         text NOT NULL,
+            username_key    text NOT NULL,
+            failures        integer NOT NULL,
+            last_failed_at  timestamptz NOT NULL,
+            blocked_until   timestamptz,
+            PRIMARY KEY (username_key, address)
+        );
+        COMMENT ON TABLE login_failures IS
+            'Consecutive failed dashboard sign-ins by client address and lower(username), whether or not the'
+            ' user exists; past a threshold that address waits a doubling delay before trying the name again,'
+            ' other addresses are not held back. A success from the address or an unlock deletes the row';
+        CREATE INDEX login_failures_last_failed_idx ON login_failures (last_failed_at);
+        """,
+    ),
 )
 """Every migration, oldest first."""
 

@@ -171,7 +171,8 @@ def serve(
         ssl_keyfile=ssl_keyfile,
         log_level="info",
         log_config=uvicorn_log_config(),  # uvicorn logs through ours (text or JSON), in each of its workers too
-        proxy_headers=True,
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=list(settings.forwarded_allow_ips),  # never uvicorn's own default (loopback)
     )
     server = uvicorn.Server(config)
     try:
