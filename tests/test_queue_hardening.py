@@ -151,8 +151,9 @@ def test_with_a_database_key_redis_holds_no_log_content(
     config["server"]["db_encryption_key"] = db_key
     config["redis"] = {**config["redis"], "key_prefix": prefix}
     ingest = start_ingest(config)
-    body = batches.content(3)
     secret = f"plaintext-{uuid.uuid4().hex}"
+    body = {"machine": batches.machine(hostname=f"{secret}.local"), "logs": batches.logs(3)}  # unique: other
+    # tests' jobs under the run's rq prefix carry the default hostname, unsealed
     body["logs"][0]["message"] = secret
     body["logs"][1]["data"] = {"note": f"{secret}-data"}
     envelope = batches.sealed(body, keys["current"])
