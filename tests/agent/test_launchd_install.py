@@ -24,12 +24,14 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 MACOS = REPO / "deploy" / "macos"
-SCRIPTS = ("install.sh", "uninstall.sh", "build-pkg.sh")
+SCRIPTS = ("install.sh", "uninstall.sh", "build-pkg.sh", "postinstall", "uninstall-postinstall")
 LABEL = "com.atlas.agent"
 PLIST_REL = Path("Library/LaunchDaemons/com.atlas.agent.plist")
 VENV_REL = Path("Library/Atlas/venv")
 CONFIG_REL = Path("Library/Application Support/Atlas/agent.yaml")
 LOGS_REL = Path("Library/Logs/Atlas")
+NEWSYSLOG_REL = Path("etc/newsyslog.d/com.atlas.agent.conf")
+PID_FILE = "/var/run/com.atlas.agent.pid"
 
 FLEET_SERVER = "https://fleet.example.test:8768"
 API_KEY = "api-key-Zq7Xw2Lr9Tp4"
@@ -140,12 +142,15 @@ def test_plist_is_a_launch_daemon_for_the_agent():
     with (MACOS / "com.atlas.agent.plist").open("rb") as f:
         plist = plistlib.load(f)
     assert plist["Label"] == LABEL
-    assert plist["ProgramArguments"] == [
+    shell, flag, script, arg0, *program = plist["ProgramArguments"]
+    assert program == [
         "/Library/Atlas/venv/bin/atlas-agent",
         "run",
         "--config",
         "/Library/Application Support/Atlas/agent.yaml",
     ]
+    assert (shell, flag, arg0) == ("/bin/sh", "-c", "atlas-agent")
+    assert script == f'echo $$ >{PID_FILE} && exec "$@"'  # exec: the pid newsyslog signals is the agent's
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] is True
     assert plist["ThrottleInterval"] == 30
@@ -170,16 +175,27 @@ def test_script_parses(script: str):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_pkg_postinstall_parses(tmp_path: Path):
-    source = (MACOS / "build-pkg.sh").read_text()
-    body = re.search(r"<<'POSTINSTALL'\n(.*?)\nPOSTINSTALL\n", source, re.DOTALL)
-    assert body is not None
-    postinstall = tmp_path / "postinstall"
-    postinstall.write_text(body.group(1) + "\n")
-    proc = subprocess.run([BASH, "-n", str(postinstall)], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert "/Library/Managed Preferences/com.atlas.agent" in body.group(1)
-    assert "--wheels" in body.group(1)
+def test_pkg_postinstall_installs_offline_from_the_pkg():
+    body = (MACOS / "postinstall").read_text()
+    assert "/Library/Managed Preferences/com.atlas.agent" in body
+    assert '--runtime "$runtime" --wheels "$wheels"' in body
+    assert "PYTHON" not in body.replace("unset PYTHON", "")  # only the pkg's own runtime
+
+
+def test_newsyslog_rule_rotates_both_logs_and_signals_the_agent():
+    with (MACOS / "com.atlas.agent.plist").open("rb") as f:
+        plist = plistlib.load(f)
+    rules = [
+        line.split()
+        for line in (MACOS / "com.atlas.agent.newsyslog.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert sorted(rule[0] for rule in rules) == sorted([plist["StandardOutPath"], plist["StandardErrorPath"]])
+    for name, owner, mode_, count, size, when, flags, pid_file, signal in rules:
+        assert owner == "root:wheel" and mode_ == "644"
+        assert int(count) >= 1 and int(size) > 0 and when == "*"
+        assert "N" not in flags  # N would skip the signal: launchd would keep writing to the rotated file
+        assert (pid_file, signal) == (PID_FILE, "15")
 
 
 # --- install.sh ----------------------------------------------------------------------------------
@@ -238,13 +254,16 @@ def test_install_copies_the_plist_and_creates_the_log_folder(installed: Run):
     assert daemon.read_bytes() == (MACOS / "com.atlas.agent.plist").read_bytes()
     assert mode(daemon) == 0o644
     assert (installed.root / LOGS_REL).is_dir()
+    newsyslog = installed.root / NEWSYSLOG_REL
+    assert newsyslog.read_bytes() == (MACOS / "com.atlas.agent.newsyslog.conf").read_bytes()
+    assert mode(newsyslog) == 0o644
 
 
 def test_install_reloads_the_daemon_with_launchctl(installed: Run):
     assert installed.launchctl == [
         f"bootout system/{LABEL}",
+        f"enable system/{LABEL}",  # before bootstrap, which fails for a disabled service
         f"bootstrap system {installed.root / PLIST_REL}",
-        f"enable system/{LABEL}",
     ]
     assert "was not loaded" in installed.proc.stdout  # the stub's bootout fails like launchctl's "not loaded"
 
@@ -294,7 +313,7 @@ def test_reinstall_keeps_the_config(layout: Path, clone: Path):
     assert run.proc.returncode == 0, run.output
     assert "kept existing" in run.proc.stdout
     assert (clone / CONFIG_REL).read_bytes() == before
-    assert run.launchctl[-2:] == [f"bootstrap system {clone / PLIST_REL}", f"enable system/{LABEL}"]
+    assert run.launchctl[-2:] == [f"enable system/{LABEL}", f"bootstrap system {clone / PLIST_REL}"]
 
     run = run_script(layout, "install.sh", clone, "--skip-venv", "--fleet-server", "https://other.example.test")
     assert run.proc.returncode == 0, run.output
