@@ -2,6 +2,7 @@
 
     python3 deploy/macos/wheelset.py requirements        # the agent's and the contract's direct dependencies
     python3 deploy/macos/wheelset.py constraints ARCH    # constraints.txt with ARCH's overrides applied
+    python3 deploy/macos/wheelset.py check ARCH DIR      # DIR's wheels are exactly pinned, none missing
 
 build-pkg.sh feeds both to ``pip download --only-binary=:all: --platform macosx_12_0_ARCH``; every wheel it
 fetches is pinned by constraints.txt, except where wheel-overrides.txt pins another version for one
@@ -70,13 +71,37 @@ def constraints(arch: str) -> dict[str, str]:
     return pins
 
 
+def check(arch: str, folder: Path) -> list[str]:
+    """Problems with the wheels in ``folder``: unpinned, another version than the pin, a dependency missing."""
+    pins = constraints(arch)
+    found: dict[str, str] = {}
+    problems = []
+    for wheel in sorted(folder.glob("*.whl")):
+        name, version = wheel.name.split("-")[:2]
+        found[canonical(name)] = version
+        if canonical(name) in OWN:
+            continue
+        if canonical(name) not in pins:
+            problems.append(f"{wheel.name}: {name} is not pinned in constraints.txt")
+        elif pins[canonical(name)] != version:
+            problems.append(f"{wheel.name}: constraints pin {name}=={pins[canonical(name)]} for {arch}")
+    wanted = OWN | {requirement_name(r) for r in requirements()}
+    problems += [f"no wheel of {name}" for name in sorted(wanted - set(found))]
+    return problems
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["requirements"] and len(argv) == 1:
         print("\n".join(requirements()))
     elif argv[:1] == ["constraints"] and len(argv) == 2:
         print("\n".join(f"{name}=={version}" for name, version in constraints(argv[1]).items()))
+    elif argv[:1] == ["check"] and len(argv) == 3:
+        problems = check(argv[1], Path(argv[2]))
+        for problem in problems:
+            print(f"wheelset: {problem}", file=sys.stderr)
+        return 1 if problems else 0
     else:
-        print("usage: wheelset.py requirements | constraints ARCH", file=sys.stderr)
+        print("usage: wheelset.py requirements | constraints ARCH | check ARCH DIR", file=sys.stderr)
         return 2
     return 0
 
