@@ -191,7 +191,8 @@ if [[ -n "$runtime" ]]; then
     [[ -f "$runtime" ]] || die "--runtime $runtime: no such file"
 elif ! $skip_venv; then
     command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON not found; install Python 3.11+ and pass PYTHON=/path/to/python3"
-    PYTHON="$(command -v "$PYTHON")"
+    # From here on the resolved file: a symbolic link that a user can re-point is never run.
+    PYTHON="$(resolve "$(command -v "$PYTHON")")" || die "PYTHON=$PYTHON: too many symbolic links"
     if $is_root; then trusted_python "$PYTHON"; fi
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
         die "$PYTHON is $("$PYTHON" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo unusable);" \

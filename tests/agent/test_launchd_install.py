@@ -9,6 +9,7 @@ through a symlink and ``--skip-venv``.
 
 from __future__ import annotations
 
+import json
 import os
 import plistlib
 import shutil
@@ -89,8 +90,8 @@ def run_script(layout: Path, script: str, root: Path, *args: str, **env: str) ->
         ATLAS_ROOT=str(root),
         PYTHON=sys.executable,
         LAUNCHCTL_LOG=str(log),
-        **env,
     )
+    environ.update(env)
     proc = subprocess.run(
         [BASH, str(layout / "repo" / "deploy" / "macos" / script), *args],
         env=environ,
@@ -342,6 +343,127 @@ def test_reinstall_with_force_replaces_the_config(layout: Path, clone: Path, tmp
     }
     assert odd_key not in run.output
     assert ENCRYPTION_KEY not in run.output
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh checks the interpreter's owner as root only")
+
+
+@needs_root
+@pytest.mark.parametrize("owner", ["user", "world-writable"])
+def test_install_as_root_refuses_a_python_another_user_can_change(layout: Path, tmp_path: Path, owner: str):
+    """Like Homebrew's: a user could put code in it that the installer would run as root."""
+    marker = tmp_path / "ran"
+    brew = tmp_path / "brew"
+    (brew / "bin").mkdir(parents=True)
+    python = brew / "bin" / "python3"
+    python.write_text(f'#!/bin/sh\necho ran >"{marker}"\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    if owner == "user":
+        os.chown(brew / "bin", 65534, 65534)
+    else:
+        (brew / "bin").chmod(0o777)
+    root = tmp_path / "root"
+    root.mkdir()
+    run = run_script(layout, "install.sh", root, *install_args(), PYTHON=str(python))
+    assert run.proc.returncode == 1, run.output
+    assert f"{brew / 'bin'} can be changed by a user other than root; refusing to run it as root" in run.proc.stderr
+    assert not marker.exists()  # never executed
+    assert list(root.iterdir()) == []
+
+
+@needs_root
+def test_install_as_root_refuses_a_symlink_to_a_user_owned_python(layout: Path, tmp_path: Path):
+    home = tmp_path / "home"
+    (home / "bin").mkdir(parents=True)
+    python = home / "bin" / "python3"
+    python.write_text("#!/bin/sh\nexit 0\n")
+    python.chmod(0o755)
+    os.chown(python, 65534, 65534)
+    link = tmp_path / "python3"
+    link.symlink_to(python)
+    root = tmp_path / "root"
+    root.mkdir()
+    run = run_script(layout, "install.sh", root, *install_args(), PYTHON=str(link))
+    assert run.proc.returncode == 1, run.output
+    assert f"PYTHON={python} ({python}): {python} can be changed" in run.proc.stderr
+
+
+def agent_wheels(dest: Path) -> Path:
+    """The pinned closure for this machine and the two Atlas wheels, as build-pkg.sh lays them out."""
+    dest.mkdir(parents=True)
+    wheelset = [sys.executable, str(MACOS / "wheelset.py")]
+    requirements = dest.parent / "requirements.txt"
+    constraints = dest.parent / "constraints.txt"
+    requirements.write_text(
+        subprocess.run([*wheelset, "requirements"], capture_output=True, text=True, check=True).stdout
+    )
+    constraints.write_text(
+        subprocess.run([*wheelset, "constraints", "arm64"], capture_output=True, text=True, check=True).stdout
+    )
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    download = [
+        *pip,
+        "download",
+        "--only-binary=:all:",
+        "-d",
+        str(dest),
+        "-r",
+        str(requirements),
+        "-c",
+        str(constraints),
+    ]
+    subprocess.run(download, check=True, timeout=300)
+    for folder in ("contract", "agent"):
+        src = dest.parent / "src" / folder
+        shutil.copytree(REPO / folder, src, ignore=_ignore_build)
+        subprocess.run([*pip, "wheel", "--no-deps", "-w", str(dest), str(src)], check=True)
+    return dest
+
+
+@pytest.mark.slow
+def test_install_from_the_pkg_runtime_and_wheels_works_offline(layout: Path, tmp_path: Path):
+    """The pkg's postinstall path: --runtime unpacks a Python, the venv gets the wheels with no index at all."""
+    wheels = agent_wheels(tmp_path / "wheels" / "dest")
+    runtime_tree = tmp_path / "runtime-src" / "python" / "bin"
+    runtime_tree.mkdir(parents=True)
+    (runtime_tree / "python3").symlink_to(os.path.realpath(sys.executable))  # stands in for python-build-standalone
+    tarball = tmp_path / "python-arm64.tar.gz"
+    subprocess.run(["tar", "-czf", str(tarball), "-C", str(tmp_path / "runtime-src"), "python"], check=True)
+    root = tmp_path / "root"
+    root.mkdir()
+    run = run_script(
+        layout, "install.sh", root, *install_args("--runtime", str(tarball), "--wheels", str(wheels)),
+        PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_FIND_LINKS="",
+    )  # fmt: skip
+    assert run.proc.returncode == 0, run.output
+    assert "offline: dependencies from" in run.proc.stdout
+    runtime = root / "Library" / "Atlas" / "python"
+    assert (runtime / "bin" / "python3").is_symlink()
+    venv_python = root / VENV_REL / "bin" / "python"
+    cfg = (root / VENV_REL / "pyvenv.cfg").read_text()
+    assert "home = " in cfg
+    listed = subprocess.run(
+        [str(venv_python), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
+        capture_output=True, text=True, check=True, env={**os.environ, "PIP_CONFIG_FILE": os.devnull},
+    )  # fmt: skip
+    installed = {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(listed.stdout)}
+    pins = {
+        line.split("==")[0].lower().replace("_", "-"): line.split("==")[1]
+        for line in (tmp_path / "wheels" / "constraints.txt").read_text().split()
+    }
+    assert {"atlas-agent", "atlas-contract", "httpx", "cryptography", "pydantic"} <= set(installed)
+    for name, version in installed.items():
+        if name not in {"atlas-agent", "atlas-contract", "pip", "setuptools"}:
+            assert pins.get(name) == version, name
+    assert run.launchctl[-2:] == [f"enable system/{LABEL}", f"bootstrap system {root / PLIST_REL}"]
+
+    again = run_script(  # an upgrade with the same runtime keeps the venv and reinstalls the wheels offline
+        layout, "install.sh", root, "--runtime", str(tarball), "--wheels", str(wheels),
+        PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/simple",
+    )  # fmt: skip
+    assert again.proc.returncode == 0, again.output
+    assert "virtual environment: upgrading" in again.proc.stdout
+    assert not (root / "Library" / "Atlas" / "python.old").exists()
 
 
 # --- uninstall.sh --------------------------------------------------------------------------------
