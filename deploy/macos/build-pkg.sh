@@ -152,7 +152,7 @@ for arch in "${ARCHES[@]}"; do
     mkdir -p "$wheels"
     "$PYTHON" "$HERE/wheelset.py" constraints "$arch" >"$work/constraints-$arch.txt"
     say "$arch: downloading the pinned wheels for CPython $python_minor, macOS ${MACOS_MIN/_/.}+"
-    "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-cache-dir --only-binary=:all: \
+    "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
         --platform "macosx_${MACOS_MIN}_$arch" --python-version "$python_minor" --implementation cp \
         --dest "$wheels" -r "$work/requirements.txt" -c "$work/constraints-$arch.txt" ||
         die "pip download for $arch failed: a pinned version without a wheel for $arch? see wheel-overrides.txt"
