@@ -9,9 +9,11 @@ through a symlink and ``--skip-venv``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import plistlib
+import re
 import shutil
 import stat
 import subprocess
@@ -517,4 +519,117 @@ def test_build_pkg_fails_clearly_without_pkgbuild(tmp_path: Path):
     assert proc.returncode == 1
     assert "pkgbuild not found" in proc.stderr
     assert "macOS" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --- build-pkg.sh with the Apple tools stubbed -------------------------------------------------------
+
+APPLE_STUB = r"""#!/bin/bash
+# Records "tool args..." and fakes the outputs the build reads: pkgbuild keeps a copy of --root/--scripts.
+printf '%s %s\n' "$(basename "$0")" "$*" >>"$APPLE_LOG"
+args=("$@")
+last="${args[-1]}"
+case "$(basename "$0")" in
+    pkgbuild)
+        for ((i = 0; i < ${#args[@]}; i++)); do
+            case "${args[i]}" in
+                --root) cp -a "${args[i + 1]}" "$APPLE_OUT/root-$(basename "$last")" ;;
+                --scripts) cp -a "${args[i + 1]}" "$APPLE_OUT/scripts-$(basename "$last")" ;;
+            esac
+        done
+        echo component >"$last" ;;
+    productbuild) echo product >"$last" ;;
+    productsign) cp "${args[-2]}" "$last" ;;
+    xcrun) if [[ "$1" == notarytool ]]; then echo '{"id": "1", "status": "Accepted"}'; fi ;;
+esac
+"""
+
+
+@pytest.fixture(scope="module")
+def apple(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bin/ with pkgbuild, productbuild, productsign, xcrun stubs; a runtime.lock of two fake runtimes, cached."""
+    base = tmp_path_factory.mktemp("apple")
+    (base / "bin").mkdir()
+    for tool in ("pkgbuild", "productbuild", "productsign", "xcrun"):
+        (base / "bin" / tool).write_text(APPLE_STUB)
+        (base / "bin" / tool).chmod(0o755)
+    lock = (MACOS / "runtime.lock").read_text()
+    release = re.search(r"^RELEASE\s+(\S+)", lock, re.MULTILINE).group(1)
+    version = re.search(r"^VERSION\s+(\S+)", lock, re.MULTILINE).group(1)
+    (base / "cache").mkdir()
+    for arch, triple in (("arm64", "aarch64-apple-darwin"), ("x86_64", "x86_64-apple-darwin")):
+        tarball = base / "cache" / f"cpython-{version}+{release}-{triple}-install_only_stripped.tar.gz"
+        tarball.write_bytes(f"runtime for {arch}".encode())
+        digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+        lock = re.sub(rf"^({arch}\s+{triple}\s+)\S+", rf"\g<1>{digest}", lock, flags=re.MULTILINE)
+    (base / "runtime.lock").write_text(lock)
+    return base
+
+
+def build_pkg(apple: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "stub").mkdir(exist_ok=True)
+    environ = {k: v for k, v in os.environ.items() if k not in {"SIGN_IDENTITY", "NOTARY_PROFILE"}}
+    environ.update(
+        PATH=f"{apple / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        PYTHON=sys.executable,
+        RUNTIME_LOCK=str(apple / "runtime.lock"),
+        RUNTIME_CACHE=str(apple / "cache"),
+        APPLE_LOG=str(tmp_path / "apple.log"),
+        APPLE_OUT=str(tmp_path / "stub"),
+        TMPDIR=str(tmp_path),
+    )
+    environ.update(env)
+    return subprocess.run(
+        [BASH, str(MACOS / "build-pkg.sh"), "--version", "1.2.3", "--out", str(tmp_path / "out")],
+        env=environ, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_build_pkg_carries_both_runtimes_and_pinned_wheels_and_signs_when_asked(apple: Path, tmp_path: Path):
+    proc = build_pkg(apple, tmp_path, SIGN_IDENTITY="Developer ID Installer: Test (TEAM)", NOTARY_PROFILE="atlas")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "Atlas-Agent-1.2.3.pkg",
+        "Atlas-Agent-Uninstall-1.2.3.pkg",
+    ]
+    installer = tmp_path / "stub" / f"root-{LABEL}.pkg" / "Library" / "Atlas" / "installer"
+    for arch in ("arm64", "x86_64"):
+        assert (installer / "runtime" / f"python-{arch}.tar.gz").read_bytes() == f"runtime for {arch}".encode()
+        wheels = {w.name.split("-")[0].lower(): w.name.split("-")[1] for w in (installer / "wheels" / arch).iterdir()}
+        assert {"atlas_agent", "atlas_contract", "httpx", "pydantic", "pydantic_core", "psutil"} <= set(wheels)
+        assert all(w.endswith(".whl") for w in os.listdir(installer / "wheels" / arch))
+    crypto = {a: next((installer / "wheels" / a).glob("cryptography-*.whl")).name for a in ("arm64", "x86_64")}
+    assert crypto["x86_64"].startswith("cryptography-48.0.1-")  # wheel-overrides.txt
+    assert not crypto["arm64"].startswith("cryptography-48.")
+    for name in ("install.sh", "uninstall.sh", f"{LABEL}.plist", f"{LABEL}.newsyslog.conf"):
+        assert (installer / name).read_bytes() == (MACOS / name).read_bytes()
+    scripts = tmp_path / "stub" / f"scripts-{LABEL}.pkg"
+    assert (scripts / "postinstall").read_bytes() == (MACOS / "postinstall").read_bytes()
+    uninstall_scripts = tmp_path / "stub" / f"scripts-{LABEL}.uninstall.pkg"
+    assert sorted(os.listdir(uninstall_scripts)) == ["postinstall", "uninstall.sh"]
+
+    calls = [line.split()[0] for line in (tmp_path / "apple.log").read_text().splitlines()]
+    assert calls == ["pkgbuild", "productbuild", "pkgbuild", "productbuild"] + ["productsign", "xcrun", "xcrun"] * 2
+    log = (tmp_path / "apple.log").read_text()
+    assert "--nopayload" in log
+    assert "productsign --sign Developer ID Installer: Test (TEAM) --timestamp" in log
+    assert (
+        f"xcrun notarytool submit {tmp_path / 'out' / 'Atlas-Agent-1.2.3.pkg'} --keychain-profile atlas --wait" in log
+    )
+    assert f"xcrun stapler staple {tmp_path / 'out' / 'Atlas-Agent-Uninstall-1.2.3.pkg'}" in log
+
+
+def test_build_pkg_refuses_notarization_without_signing_and_an_unlocked_runtime(apple: Path, tmp_path: Path):
+    proc = build_pkg(apple, tmp_path, NOTARY_PROFILE="atlas")
+    assert proc.returncode == 1
+    assert "NOTARY_PROFILE needs SIGN_IDENTITY" in proc.stderr
+
+    unlocked = tmp_path / "runtime.lock"
+    unlocked.write_text(re.sub(r"[0-9a-f]{64}", "-", (apple / "runtime.lock").read_text()))
+    proc = build_pkg(apple, tmp_path, RUNTIME_LOCK=str(unlocked))
+    assert proc.returncode == 1
+    assert "no SHA-256 for arm64: run" in proc.stderr
+    assert "--lock-runtime" in proc.stderr
+    assert not (tmp_path / "apple.log").exists()
     assert not (tmp_path / "out").exists()
