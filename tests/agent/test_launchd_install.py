@@ -633,3 +633,37 @@ def test_build_pkg_refuses_notarization_without_signing_and_an_unlocked_runtime(
     assert "--lock-runtime" in proc.stderr
     assert not (tmp_path / "apple.log").exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_lock_runtime_pins_the_release_checksums(tmp_path: Path):
+    """--lock-runtime reads the release's SHA256SUMS (curl stubbed) and fills the sha256 column only."""
+    lock = tmp_path / "runtime.lock"
+    lock.write_text(re.sub(r"[0-9a-f]{64}", "-", (MACOS / "runtime.lock").read_text()))
+    text = lock.read_text()
+    release = re.search(r"^RELEASE\s+(\S+)", text, re.MULTILINE).group(1)
+    version = re.search(r"^VERSION\s+(\S+)", text, re.MULTILINE).group(1)
+    sums = {
+        triple: hashlib.sha256(triple.encode()).hexdigest()
+        for triple in ("aarch64-apple-darwin", "x86_64-apple-darwin")
+    }
+    listing = "".join(
+        f"{sha}  cpython-{version}+{release}-{triple}-install_only_stripped.tar.gz\n" for triple, sha in sums.items()
+    )
+    listing += f"{'0' * 64}  cpython-{version}+{release}-x86_64-apple-darwin-install_only.tar.gz\n"
+    (tmp_path / "bin").mkdir()
+    curl = tmp_path / "bin" / "curl"
+    curl.write_text(f"#!/bin/sh\necho \"$*\" >>'{tmp_path / 'curl.log'}'\ncat <<'SUMS'\n{listing}SUMS\n")
+    curl.chmod(0o755)
+    proc = subprocess.run(
+        [BASH, str(MACOS / "build-pkg.sh"), "--lock-runtime"],
+        env={**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", "RUNTIME_LOCK": str(lock)},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"/releases/download/{release}/SHA256SUMS" in (tmp_path / "curl.log").read_text()
+    rows = {line.split()[0]: line.split() for line in lock.read_text().splitlines() if line and line[0] != "#"}
+    assert rows["arm64"] == ["arm64", "aarch64-apple-darwin", sums["aarch64-apple-darwin"]]
+    assert rows["x86_64"] == ["x86_64", "x86_64-apple-darwin", sums["x86_64-apple-darwin"]]
+    assert [line for line in lock.read_text().splitlines() if line.startswith("#")] == [
+        line for line in text.splitlines() if line.startswith("#")
+    ]
