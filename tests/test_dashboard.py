@@ -23,8 +23,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from atlas.contract import Keyring
 from atlas.dashboard import extract, fleet, presession, render, security
-from atlas.dashboard.machine import levels_from
+from atlas.dashboard.machine import LogContent, levels_from, load_buckets, load_machine
 from atlas.dashboard.presession import PRESESSION_COOKIE
 from atlas.server.db import connect
 from atlas.server.web import SESSION_COOKIE
@@ -32,9 +33,11 @@ from atlas.server.web import SESSION_COOKIE
 from .fix_dashboard import (
     PASSWORD,
     Browserless,
+    chart_points,
     every_widget_logs,
     health_data,
     insert_machine,
+    off_the_mark_week,
     ping_data,
     processes_data,
     speed_data,
@@ -673,6 +676,71 @@ def test_the_machine_page_stays_fast_with_a_week_of_per_minute_logs(viewer: Brow
         assert max(timings.values()) < 2.0, timings
     finally:  # 60,000 logs would weigh on every later "all logs" export of this run
         db.execute("DELETE FROM widget_logs WHERE machine_id = %s", (machine.machine_id,))
+
+
+WEEK_BUCKETS = 7 * 288
+"""A week's charts: one point per 5 minutes."""
+
+
+def test_week_charts_average_every_reading_whatever_its_minute(viewer: Browserless, db: psycopg.Connection):
+    """Readings at :03, :08, :13 ... (never on a multiple of 5 minutes) fill every 5-minute bucket of a week."""
+    now = datetime.now(UTC)
+    logs = off_the_mark_week(now)
+    machine = insert_machine(db, logs=logs)
+    try:
+        view = load_machine(db, machine.machine_id, now=now, chart_range="week", level="")
+        assert view is not None
+        drawn = chart_points("".join(view.charts))
+        speed_tests = sum(1 for at, _, kind, _, _ in logs if kind == "speedtest" and at >= now - timedelta(days=7))
+        assert list(drawn.values()) == [2 * speed_tests] + [2 * WEEK_BUCKETS] * 3, drawn
+
+        start = now - timedelta(days=7)
+        buckets = load_buckets(db, LogContent(db, Keyring()), machine.machine_id, start, now, WEEK_BUCKETS)
+        width = timedelta(minutes=5)
+        rssi = next(i for i, line in enumerate(buckets.lines) if line == ("wifi", extract.wifi_rssi))
+        readings = sorted((at, data["rssi_dbm"]) for at, _, kind, _, data in logs if kind == "wifi" and at >= start)
+        assert buckets.points(rssi) == [
+            (start + width * ((at - start) // width) + width / 2, float(value)) for at, value in readings
+        ]
+        latency = next(i for i, line in enumerate(buckets.lines) if line == ("ping", extract.ping_latency))
+        by_bucket: dict[int, list[float]] = {}
+        for at, _, kind, _, data in logs:
+            if kind == "ping" and at >= start:
+                by_bucket.setdefault((at - start) // width, []).append(data["rtt_avg_ms"])
+        assert [value for _, value in buckets.points(latency)] == [
+            pytest.approx(sum(v) / len(v)) for _, v in sorted(by_bucket.items())
+        ]
+
+        page = viewer.get(f"/machines/{quote(machine.machine_id, safe='')}", params={"range": "week"})
+        assert page.status_code == 200
+        assert "No data in this period" not in page.text
+        over_http = chart_points(page.text)
+        assert all(count >= 2 * (WEEK_BUCKETS - 1) for count in list(over_http.values())[1:]), over_http
+    finally:
+        db.execute("DELETE FROM widget_logs WHERE machine_id = %s", (machine.machine_id,))
+
+
+def test_week_charts_read_hostile_numbers_in_sql_as_missing(db: psycopg.Connection):
+    """The SQL reading of a number refuses what ``extract.number`` refuses, without a cast error."""
+    now = datetime.now(UTC)
+    hostile: list[Any] = ["-50", True, None, [1], {"x": 1}, 10**400, -1000, 1e300, "NaN"]
+    logs = []
+    for k, value in enumerate(hostile):
+        at = now - timedelta(minutes=5 * k + 1)
+        logs.append((at, "INFO", "wifi", "w", {"rssi_dbm": value, "noise_dbm": value}))
+        logs.append((at, "INFO", "ping", "p", {"rtt_avg_ms": value, "rtt_ms": {"avg": value}, "loss_pct": value}))
+        logs.append((at, "INFO", "health", "h", {"psutil": value, "cpu_percent": value, "memory_percent": value}))
+        logs.append((at, "INFO", "speedtest", "s", {"download_mbps": value, "upload_mbps": value}))
+    logs.append((now - timedelta(hours=2), "INFO", "health", "h", {"psutil": {"cpu_percent": "9"}, "cpu_percent": 7}))
+    logs.append((now - timedelta(hours=2), "INFO", "ping", "p", {"rtt_avg_ms": "x", "rtt_ms": {"avg": 12}}))
+    machine = insert_machine(db, logs=logs)
+    start = now - timedelta(days=7)
+    buckets = load_buckets(db, LogContent(db, Keyring()), machine.machine_id, start, now, WEEK_BUCKETS)
+    found = {line: buckets.points(i) for i, line in enumerate(buckets.lines) if buckets.points(i)}
+    assert {(kind, number.paths[0][-1]): [v for _, v in points] for (kind, number), points in found.items()} == {
+        ("health", "cpu_percent"): [7.0],
+        ("ping", "rtt_avg_ms"): [12.0],
+    }
 
 
 def test_the_log_list_filters_by_level_and_above(viewer: Browserless, db: psycopg.Connection):
