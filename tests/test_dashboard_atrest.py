@@ -365,11 +365,18 @@ def assert_refused_clearly(answer: Any, db: psycopg.Connection, machine: Machine
 
 
 def test_the_default_dashboard_without_a_database_key_answers_a_clear_503(
-    viewer: Browserless, sealed_machine: Machine, db: psycopg.Connection
+    viewer: Browserless, sealed_machine: Machine, db: psycopg.Connection, db_key: str
 ):
     assert_refused_clearly(viewer.get(page_url(sealed_machine)), db, sealed_machine)
     assert_refused_clearly(viewer.get("/", params={"q": sealed_machine.serial_number}), db, sealed_machine)
     assert viewer.get("/", params={"q": unique("nothing-here")}).status_code == 200  # other pages still work
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    export = viewer.get("/api/exports/logs", params={"machine_id": sealed_machine.machine_id}, headers=browser)
+    assert_refused_clearly(export, db, sealed_machine)
+    assert Key.from_base64(db_key).kid not in export.text  # key ids go to the log, not the page
+    api = viewer.get("/api/exports/logs", params={"machine_id": sealed_machine.machine_id})
+    assert api.status_code == 503
+    assert api.json()["detail"].startswith("cannot decrypt stored logs: ")
 
 
 def test_a_dashboard_with_a_wrong_database_key_answers_a_clear_503(
