@@ -148,6 +148,32 @@ def every_widget_logs(now: datetime, *, hours: int = 24, hostile: str | None = N
     return logs
 
 
+def off_the_mark_week(now: datetime) -> list[tuple]:
+    """A week of Wi-Fi, ping (two targets) and health readings at :03, :08, :13 ... past the hour (never on a
+    multiple of 5 minutes), up to ``now``, and an hourly speed test at :33; values vary with the reading."""
+    last = now.replace(second=0, microsecond=0) - timedelta(minutes=(now.minute - 3) % 5)
+    logs: list[tuple] = []
+    for k in range(7 * 288 + 2):
+        at = last - timedelta(minutes=5 * k)
+        logs.append((at, "INFO", "wifi", "WiFi status", wifi_data(-40 - k % 50)))
+        logs.append((at, "INFO", "ping", "Ping 1.1.1.1", ping_data("1.1.1.1", 10 + k % 7)))
+        logs.append((at, "INFO", "ping", "Ping 8.8.8.8", ping_data("8.8.8.8", 30 + k % 7, 20.0 if k % 4 == 0 else 0)))
+        logs.append((at, "INFO", "health", "Health check", health_data(10 + k % 80, 50 + k % 40)))
+        if at.minute == 33:
+            logs.append((at, "INFO", "speedtest", "Speed test done", speed_data(300 + k % 100, 30 + k % 10)))
+    return logs
+
+
+def chart_points(page: str) -> dict[str, int]:
+    """Points drawn in each chart of a page (polyline vertices and isolated dots), by chart title."""
+    found = {}
+    for figure in page.split('<figure class="chart">')[1:]:
+        title = figure.split("<figcaption>", 1)[1].split("</figcaption>", 1)[0]
+        vertices = sum(len(points.split()) for points in re.findall(r'<polyline[^>]* points="([^"]*)"', figure))
+        found[title] = vertices + figure.count("<circle")
+    return found
+
+
 def insert_machine(
     conn: psycopg.Connection,
     *,

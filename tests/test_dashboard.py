@@ -16,25 +16,29 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from atlas.contract import Keyring
 from atlas.dashboard import extract, fleet, presession, render, security
-from atlas.dashboard.machine import levels_from
+from atlas.dashboard.machine import LogContent, levels_from, load_buckets, load_machine
 from atlas.dashboard.presession import PRESESSION_COOKIE
+from atlas.server.accounts import User, create_token
 from atlas.server.db import connect
 from atlas.server.web import SESSION_COOKIE
 
 from .fix_dashboard import (
     PASSWORD,
     Browserless,
+    chart_points,
     every_widget_logs,
     health_data,
     insert_machine,
+    off_the_mark_week,
     ping_data,
     processes_data,
     speed_data,
@@ -85,7 +89,7 @@ def test_login_sets_a_hardened_session_cookie_and_goes_to_next(
     attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
     assert {"httponly", "path", "max-age", "samesite"} <= attributes
     assert "samesite=lax" in cookie.lower()
-    assert "max-age=28800" in cookie.lower()
+    assert "max-age=115200" in cookie.lower()  # the 8-hour session, and a day to say that it expired
     assert "secure" not in attributes  # plain HTTP here; Secure is set when the request is HTTPS
     page = client.get("/")
     assert page.status_code == 200
@@ -225,6 +229,120 @@ def test_an_expired_session_goes_back_to_login(viewer: Browserless, db: psycopg.
         (viewer.username,),
     )
     assert viewer.get("/").headers["location"] == "/login"
+
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+"""What a browser sends when a link is followed or a form is submitted."""
+
+SESSION_EXPIRED = "Your session expired; sign in again."
+REVERSED = {"since": "2026-11-28T10:00", "until": "2026-11-28T09:00", "format": "csv"}
+
+
+def expire_sessions(db: psycopg.Connection, username: str) -> None:
+    db.execute(
+        "UPDATE sessions SET expires_at = now() - interval '1 second'"
+        " WHERE user_id = (SELECT id FROM users WHERE username = %s)",
+        (username,),
+    )
+
+
+def test_a_browser_export_that_cannot_be_made_gets_a_page_and_api_clients_keep_json(
+    viewer: Browserless, db: psycopg.Connection
+):
+    page = viewer.get("/api/exports/logs", params=REVERSED, headers={"Accept": BROWSER_ACCEPT})
+    assert page.status_code == 422
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<h1>This export cannot be made</h1>" in page.text
+    assert "until: must be later than since" in page.text
+    assert viewer.username in page.text  # the dashboard's page, with its user menu
+    assert '<link rel="stylesheet" href="/static/dashboard.css">' in page.text
+    assert '"detail"' not in page.text
+
+    problem = {"detail": "until: must be later than since", "field": "until"}
+    for accept in ("application/json", "*/*", "application/json, text/html;q=0.9", None):
+        answer = viewer.get("/api/exports/logs", params=REVERSED, headers={"Accept": accept} if accept else {})
+        assert answer.status_code == 422, accept
+        assert answer.headers["content-type"] == "application/json", accept
+        assert answer.json() == problem, accept
+    user = db.execute("SELECT id, username, role FROM users WHERE username = %s", (viewer.username,)).fetchone()
+    token = create_token(db, User(*user), unique("browser-token"))
+    headers = {"Accept": BROWSER_ACCEPT, "Authorization": f"Bearer {token}"}
+    by_token = httpx.get(f"{viewer.server.url}/api/exports/logs", params=REVERSED, headers=headers)
+    assert by_token.status_code == 422
+    assert by_token.json() == problem
+    headers["Authorization"] = "Bearer atlas_" + "x" * 43
+    refused = httpx.get(f"{viewer.server.url}/api/exports/logs", headers=headers, follow_redirects=False)
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert refused.json()["field"] is None
+
+    audit = viewer.get("/api/exports/audit", headers={"Accept": BROWSER_ACCEPT})
+    assert audit.status_code == 403
+    assert "<h1>Forbidden</h1>" in audit.text
+    assert viewer.get("/api/exports/audit").json() == {"detail": "admins only", "field": None}
+
+
+def test_an_export_clicked_after_the_session_expired_signs_in_again_and_downloads(
+    viewer: Browserless, db: psycopg.Connection
+):
+    export = {"format": "csv", "machine_id": unique("none"), "widget_type": "wifi"}
+    assert viewer.get("/api/exports/logs", params=export, headers={"Accept": BROWSER_ACCEPT}).status_code == 200
+    expire_sessions(db, viewer.username)
+
+    api = viewer.get("/api/exports/logs", params=export, headers={"Accept": "application/json"})
+    assert api.status_code == 401
+    assert api.headers["www-authenticate"] == "Bearer"
+    assert api.json() == {
+        "detail": "authentication required: a dashboard session or 'Authorization: Bearer <API token>'",
+        "field": None,
+    }
+
+    clicked = viewer.get("/api/exports/logs", params=export, headers={"Accept": BROWSER_ACCEPT})
+    assert clicked.status_code == 303
+    location = clicked.headers["location"]
+    assert location.startswith("/login?next=")
+    target = parse_qs(urlsplit(location).query)["next"][0]
+    assert urlsplit(target).path == "/api/exports/logs"
+    assert parse_qs(urlsplit(target).query) == {k: [v] for k, v in export.items()}
+
+    login = viewer.get(location, headers={"Accept": BROWSER_ACCEPT})
+    assert login.status_code == 200
+    assert SESSION_EXPIRED in login.text
+    assert f'name="next" value="{html.escape(target)}"' in login.text
+    cleared = [v for k, v in login.headers.multi_items() if k == "set-cookie" and v.startswith(SESSION_COOKIE)]
+    assert cleared
+    assert "max-age=0" in cleared[0].lower()  # the stale cookie goes: the notice is shown once
+    assert SESSION_EXPIRED not in viewer.get("/login").text
+
+    signed_in = viewer.login(viewer.username, next_path=target)
+    assert signed_in.status_code == 303
+    assert signed_in.headers["location"] == target
+    download = viewer.get(target, headers={"Accept": BROWSER_ACCEPT})
+    assert download.status_code == 200
+    assert download.headers["content-type"].startswith("text/csv")
+
+
+def test_a_form_posted_after_the_session_expired_comes_back_to_its_page(viewer: Browserless, db: psycopg.Connection):
+    token = viewer.csrf("/account")
+    expire_sessions(db, viewer.username)
+    form = {"csrf_token": token, "current_password": PASSWORD, "new_password": "x" * 20, "confirm_password": "x" * 20}
+    here = viewer.server.url + "/account?tab=password"
+    posted = viewer.post("/account/password", form, headers={"Accept": BROWSER_ACCEPT, "Referer": here})
+    assert posted.status_code == 303
+    assert posted.headers["location"] == "/login?next=" + quote("/account?tab=password", safe="/")
+    login = viewer.get(posted.headers["location"])
+    assert SESSION_EXPIRED in login.text
+    assert 'name="next" value="/account?tab=password"' in login.text
+    assert viewer.login(viewer.username, next_path="/account?tab=password").headers["location"] == (
+        "/account?tab=password"
+    )
+
+    for elsewhere in ("https://evil.example/account", "//evil.example/", "not a url", ""):
+        expire_sessions(db, viewer.username)
+        posted = viewer.post("/account/password", form, headers={"Referer": elsewhere})
+        assert posted.status_code == 303, elsewhere
+        assert posted.headers["location"] == "/login", elsewhere
+        viewer.login(viewer.username)
 
 
 @pytest.mark.parametrize(
@@ -673,6 +791,71 @@ def test_the_machine_page_stays_fast_with_a_week_of_per_minute_logs(viewer: Brow
         assert max(timings.values()) < 2.0, timings
     finally:  # 60,000 logs would weigh on every later "all logs" export of this run
         db.execute("DELETE FROM widget_logs WHERE machine_id = %s", (machine.machine_id,))
+
+
+WEEK_BUCKETS = 7 * 288
+"""A week's charts: one point per 5 minutes."""
+
+
+def test_week_charts_average_every_reading_whatever_its_minute(viewer: Browserless, db: psycopg.Connection):
+    """Readings at :03, :08, :13 ... (never on a multiple of 5 minutes) fill every 5-minute bucket of a week."""
+    now = datetime.now(UTC)
+    logs = off_the_mark_week(now)
+    machine = insert_machine(db, logs=logs)
+    try:
+        view = load_machine(db, machine.machine_id, now=now, chart_range="week", level="")
+        assert view is not None
+        drawn = chart_points("".join(view.charts))
+        speed_tests = sum(1 for at, _, kind, _, _ in logs if kind == "speedtest" and at >= now - timedelta(days=7))
+        assert list(drawn.values()) == [2 * speed_tests] + [2 * WEEK_BUCKETS] * 3, drawn
+
+        start = now - timedelta(days=7)
+        buckets = load_buckets(db, LogContent(db, Keyring()), machine.machine_id, start, now, WEEK_BUCKETS)
+        width = timedelta(minutes=5)
+        rssi = next(i for i, line in enumerate(buckets.lines) if line == ("wifi", extract.wifi_rssi))
+        readings = sorted((at, data["rssi_dbm"]) for at, _, kind, _, data in logs if kind == "wifi" and at >= start)
+        assert buckets.points(rssi) == [
+            (start + width * ((at - start) // width) + width / 2, float(value)) for at, value in readings
+        ]
+        latency = next(i for i, line in enumerate(buckets.lines) if line == ("ping", extract.ping_latency))
+        by_bucket: dict[int, list[float]] = {}
+        for at, _, kind, _, data in logs:
+            if kind == "ping" and at >= start:
+                by_bucket.setdefault((at - start) // width, []).append(data["rtt_avg_ms"])
+        assert [value for _, value in buckets.points(latency)] == [
+            pytest.approx(sum(v) / len(v)) for _, v in sorted(by_bucket.items())
+        ]
+
+        page = viewer.get(f"/machines/{quote(machine.machine_id, safe='')}", params={"range": "week"})
+        assert page.status_code == 200
+        assert "No data in this period" not in page.text
+        over_http = chart_points(page.text)
+        assert all(count >= 2 * (WEEK_BUCKETS - 1) for count in list(over_http.values())[1:]), over_http
+    finally:
+        db.execute("DELETE FROM widget_logs WHERE machine_id = %s", (machine.machine_id,))
+
+
+def test_week_charts_read_hostile_numbers_in_sql_as_missing(db: psycopg.Connection):
+    """The SQL reading of a number refuses what ``extract.number`` refuses, without a cast error."""
+    now = datetime.now(UTC)
+    hostile: list[Any] = ["-50", True, None, [1], {"x": 1}, 10**400, -1000, 1e300, "NaN"]
+    logs = []
+    for k, value in enumerate(hostile):
+        at = now - timedelta(minutes=5 * k + 1)
+        logs.append((at, "INFO", "wifi", "w", {"rssi_dbm": value, "noise_dbm": value}))
+        logs.append((at, "INFO", "ping", "p", {"rtt_avg_ms": value, "rtt_ms": {"avg": value}, "loss_pct": value}))
+        logs.append((at, "INFO", "health", "h", {"psutil": value, "cpu_percent": value, "memory_percent": value}))
+        logs.append((at, "INFO", "speedtest", "s", {"download_mbps": value, "upload_mbps": value}))
+    logs.append((now - timedelta(hours=2), "INFO", "health", "h", {"psutil": {"cpu_percent": "9"}, "cpu_percent": 7}))
+    logs.append((now - timedelta(hours=2), "INFO", "ping", "p", {"rtt_avg_ms": "x", "rtt_ms": {"avg": 12}}))
+    machine = insert_machine(db, logs=logs)
+    start = now - timedelta(days=7)
+    buckets = load_buckets(db, LogContent(db, Keyring()), machine.machine_id, start, now, WEEK_BUCKETS)
+    found = {line: buckets.points(i) for i, line in enumerate(buckets.lines) if buckets.points(i)}
+    assert {(kind, number.paths[0][-1]): [v for _, v in points] for (kind, number), points in found.items()} == {
+        ("health", "cpu_percent"): [7.0],
+        ("ping", "rtt_avg_ms"): [12.0],
+    }
 
 
 def test_the_log_list_filters_by_level_and_above(viewer: Browserless, db: psycopg.Connection):

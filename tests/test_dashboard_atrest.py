@@ -24,12 +24,24 @@ import pytest
 from atlas.contract import Key, Keyring, format_timestamp, generate_encryption_key, validate_content
 from atlas.dashboard.fleet import FleetQuery, load_fleet
 from atlas.dashboard.machine import ContentLocked, LogContent, content_columns, load_machine
+from atlas.dashboard.timeline import SEALED_PER_BUCKET
 from atlas.server.atrest import SETTING
 from atlas.server.db import connect
 from atlas.server.queue import QueuedBatch, queued_batch
 from atlas.worker.store import persist_batches
 
-from .fix_dashboard import Browserless, Machine, every_widget_logs, insert_logs, speed_data, unique, wifi_data
+from .fix_dashboard import (
+    Browserless,
+    Machine,
+    chart_points,
+    every_widget_logs,
+    insert_logs,
+    insert_machine,
+    off_the_mark_week,
+    speed_data,
+    unique,
+    wifi_data,
+)
 from .fix_ingest import ServerProcess
 
 BATCH_LOGS = 200
@@ -277,7 +289,8 @@ def test_a_dashboard_with_the_key_shows_the_decrypted_machine_page(
         week = client.get(page_url(sealed_machine), params={"range": "week"})
         assert week.status_code == 200
         assert week.text.count('<figure class="chart">') == 4
-        assert week.text.count("<polyline") >= 2  # speed tests are all read (the other logs are sampled)
+        assert week.text.count("<polyline") >= 8
+        assert "No data in this period" not in week.text
 
         warnings = client.get(page_url(sealed_machine), params={"level": "WARNING"})
         assert warnings.status_code == 200
@@ -287,6 +300,51 @@ def test_a_dashboard_with_the_key_shows_the_decrypted_machine_page(
         assert "Top processes" in everything.text
     finally:
         client.close()
+
+
+def test_week_charts_of_sealed_logs_average_every_bucket_like_clear_ones(
+    keyed_dashboard: ServerProcess,
+    sealed_machine: Machine,
+    make_user: Callable[..., str],
+    db: psycopg.Connection,
+    database_url: str,
+    db_key: str,
+):
+    """A week of sealed readings at :03, :08, :13 ... charts every 5-minute bucket, exactly as the same logs clear.
+
+    ``sealed_machine`` removes the database key id when the module ends.
+    """
+    now = datetime.now(UTC)
+    logs = off_the_mark_week(now)
+    assert SEALED_PER_BUCKET >= 2  # a bucket of these logs: one Wi-Fi, two pings, one health reading
+    machine = Machine(unique("mac-atrest-week"), unique("SER").upper(), unique("host") + ".local", logs)
+    key = Key.from_base64(db_key)
+    clear = insert_machine(db, logs=logs)
+    client = signed_in(keyed_dashboard, make_user)
+    try:
+        with connect(database_url, autocommit=True) as conn:
+            assert all(persist_batches(conn, queued_batches(machine, logs, now), db_key=key))
+        keyring = Keyring([key])
+        sealed_view = load_machine(db, machine.machine_id, now=now, chart_range="week", level="", keyring=keyring)
+        clear_view = load_machine(db, clear.machine_id, now=now, chart_range="week", level="")
+        assert sealed_view is not None
+        assert clear_view is not None
+        speed_tests = sum(1 for at, _, kind, _, _ in logs if kind == "speedtest" and at >= now - timedelta(days=7))
+        drawn = chart_points("".join(sealed_view.charts))
+        assert list(drawn.values()) == [2 * speed_tests] + [2 * 7 * 288] * 3, drawn
+        assert sealed_view.charts == clear_view.charts
+
+        page = client.get(page_url(machine), params={"range": "week"})
+        assert page.status_code == 200, page.text
+        assert "No data in this period" not in page.text
+        over_http = chart_points(page.text)
+        assert all(count >= 2 * (7 * 288 - 1) for count in list(over_http.values())[1:]), over_http
+    finally:
+        client.close()
+        for machine_id in (machine.machine_id, clear.machine_id):
+            db.execute("DELETE FROM widget_logs WHERE machine_id = %s", (machine_id,))
+            db.execute("DELETE FROM batches WHERE machine_id = %s", (machine_id,))
+            db.execute("DELETE FROM machines WHERE machine_id = %s", (machine_id,))
 
 
 def assert_refused_clearly(answer: Any, db: psycopg.Connection, machine: Machine) -> None:
@@ -307,11 +365,18 @@ def assert_refused_clearly(answer: Any, db: psycopg.Connection, machine: Machine
 
 
 def test_the_default_dashboard_without_a_database_key_answers_a_clear_503(
-    viewer: Browserless, sealed_machine: Machine, db: psycopg.Connection
+    viewer: Browserless, sealed_machine: Machine, db: psycopg.Connection, db_key: str
 ):
     assert_refused_clearly(viewer.get(page_url(sealed_machine)), db, sealed_machine)
     assert_refused_clearly(viewer.get("/", params={"q": sealed_machine.serial_number}), db, sealed_machine)
     assert viewer.get("/", params={"q": unique("nothing-here")}).status_code == 200  # other pages still work
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    export = viewer.get("/api/exports/logs", params={"machine_id": sealed_machine.machine_id}, headers=browser)
+    assert_refused_clearly(export, db, sealed_machine)
+    assert Key.from_base64(db_key).kid not in export.text  # key ids go to the log, not the page
+    api = viewer.get("/api/exports/logs", params={"machine_id": sealed_machine.machine_id})
+    assert api.status_code == 503
+    assert api.json()["detail"].startswith("cannot decrypt stored logs: ")
 
 
 def test_a_dashboard_with_a_wrong_database_key_answers_a_clear_503(

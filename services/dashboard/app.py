@@ -7,8 +7,9 @@ too), so the dashboard works on a network without internet access, and
 without JavaScript.
 
 Errors on pages are pages: 404 and 403 render ``error.html``, a database that
-cannot be reached gives a 503 page. Paths under ``/api/`` keep FastAPI's JSON
-errors.
+cannot be reached gives a 503 page. Paths under ``/api/`` keep their JSON
+errors for API clients; a browser following an export link gets pages there
+too, and a redirect to sign-in when its session is gone (``browser``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from atlas.server.accounts import bootstrap_admin
 from atlas.server.config import Settings, get_settings
 from atlas.server.web import WebState
 
-from . import admin, auth, views
+from . import admin, auth, browser, views
 from .machine import ContentLocked
 from .render import render
 from .security import SecurityHeadersMiddleware
@@ -64,7 +65,8 @@ def _bootstrap(web: WebState) -> None:
 
 
 def _is_api(request: Request) -> bool:
-    return request.url.path.startswith("/api/")
+    """A request for a JSON error: under ``/api/``, and not from a browser."""
+    return request.url.path.startswith("/api/") and not browser.wants_html(request)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -88,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(views.router)
     app.include_router(admin.router)
-    add_export_routes(app, web)
+    add_export_routes(app, web, browser.export_refusal)
     metrics.add_metrics(app, "dashboard")  # outermost middleware: counts every answer, pages and exports
 
     @app.get("/healthz", include_in_schema=False)

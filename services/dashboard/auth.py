@@ -1,7 +1,11 @@
 """Signing in and out, and the dependencies that guard every page and form.
 
 * Pages need a live session (a signed ``atlas_session`` cookie whose id is in
-  ``sessions``); without one a page redirects to ``/login?next=<path>``.
+  ``sessions``); without one a page redirects to ``/login?next=<path>`` (a
+  form posted without one: to the page it was posted from, by its same-site
+  ``Referer``). A browser whose cookie still holds a session that has ended
+  is told so on the login form ("Your session expired"); the cookie outlives
+  its session by ``SESSION_COOKIE_GRACE`` for this, and is worthless by then.
   API tokens are for scripted exports, not for the dashboard's pages.
 * Every state-changing request is a POST carrying the session's CSRF token in
   a hidden field, compared in constant time; a POST whose ``Origin`` is another
@@ -26,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from datetime import timedelta
 from typing import Annotated
 from urllib.parse import quote
 
@@ -53,7 +58,7 @@ from .presession import (
     sign_presession,
 )
 from .render import render
-from .security import safe_next, same_origin, tokens_match
+from .security import referer_path, safe_next, same_origin, tokens_match
 
 log = logging.getLogger("atlas.dashboard")
 
@@ -64,6 +69,10 @@ LOCKED_OUT = (
     " or ask an administrator to unlock it."
 )
 EXPIRED_FORM = "This form has expired or came from another site. Please try again."
+SESSION_EXPIRED = "Your session expired; sign in again."
+
+SESSION_COOKIE_GRACE = timedelta(days=1)
+"""How much longer the session cookie lives than its session, so the login form can say the session expired."""
 
 
 class LoginRequired(Exception):
@@ -83,16 +92,21 @@ def login_url(next_path: str) -> str:
     return "/login?next=" + quote(target, safe="/") if target and target != "/" else "/login"
 
 
-def _current_path(request: Request) -> str:
+def current_path(request: Request) -> str:
     query = request.url.query
     return request.url.path + ("?" + query if query else "")
 
 
 def require_session(request: Request) -> Principal:
-    """The signed-in user of a page request; otherwise redirect to the login form."""
+    """The signed-in user of a page request; otherwise redirect to the login form, and back after it.
+
+    A GET comes back to itself; a form posted comes back to the page it was on (the form is not replayed).
+    """
     principal = web_state(request).principal(request)
     if principal is None or principal.session is None:
-        raise LoginRequired(_current_path(request) if request.method == "GET" else "/")
+        if request.method == "GET":
+            raise LoginRequired(current_path(request))
+        raise LoginRequired(referer_path(request.headers.get("referer"), request.headers.get("host")))
     return principal
 
 
@@ -132,12 +146,15 @@ AdminForm = Annotated[Principal, Depends(require_admin_form)]
 
 
 def set_session_cookie(response: Response, request: Request, session_id: str) -> None:
-    """Set ``atlas_session``: signed id, HttpOnly, SameSite=Lax, Secure over HTTPS."""
+    """Set ``atlas_session``: signed id, HttpOnly, SameSite=Lax, Secure over HTTPS.
+
+    It lives ``SESSION_COOKIE_GRACE`` longer than the session (which the database ends).
+    """
     web = web_state(request)
     response.set_cookie(
         SESSION_COOKIE,
         web.sign_session(session_id),
-        max_age=int(web.settings.session_max_age.total_seconds()),
+        max_age=int((web.settings.session_max_age + SESSION_COOKIE_GRACE).total_seconds()),
         path="/",
         secure=request.url.scheme == "https",
         httponly=True,
@@ -179,6 +196,7 @@ def _login_page(
     error: str = "",
     username: str = "",
     wait: float = 0.0,
+    notice: str = "",
 ) -> Response:
     """The login form, its token bound to this browser's pre-session (kept if valid, else a new one).
 
@@ -187,7 +205,9 @@ def _login_page(
     secret = web_state(request).secret
     presession = presession_id(secret, request.cookies.get(PRESESSION_COOKIE)) or new_presession_id()
     token = login_csrf_token(secret, presession)
-    response = render("login.html", status=status, next=next_path, error=error, username=username, login_csrf=token)
+    response = render(
+        "login.html", status=status, next=next_path, error=error, notice=notice, username=username, login_csrf=token
+    )
     if wait:
         response.headers["Retry-After"] = retry_after(wait)
     response.set_cookie(
@@ -204,12 +224,21 @@ def _login_page(
 
 @router.get("/login")
 def login_form(request: Request, next: str = "") -> Response:
-    """The login form; a user already signed in goes straight on."""
+    """The login form; a user already signed in goes straight on.
+
+    A signed session cookie without a live session (it expired, or was ended) gets the notice, once: the
+    stale cookie is cleared.
+    """
     target = safe_next(next, "")
-    principal = web_state(request).principal(request)
+    web = web_state(request)
+    principal = web.principal(request)
     if principal is not None and principal.session is not None:
         return RedirectResponse(target or "/", status_code=303)
-    return _login_page(request, target)
+    if web.session_id(request) is None:
+        return _login_page(request, target)
+    response = _login_page(request, target, notice=SESSION_EXPIRED)
+    clear_session_cookie(response, request)
+    return response
 
 
 @router.post("/login")

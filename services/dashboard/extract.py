@@ -125,36 +125,28 @@ def first_number(data: Mapping[str, Any], field: str, *paths: Sequence[str]) -> 
 # --- per widget: the numbers charts and the fleet list need ------------------------------
 
 
-def wifi_rssi(data: Mapping[str, Any]) -> float | None:
-    return number(data.get("rssi_dbm"), "wifi.rssi_dbm")
+@dataclass(frozen=True)
+class NumberAt:
+    """A number read from ``data``: the first of ``paths`` holding a number within ``BOUNDS[field]``.
+
+    Called like a function on decoded data; ``timeline`` reads the same number in SQL from the same fields.
+    """
+
+    field: str
+    paths: tuple[tuple[str, ...], ...]
+
+    def __call__(self, data: Mapping[str, Any]) -> float | None:
+        return first_number(data, self.field, *self.paths)
 
 
-def wifi_noise(data: Mapping[str, Any]) -> float | None:
-    return number(data.get("noise_dbm"), "wifi.noise_dbm")
-
-
-def speed_down(data: Mapping[str, Any]) -> float | None:
-    return number(data.get("download_mbps"), "speedtest.mbps")
-
-
-def speed_up(data: Mapping[str, Any]) -> float | None:
-    return number(data.get("upload_mbps"), "speedtest.mbps")
-
-
-def ping_latency(data: Mapping[str, Any]) -> float | None:
-    return first_number(data, "ping.ms", ("rtt_avg_ms",), ("rtt_ms", "avg"))
-
-
-def ping_loss(data: Mapping[str, Any]) -> float | None:
-    return number(data.get("loss_pct"), "ping.loss_pct")
-
-
-def health_cpu(data: Mapping[str, Any]) -> float | None:
-    return first_number(data, "health.percent", ("psutil", "cpu_percent"), ("cpu_percent",))
-
-
-def health_memory(data: Mapping[str, Any]) -> float | None:
-    return first_number(data, "health.percent", ("psutil", "memory", "percent"), ("memory_percent",))
+wifi_rssi = NumberAt("wifi.rssi_dbm", (("rssi_dbm",),))
+wifi_noise = NumberAt("wifi.noise_dbm", (("noise_dbm",),))
+speed_down = NumberAt("speedtest.mbps", (("download_mbps",),))
+speed_up = NumberAt("speedtest.mbps", (("upload_mbps",),))
+ping_latency = NumberAt("ping.ms", (("rtt_avg_ms",), ("rtt_ms", "avg")))
+ping_loss = NumberAt("ping.loss_pct", (("loss_pct",),))
+health_cpu = NumberAt("health.percent", (("psutil", "cpu_percent"), ("cpu_percent",)))
+health_memory = NumberAt("health.percent", (("psutil", "memory", "percent"), ("memory_percent",)))
 
 
 # --- per widget: what the machine page shows ---------------------------------------------

@@ -8,7 +8,8 @@ passes clear rows through and opens sealed ones with the database keys
 (``server.db_encryption_key``); a key that is missing or wrong raises
 ``ContentLocked``, a 503 naming the setting, never ciphertext. Charts are built
 by pure functions from (widget type, timestamp, data) rows and averaged into
-buckets.
+buckets; a week's charts are averaged into buckets by ``timeline`` instead (in
+SQL for clear logs), every log counted.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from atlas.contract import LEVELS, Keyring
 from atlas.server.atrest import SETTING, AtRestError
 from atlas.server.content import ContentReader
 
-from . import extract
+from . import extract, timeline
 from .charts import Series, bucket_average, line_chart
 
 RECENT_LOGS = 100
@@ -39,13 +40,20 @@ PING_WINDOW = timedelta(hours=1)
 LATEST_LOOKBACK = timedelta(days=2)
 """How far before a machine's last contact its latest log of each widget is looked for."""
 
-RANGES: Mapping[str, tuple[timedelta, int, int]] = {
-    "day": (timedelta(days=1), 96, 1),
-    "week": (timedelta(days=7), 168, 5),
+
+@dataclass(frozen=True)
+class ChartRange:
+    span: timedelta
+    buckets: int
+    binned: bool
+    """True: averaged by ``timeline`` (clear logs in SQL); False: every log of the span read and averaged here."""
+
+
+RANGES: Mapping[str, ChartRange] = {
+    "day": ChartRange(timedelta(days=1), 96, binned=False),
+    "week": ChartRange(timedelta(days=7), 2016, binned=True),
 }
-"""Chart ranges: the span, how many buckets it is averaged into (15 minutes for a day, an hour for a week), and
-the sampling stride in minutes: a week's charts read the logs of every 5th minute only (speed tests, hourly, all
-of them), which keeps an hourly average of about 12 samples while reading a fifth of the rows."""
+"""Chart ranges: the span and how many buckets it is averaged into (15 minutes for a day, 5 for a week)."""
 
 CHART_WIDGETS = ("wifi", "speedtest", "ping", "health")
 
@@ -256,18 +264,32 @@ def load_logs(conn: psycopg.Connection, content: LogContent, machine_id: str, le
 
 
 def load_chart_rows(
-    conn: psycopg.Connection, content: LogContent, machine_id: str, start: datetime, end: datetime, stride: int = 1
+    conn: psycopg.Connection, content: LogContent, machine_id: str, start: datetime, end: datetime
 ) -> list[tuple[str, datetime, dict[str, Any]]]:
-    """(widget type, timestamp, decoded data) of the charted logs in [start, end), of every ``stride``-th minute."""
+    """(widget type, timestamp, decoded data) of the charted logs in [start, end)."""
     rows = conn.execute(
         f"SELECT {content_columns()} FROM widget_logs WHERE machine_id = %(id)s"  # noqa: S608 - constant columns
-        ' AND "timestamp" >= %(start)s AND "timestamp" < %(end)s AND widget_type = ANY(%(types)s)'
-        " AND (%(stride)s = 1 OR widget_type = 'speedtest'"
-        '      OR floor(extract(epoch FROM "timestamp") / 60)::bigint %% %(stride)s = 0)',
-        {"id": machine_id, "start": start, "end": end, "types": list(CHART_WIDGETS), "stride": stride},
+        ' AND "timestamp" >= %(start)s AND "timestamp" < %(end)s AND widget_type = ANY(%(types)s)',
+        {"id": machine_id, "start": start, "end": end, "types": list(CHART_WIDGETS)},
     ).fetchall()
+    return _opened(content, rows)
+
+
+def _opened(content: LogContent, rows: Sequence[Sequence[Any]]) -> list[tuple[str, datetime, dict[str, Any]]]:
     opened = content.open(rows)
     return [(row[7], row[5], data) for row, (_, data) in zip(rows, opened, strict=True)]
+
+
+def load_buckets(
+    conn: psycopg.Connection, content: LogContent, machine_id: str, start: datetime, end: datetime, buckets: int
+) -> timeline.Buckets:
+    """Every chart line's values in [start, end) summed into ``buckets`` buckets (``timeline``)."""
+    lines = [(kind, number) for spec in CHARTS for _, kind, number, _ in spec.lines]
+    found = timeline.Buckets(start, end, (end - start) / buckets, lines)
+    timeline.add_clear(found, conn.execute(*timeline.clear_query(found, machine_id)).fetchall())
+    sealed = conn.execute(*timeline.sealed_query(found, machine_id, content_columns())).fetchall()
+    timeline.add_opened(found, _opened(content, sealed))
+    return found
 
 
 def load_machine(
@@ -294,23 +316,24 @@ def load_machine(
         setattr(view, widget_type, load_latest(conn, content, machine_id, widget_type, since))
     view.pings = load_pings(conn, content, machine_id, since)
     view.logs = load_logs(conn, content, machine_id, level)
-    span, buckets, stride = RANGES[chart_range]
-    start = now - span
-    view.charts = build_charts(load_chart_rows(conn, content, machine_id, start, now, stride), start, now, buckets)
+    chosen = RANGES[chart_range]
+    start = now - chosen.span
+    if chosen.binned:
+        view.charts = binned_charts(load_buckets(conn, content, machine_id, start, now, chosen.buckets))
+    else:
+        view.charts = build_charts(load_chart_rows(conn, content, machine_id, start, now), start, now, chosen.buckets)
     return view
 
 
 # --- charts: pure ------------------------------------------------------------------------
-
-Extractor = Callable[[Mapping[str, Any]], float | None]
 
 
 @dataclass(frozen=True)
 class ChartSpec:
     title: str
     unit: str
-    lines: Sequence[tuple[str, str, Extractor, str]]
-    """(legend label, widget type, extractor, colour) of each line."""
+    lines: Sequence[tuple[str, str, extract.NumberAt, str]]
+    """(legend label, widget type, number read from the data, colour) of each line."""
     y_min: float | None = None
     y_max: float | None = None
 
@@ -351,7 +374,7 @@ CHARTS: Sequence[ChartSpec] = (
 
 
 def series_points(
-    rows: Iterable[tuple[str, datetime, Mapping[str, Any]]], widget_type: str, extractor: Extractor
+    rows: Iterable[tuple[str, datetime, Mapping[str, Any]]], widget_type: str, extractor: extract.NumberAt
 ) -> list[tuple[datetime, float]]:
     """(timestamp, value) of each row of ``widget_type`` whose data holds a number for ``extractor``."""
     points = []
@@ -367,12 +390,24 @@ def build_charts(
     rows: Sequence[tuple[str, datetime, Mapping[str, Any]]], start: datetime, end: datetime, buckets: int
 ) -> list[Markup]:
     """The machine page's charts (SVG figures) from the window's rows."""
-    charts = []
+    points = [
+        bucket_average(series_points(rows, kind, extractor), start, end, buckets)
+        for spec in CHARTS
+        for _, kind, extractor, _ in spec.lines
+    ]
+    return _charts(points, start, end)
+
+
+def binned_charts(buckets: timeline.Buckets) -> list[Markup]:
+    """The machine page's charts from ``load_buckets`` (its lines in the order of ``CHARTS``)."""
+    return _charts([buckets.points(line) for line in range(len(buckets.lines))], buckets.start, buckets.end)
+
+
+def _charts(points: Sequence[Sequence[tuple[datetime, float]]], start: datetime, end: datetime) -> list[Markup]:
+    """The SVG figures of ``CHARTS`` from each line's points, in the order of the specs' lines."""
+    charts, remaining = [], iter(points)
     for spec in CHARTS:
-        series = [
-            Series(label, bucket_average(series_points(rows, kind, extractor), start, end, buckets), color)
-            for label, kind, extractor, color in spec.lines
-        ]
+        series = [Series(label, next(remaining), color) for label, _, _, color in spec.lines]
         charts.append(
             line_chart(
                 series, title=spec.title, unit=spec.unit, start=start, end=end, y_min=spec.y_min, y_max=spec.y_max

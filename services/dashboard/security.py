@@ -73,6 +73,22 @@ def safe_next(target: str | None, default: str = "/") -> str:
     return target
 
 
+def referer_path(referer: str | None, host: str | None) -> str:
+    """The path (and query) of a ``Referer`` on this host, if ``safe_next`` keeps it; otherwise "".
+
+    Where a form posted after its session ended came from, to come back to after signing in.
+    """
+    if not referer or not host or len(referer) > 2000:
+        return ""
+    try:
+        parts = urlsplit(referer)
+    except ValueError:
+        return ""
+    if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.lower():
+        return ""
+    return safe_next(parts.path + ("?" + parts.query if parts.query else ""), "")
+
+
 class SecurityHeadersMiddleware:
     """Add ``SECURITY_HEADERS`` to every response, and ``Cache-Control: no-store`` outside ``/static/``."""
 

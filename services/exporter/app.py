@@ -11,7 +11,8 @@ empty file. A stream that fails later is cut off without HTTP's final chunk
 so the client can tell the file is incomplete.
 
 ``add_export_routes`` also mounts these routes on the dashboard, so its
-export links work on the dashboard's own origin.
+export links work on the dashboard's own origin; the dashboard passes a
+``Refuse`` that answers a browser with a page instead of a JSON problem.
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
 import anyio
 import psycopg
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
 from atlas.server import metrics
-from atlas.server.atrest import AtRestError
+from atlas.server.atrest import SETTING, AtRestError
 from atlas.server.config import Settings, get_settings
 from atlas.server.content import require_keys
 from atlas.server.web import EXPORT_CONNECTIONS, Principal, WebState
@@ -55,15 +57,43 @@ def problem(status: int, detail: str, field: str | None = None, headers: dict | 
     return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
 
 
+@dataclass(frozen=True)
+class Problem:
+    """Why a request is refused: the status, the reason, the parameter at fault, extra headers."""
+
+    status: int
+    detail: str
+    field: str | None = None
+    headers: dict[str, str] | None = None
+    page_detail: str | None = None
+    """What a page shows instead of ``detail``, when that holds what only the log should (key ids)."""
+
+    def response(self) -> JSONResponse:
+        """The JSON problem body API clients get."""
+        return problem(self.status, self.detail, self.field, self.headers)
+
+
+Refuse = Callable[[Request, Principal | None, Problem], Response]
+"""How a refusal is answered, given the request and who made it (None: nobody signed in)."""
+
+
+def json_refusal(request: Request, principal: Principal | None, refused: Problem) -> Response:
+    """Every refusal as a JSON problem (the exporter on its own)."""
+    return refused.response()
+
+
 UNAUTHENTICATED = "authentication required: a dashboard session or 'Authorization: Bearer <API token>'"
-
-
-def _unauthenticated() -> JSONResponse:
-    return problem(401, UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+UNAUTHENTICATED_PROBLEM = Problem(401, UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+LOCKED = (
+    f"The stored logs are encrypted at rest, and this server cannot open them: set {SETTING}"
+    " (or FLEET_DB_ENCRYPTION_KEY) to the key the workers store logs with, keeping older keys in"
+    " server.db_encryption_keys."
+)
+DATABASE_DOWN = Problem(503, "database unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def _database_down() -> JSONResponse:
-    return problem(503, "database unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return DATABASE_DOWN.response()
 
 
 class ExportsBusy(Exception):
@@ -201,8 +231,8 @@ async def _drain(chunks: Iterator[bytes], first: bytes) -> AsyncIterator[bytes]:
             await run_in_threadpool(chunks.close)  # type: ignore[attr-defined]
 
 
-def add_export_routes(app: FastAPI, web: WebState) -> None:
-    """Add ``GET /api/exports/logs`` and ``GET /api/exports/audit`` to ``app``."""
+def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal) -> None:
+    """Add ``GET /api/exports/logs`` and ``GET /api/exports/audit`` to ``app``; ``refuse`` answers refusals."""
     slots = ExportSlots(web.settings.max_exports_per_principal)
 
     @app.get(
@@ -235,9 +265,9 @@ def add_export_routes(app: FastAPI, web: WebState) -> None:
         try:
             principal = await run_in_threadpool(web.principal, request)
         except (psycopg.OperationalError, PoolTimeout):
-            return _database_down()
+            return refuse(request, None, DATABASE_DOWN)
         if principal is None:
-            return _unauthenticated()
+            return refuse(request, None, UNAUTHENTICATED_PROBLEM)
         try:
             fmt, filters = parse_filters(
                 format=format,
@@ -249,15 +279,14 @@ def add_export_routes(app: FastAPI, web: WebState) -> None:
                 until=until,
             )
         except FilterError as exc:
-            return problem(422, str(exc), exc.field)
+            return refuse(request, principal, Problem(422, str(exc), exc.field))
         release = slots.acquire(principal.user.id)
         if release is None:
-            return problem(
-                429,
+            capped = (
                 f"{slots.limit} exports by this user are running already (exporter.max_exports_per_principal);"
-                " retry when one has finished",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                " retry when one has finished"
             )
+            return refuse(request, principal, Problem(429, capped, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}))
         client = request.client.host if request.client else None
         export = Export(web, principal, client, fmt, filters, release)
         gzip = accepts_gzip(request.headers.get("accept-encoding"))
@@ -268,17 +297,14 @@ def add_export_routes(app: FastAPI, web: WebState) -> None:
             first = await run_in_threadpool(next, chunks, b"")
             streaming = True  # from here the export gives its slot back when it ends
         except ExportsBusy:
-            return problem(
-                429,
-                f"{EXPORT_CONNECTIONS} exports are running already; retry later",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
+            busy = f"{EXPORT_CONNECTIONS} exports are running already; retry later"
+            return refuse(request, principal, Problem(429, busy, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("Export refused, database unavailable: %s", type(exc).__name__)
-            return _database_down()
+            return refuse(request, principal, DATABASE_DOWN)
         except AtRestError as exc:
             log.error("Export refused: %s", exc)
-            return problem(503, f"cannot decrypt stored logs: {exc}")
+            return refuse(request, principal, Problem(503, f"cannot decrypt stored logs: {exc}", page_detail=LOCKED))
         finally:
             if not streaming:
                 release()  # at most once, however often it is called
@@ -308,9 +334,9 @@ def add_export_routes(app: FastAPI, web: WebState) -> None:
     async def export_audit(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 200):
         principal = await run_in_threadpool(web.principal, request)
         if principal is None:
-            return _unauthenticated()
+            return refuse(request, None, UNAUTHENTICATED_PROBLEM)
         if not principal.user.is_admin:
-            return problem(403, "admins only")
+            return refuse(request, principal, Problem(403, "admins only"))
 
         def read() -> list[dict]:
             with web.pool.connection() as conn:
