@@ -177,7 +177,11 @@ def drain(settings: Settings) -> Iterator[Callable[..., bool]]:
     """Run the real worker in this process until the queue is empty."""
 
     def run(with_settings: Settings | None = None) -> bool:
-        return build_worker(with_settings or settings).work(burst=True, logging_level="WARNING")
+        worker = build_worker(with_settings or settings)
+        try:
+            return worker.work(burst=True, logging_level="WARNING")
+        finally:
+            worker.connection.close()
 
     yield run
     jobs.close_database()

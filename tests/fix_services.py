@@ -11,10 +11,12 @@ import psycopg
 import pytest
 from psycopg import sql
 from redis import Redis
+from rq import Queue
 
 from atlas.contract import generate_encryption_key
 from atlas.server.config import Settings, settings_from_mapping
 from atlas.server.db import connect, ensure_database, migrate
+from atlas.server.queue import batch_queue, redis_client
 
 RUN_ID = os.environ["ATLAS_TEST_RUN_ID"]
 PG_BASE_URL = os.environ.get("ATLAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -64,16 +66,31 @@ def redis_prefix() -> Iterator[str]:
     """Our own Redis key prefix; every key under it, and rq's, is deleted at the end."""
     prefix = f"atlastest{RUN_ID}"
     yield prefix
-    client = Redis.from_url(REDIS_URL)
-    for pattern in (f"{prefix}*", f"{os.environ['RQ_KEY_PREFIX']}*"):
-        keys = list(client.scan_iter(match=pattern, count=1000))
-        for i in range(0, len(keys), 500):
-            client.delete(*keys[i : i + 500])
+    with Redis.from_url(REDIS_URL) as client:
+        for pattern in (f"{prefix}*", f"{os.environ['RQ_KEY_PREFIX']}*"):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            for i in range(0, len(keys), 500):
+                client.delete(*keys[i : i + 500])
 
 
 @pytest.fixture(scope="session")
-def redis(redis_prefix: str) -> Redis:
-    return Redis.from_url(REDIS_URL)
+def redis(redis_prefix: str) -> Iterator[Redis]:
+    with Redis.from_url(REDIS_URL) as client:
+        yield client
+
+
+@pytest.fixture
+def open_queue() -> Iterator[Callable[[Settings], Queue]]:
+    """``open_queue(settings)``: the batch queue of those settings on a client of its own, closed at teardown."""
+    opened: list[Queue] = []
+
+    def open_(settings: Settings) -> Queue:
+        opened.append(batch_queue(redis_client(settings.redis_url), settings))
+        return opened[-1]
+
+    yield open_
+    for queue in opened:
+        queue.connection.close()
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from atlas.contract import Key, Keyring, format_timestamp, generate_encryption_key, validate_content
 from atlas.dashboard.fleet import FleetQuery, load_fleet
@@ -221,8 +222,9 @@ def test_the_loaders_open_sealed_rows_with_the_keyring(sealed_machine: Machine, 
 
 def test_clear_and_sealed_rows_open_alike(sealed_machine: Machine, db: psycopg.Connection, db_key: str):
     rows = db.execute(
-        f"SELECT {content_columns()} FROM widget_logs WHERE machine_id = %s AND widget_type = 'wifi'"  # noqa: S608
-        ' ORDER BY "timestamp"',
+        sql.SQL(
+            "SELECT {} FROM widget_logs WHERE machine_id = %s AND widget_type = 'wifi' ORDER BY \"timestamp\""
+        ).format(content_columns()),
         (sealed_machine.machine_id,),
     ).fetchall()
     assert rows[0][2] is None

@@ -98,7 +98,10 @@ def test_too_many_pending_batches_are_refused_at_once(own_queue) -> None:
         held.set()
         return refused, list(await asyncio.gather(*futures, return_exceptions=True))
 
-    refused, outcomes = asyncio.run(scenario())
+    try:
+        refused, outcomes = asyncio.run(scenario())
+    finally:
+        dead.connection.close()
     assert refused == 300
     assert len(outcomes) == MAX_PENDING_BATCHES
     assert all(isinstance(o, RedisError) for o in outcomes), {type(o).__name__ for o in outcomes}

@@ -33,14 +33,14 @@ class OwnRedis:
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
         )
-        client = Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                client.ping()
-                return
-            except Exception:
-                time.sleep(0.05)
+        with Redis.from_url(self.url) as client:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    client.ping()
+                    return
+                except Exception:
+                    time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
@@ -79,7 +79,7 @@ def test_redis_down_gives_503_and_recovers(own_redis, start_ingest, server_confi
     own_redis.start()  # a fresh, empty Redis: the agent re-sends what got 503
     assert server.post(during).status_code == 202
     assert httpx.get(f"{server.url}/readyz").status_code == 200
-    queue = Queue(settings.queue_name, connection=Redis.from_url(own_redis.url), serializer=SERIALIZER)
-    [job] = queue.jobs
+    with Redis.from_url(own_redis.url) as client:
+        [job] = Queue(settings.queue_name, connection=client, serializer=SERIALIZER).jobs
     assert [b["batch_id"] for b in job.args[0]] == [during["batch_id"]]
     assert "Traceback" not in server.logs()

@@ -35,7 +35,7 @@ from atlas.contract import (
 from atlas.server import metrics
 from atlas.server.accounts import create_token, create_user
 from atlas.server.config import ConfigError, Settings
-from atlas.server.queue import QUEUE_FORMAT, QueuedBatch, batch_queue, enqueue_batch, redis_client
+from atlas.server.queue import QUEUE_FORMAT, QueuedBatch, enqueue_batch
 
 from . import batches
 from .fix_ingest import BIN, IngestServer, ServerProcess, free_port, service_env
@@ -153,8 +153,8 @@ def test_ingest_counts_each_answer_by_reason_and_route(own_ingest, own_settings,
     assert value(scrape(own_ingest.url), "atlas_queue_depth") == 0
 
 
-def test_failed_jobs_gauge_reads_the_failed_registry(own_ingest, own_settings) -> None:
-    queue = batch_queue(redis_client(own_settings.redis_url), own_settings)
+def test_failed_jobs_gauge_reads_the_failed_registry(own_ingest, own_settings, open_queue) -> None:
+    queue = open_queue(own_settings)
     before = value(scrape(own_ingest.url), "atlas_failed_jobs")
     job = queue.create_job("atlas.worker.jobs.persist_batches", args=([],), failure_ttl=-1)
     job.save()
@@ -245,7 +245,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 30) -> None:
     raise AssertionError("condition not met in time")
 
 
-def test_worker_serves_rows_persisted_and_queue_depth(worker_process, make_settings) -> None:
+def test_worker_serves_rows_persisted_and_queue_depth(worker_process, make_settings, open_queue) -> None:
     proc, url, prefix = worker_process()
     wait_for(lambda: proc.poll() is None and httpx.get(f"{url}/metrics", timeout=2).status_code == 200)
     before = scrape(url)
@@ -253,7 +253,7 @@ def test_worker_serves_rows_persisted_and_queue_depth(worker_process, make_setti
     assert value(before, "atlas_redis_up") == 1
 
     settings = make_settings(redis={"key_prefix": prefix})
-    queue = batch_queue(redis_client(settings.redis_url), settings)
+    queue = open_queue(settings)
     first, second = queued(5), queued(3)
     assert enqueue_batch(queue, first, settings)
     assert enqueue_batch(queue, second, settings)

@@ -15,7 +15,7 @@ from rq.job import Job
 
 from atlas.contract import validate_content
 from atlas.server.config import Settings, settings_from_mapping
-from atlas.server.queue import batch_queue, enqueue_batch, queued_batch, redis_client
+from atlas.server.queue import enqueue_batch, queued_batch
 from atlas.worker.store import persist_batch, persist_batches
 
 from . import batches
@@ -109,7 +109,9 @@ def wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_batch_loses_nothing(tmp_path, server_config, settings: Settings, database_url, db):
+def test_worker_killed_mid_batch_loses_nothing(
+    tmp_path, server_config, settings: Settings, database_url, db, open_queue
+):
     """SIGKILL while the batch's transaction is open: after restart its rows are there exactly once.
 
     A lock on widget_logs holds the worker inside its transaction (batch claimed,
@@ -122,7 +124,7 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path, server_config, settings
     config_path = tmp_path / "worker.yaml"
     config_path.write_text(yaml.safe_dump(config))
     settings = settings_from_mapping(config, env={})
-    queue = batch_queue(redis_client(settings.redis_url), settings)
+    queue = open_queue(settings)
     batch = queued(batches.content(20))
     assert enqueue_batch(queue, batch, settings)
 
@@ -170,7 +172,9 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path, server_config, settings
     assert count(db, "widget_logs", batch["batch_id"]) == 20
 
 
-def test_unstorable_batch_is_retried_then_parked_and_requeued(tmp_path, server_config, make_settings, drain, db):
+def test_unstorable_batch_is_retried_then_parked_and_requeued(
+    tmp_path, server_config, make_settings, drain, db, open_queue
+):
     """PostgreSQL unreachable: the job retries, lands in the failed registry, and
     `atlas-server failed --requeue-all` brings it back once the database is there."""
     import yaml
@@ -180,7 +184,7 @@ def test_unstorable_batch_is_retried_then_parked_and_requeued(tmp_path, server_c
         worker={"retries": 1},
     )
     broken = Settings(**{**broken.__dict__, "job_retry_intervals": (0,)})
-    queue = batch_queue(redis_client(broken.redis_url), broken)
+    queue = open_queue(broken)
     batch = queued(batches.content(2))
     assert enqueue_batch(queue, batch, broken)
     drain(broken)  # first attempt fails, retry queued at once (interval 0)

@@ -177,20 +177,20 @@ _PAGE = sql.SQL(
     " FROM machines WHERE {where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s"
 )
 
-_LATEST = f"""
+_LATEST = sql.SQL("""
 SELECT m.machine_id, w.*, s.*
 FROM unnest(%(ids)s::text[], %(seen)s::timestamptz[]) AS m (machine_id, last_seen)
 LEFT JOIN LATERAL (
-    SELECT {content_columns()} FROM widget_logs
+    SELECT {columns} FROM widget_logs
     WHERE machine_id = m.machine_id AND widget_type = 'wifi' AND "timestamp" >= m.last_seen - %(lookback)s
     ORDER BY "timestamp" DESC LIMIT 1
 ) w ON TRUE
 LEFT JOIN LATERAL (
-    SELECT {content_columns()} FROM widget_logs
+    SELECT {columns} FROM widget_logs
     WHERE machine_id = m.machine_id AND widget_type = 'speedtest' AND "timestamp" >= m.last_seen - %(lookback)s
     ORDER BY "timestamp" DESC LIMIT 1
 ) s ON TRUE
-"""  # noqa: S608 - constant columns
+""").format(columns=content_columns())
 """Each listed machine's latest Wi-Fi log, then its latest speed test: ``content_columns()`` each, all NULL if none."""
 
 

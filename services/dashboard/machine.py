@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 from markupsafe import Markup
+from psycopg import sql
 from starlette.exceptions import HTTPException
 
 from atlas.contract import LEVELS, Keyring
@@ -63,14 +64,19 @@ log = logging.getLogger("atlas.dashboard")
 # --- stored content, clear or encrypted at rest ------------------------------------------
 
 
-def content_columns(*, data: bool = True) -> str:
+def content_columns(*, data: bool = True) -> sql.Composed:
     """The widget_logs columns ``LogContent.open`` reads, in its order.
 
     With ``data=False`` a clear row's ``data`` is not read (a sealed row holds both anyway).
     """
-    return (
-        f'message, {"data" if data else "NULL::jsonb"}, sealed, batch_id::text, machine_id, "timestamp", level,'
-        " widget_type"
+    return sql.SQL(", ").join(
+        [
+            sql.Identifier("message"),
+            sql.Identifier("data") if data else sql.SQL("NULL::jsonb"),
+            sql.Identifier("sealed"),
+            sql.SQL("{}::text").format(sql.Identifier("batch_id")),
+            *map(sql.Identifier, ("machine_id", "timestamp", "level", "widget_type")),
+        ]
     )
 
 
@@ -192,7 +198,9 @@ _SUMMARIES: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
 
 def load_identity(conn: psycopg.Connection, machine_id: str) -> dict[str, Any] | None:
     row = conn.execute(
-        f"SELECT {', '.join(_IDENTITY_COLUMNS)} FROM machines WHERE machine_id = %s",  # noqa: S608 - constant columns
+        sql.SQL("SELECT {} FROM machines WHERE machine_id = %s").format(
+            sql.SQL(", ").join(map(sql.Identifier, _IDENTITY_COLUMNS))
+        ),
         (machine_id,),
     ).fetchone()
     return dict(zip(_IDENTITY_COLUMNS, row, strict=True)) if row else None
@@ -223,8 +231,10 @@ def load_latest(
     conn: psycopg.Connection, content: LogContent, machine_id: str, widget_type: str, since: datetime
 ) -> Latest | None:
     row = conn.execute(
-        f"SELECT {content_columns()} FROM widget_logs"  # noqa: S608 - constant columns
-        ' WHERE machine_id = %s AND widget_type = %s AND "timestamp" >= %s ORDER BY "timestamp" DESC LIMIT 1',
+        sql.SQL(
+            "SELECT {} FROM widget_logs"
+            ' WHERE machine_id = %s AND widget_type = %s AND "timestamp" >= %s ORDER BY "timestamp" DESC LIMIT 1'
+        ).format(content_columns()),
         (machine_id, widget_type, since),
     ).fetchone()
     if row is None:
@@ -238,11 +248,13 @@ def load_pings(
 ) -> list[tuple[datetime, dict[str, Any]]]:
     """Each target's latest ping within ``PING_WINDOW`` before the machine's newest ping."""
     rows = conn.execute(
-        'WITH newest AS (SELECT max("timestamp") AS at FROM widget_logs'  # noqa: S608 - constant columns
-        "   WHERE machine_id = %(id)s AND widget_type = 'ping' AND \"timestamp\" >= %(since)s)"
-        f" SELECT {content_columns()} FROM widget_logs, newest"
-        " WHERE machine_id = %(id)s AND widget_type = 'ping'"
-        ' AND "timestamp" > newest.at - %(window)s AND "timestamp" <= newest.at',
+        sql.SQL(
+            'WITH newest AS (SELECT max("timestamp") AS at FROM widget_logs'
+            "   WHERE machine_id = %(id)s AND widget_type = 'ping' AND \"timestamp\" >= %(since)s)"
+            " SELECT {} FROM widget_logs, newest"
+            " WHERE machine_id = %(id)s AND widget_type = 'ping'"
+            ' AND "timestamp" > newest.at - %(window)s AND "timestamp" <= newest.at'
+        ).format(content_columns()),
         {"id": machine_id, "since": since, "window": PING_WINDOW},
     ).fetchall()
     opened = content.open(rows)
@@ -252,8 +264,10 @@ def load_pings(
 def load_logs(conn: psycopg.Connection, content: LogContent, machine_id: str, level: str) -> list[LogRow]:
     """The newest ``RECENT_LOGS`` logs at ``level`` or above."""
     rows = conn.execute(
-        f"SELECT id, {content_columns(data=False)} FROM widget_logs"  # noqa: S608 - constant columns
-        ' WHERE machine_id = %s AND level = ANY(%s) ORDER BY "timestamp" DESC, id DESC LIMIT %s',
+        sql.SQL(
+            "SELECT id, {} FROM widget_logs"
+            ' WHERE machine_id = %s AND level = ANY(%s) ORDER BY "timestamp" DESC, id DESC LIMIT %s'
+        ).format(content_columns(data=False)),
         (machine_id, list(levels_from(level)), RECENT_LOGS),
     ).fetchall()
     opened = content.open([r[1:] for r in rows], data=False)
@@ -268,8 +282,10 @@ def load_chart_rows(
 ) -> list[tuple[str, datetime, dict[str, Any]]]:
     """(widget type, timestamp, decoded data) of the charted logs in [start, end)."""
     rows = conn.execute(
-        f"SELECT {content_columns()} FROM widget_logs WHERE machine_id = %(id)s"  # noqa: S608 - constant columns
-        ' AND "timestamp" >= %(start)s AND "timestamp" < %(end)s AND widget_type = ANY(%(types)s)',
+        sql.SQL(
+            "SELECT {} FROM widget_logs WHERE machine_id = %(id)s"
+            ' AND "timestamp" >= %(start)s AND "timestamp" < %(end)s AND widget_type = ANY(%(types)s)'
+        ).format(content_columns()),
         {"id": machine_id, "start": start, "end": end, "types": list(CHART_WIDGETS)},
     ).fetchall()
     return _opened(content, rows)

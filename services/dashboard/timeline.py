@@ -111,14 +111,14 @@ def add_clear(buckets: Buckets, rows: Sequence[Sequence[Any]]) -> None:
             buckets.add(line, bucket, total or 0.0, count)
 
 
-def sealed_query(buckets: Buckets, machine_id: str, columns: str) -> tuple[sql.Composable, dict[str, Any]]:
+def sealed_query(buckets: Buckets, machine_id: str, columns: sql.Composable) -> tuple[sql.Composable, dict[str, Any]]:
     """``columns`` of the first ``SEALED_PER_BUCKET`` sealed logs of each widget type in each bucket."""
     where, params = _window(buckets, machine_id, sealed=True)
     query = sql.SQL(
         "SELECT {columns} FROM (SELECT *, row_number() OVER (PARTITION BY widget_type,"
         ' date_bin(%(width)s, "timestamp", %(start)s) ORDER BY "timestamp", id) AS nth'
         " FROM widget_logs WHERE {where}) AS sealed_logs WHERE nth <= %(per_bucket)s"
-    ).format(columns=sql.SQL(columns), where=where)
+    ).format(columns=columns, where=where)
     return query, params | {"per_bucket": SEALED_PER_BUCKET}
 
 

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import sql
 
-from atlas.contract import Keyring
-from atlas.contract.export import CsvWriter
+from atlas.contract import CsvWriter, Keyring
 from atlas.server.content import ContentReader
 
 from .query import TIMESTAMP_SQL, ExportFilters, where_clause

@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 
 from psycopg import sql
 
-from atlas.contract.schema import LEVELS, WIDGET_TYPES
+from atlas.contract import LEVELS, WIDGET_TYPES
 
 ExportFormat = Literal["csv", "json", "ndjson"]
 FORMATS: tuple[str, ...] = get_args(ExportFormat)

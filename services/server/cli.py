@@ -27,11 +27,15 @@ import os
 import secrets
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from atlas.contract import generate_encryption_key
 
 from .config import ConfigError, Settings, load_settings
 from .logs import LOG_FORMATS, configure_logging, secret_values
+
+if TYPE_CHECKING:
+    from rq import Queue
 
 DEFAULT_ADMIN_FILE = "atlas-first-admin.txt"
 """Where ``run`` writes the first admin's generated password unless --admin-file says otherwise."""
@@ -295,11 +299,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_failed(args: argparse.Namespace) -> int:
-    from .failed import list_failed, requeue_failed
     from .queue import batch_queue, redis_client
 
     settings = _settings(args)
     queue = batch_queue(redis_client(settings.redis_url), settings)
+    try:
+        return _failed(queue, args)
+    finally:
+        queue.connection.close()
+
+
+def _failed(queue: Queue, args: argparse.Namespace) -> int:
+    """List the failed batches, or requeue them."""
+    from .failed import list_failed, requeue_failed
+
     if args.requeue_all or args.requeue:
         count = requeue_failed(queue, None if args.requeue_all else args.requeue)
         print(f"Requeued {count} batch(es)")

@@ -4,7 +4,7 @@ A bucket holds up to ``burst`` tokens and refills at ``rate`` tokens a
 second; a request takes one token, or is refused with the seconds until one
 is back (the ``Retry-After``). Buckets refill lazily on use, so a check is a
 dict lookup and a little arithmetic under an uncontended lock: about 1 µs on
-the (shared, noisy) development machine, ``python -m atlas.server.ratelimit``;
+the (shared, noisy) development machine, ``python -m bench.ratelimit``;
 ingest's two checks together about 1.5 µs a request (a refusal, which builds
 the 429, about 9 µs), against about 2 ms for the rest of an accepted batch.
 
@@ -254,28 +254,3 @@ def _too_many(wait: float, whose: str) -> JSONResponse:
         status_code=429,
         headers={"Retry-After": seconds},
     )
-
-
-def _bench() -> None:  # pragma: no cover - a measurement, run by hand
-    limiter = RateLimiter(100, 1000, exempt=["127.0.0.0/8"])
-    keys = [f"10.0.{i >> 8 & 255}.{i & 255}" for i in range(1000)]
-    n = 200_000
-    started = time.perf_counter()
-    for i in range(n):
-        limiter.hit(keys[i % 1000])
-    hit = (time.perf_counter() - started) / n * 1e6
-    started = time.perf_counter()
-    for _ in range(n):
-        client_key("10.1.2.3")
-    key = (time.perf_counter() - started) / n * 1e6
-    flood = RateLimiter(100, 1000, max_keys=100_000)
-    started = time.perf_counter()
-    for i in range(n):
-        flood.hit(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
-    new = (time.perf_counter() - started) / n * 1e6
-    print(f"hit (1000 known keys) {hit:.2f} µs; client_key {key:.2f} µs; hit of a new key {new:.2f} µs")
-    print(f"after {n} distinct keys: {len(flood)} buckets kept (max_keys 100000), {flood.evicted} evicted")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _bench()

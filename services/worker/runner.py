@@ -151,3 +151,4 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
         if server is not None:
             server.shutdown()
             server.server_close()
+        worker.connection.close()

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any, TextIO
 
-from atlas.contract.export import csv_lines, record
+from atlas.contract import csv_lines, record
 
 from .config import AgentConfig, AgentConfigError, load_agent_config
 from .sender import SenderConfigError

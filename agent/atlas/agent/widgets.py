@@ -6,8 +6,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from atlas.contract import format_timestamp
-from atlas.contract.schema import MAX_MESSAGE_CHARS
+from atlas.contract import MAX_MESSAGE_CHARS, format_timestamp
 
 from .collectors.health import HealthReading
 from .collectors.ping import PingResult

@@ -1,7 +1,7 @@
 """Atlas wire contract v1, shared by the agent and the fleet server.
 
-The public surface: keys and keyrings, sealing and opening envelopes, and the
-record schema. See docs/protocol.md for the contract in prose.
+The public surface: keys and keyrings, sealing and opening envelopes, the
+record schema, and the export format. See docs/protocol.md for the contract in prose.
 """
 
 from .envelope import (
@@ -34,6 +34,7 @@ from .errors import (
     UnknownKeyError,
     WeakKeyError,
 )
+from .export import CsvWriter, csv_lines, record
 from .keys import (
     BATCH_KEY_INFO,
     SALT_BYTES,
@@ -51,6 +52,7 @@ from .schema import (
     LOG_MAX_AFTER_BATCH,
     LOG_MAX_BEFORE_BATCH,
     MAX_LOGS_PER_BATCH,
+    MAX_MESSAGE_CHARS,
     WIDGET_TYPES,
     BatchContent,
     LogEntry,
@@ -68,12 +70,14 @@ __all__ = [
     "LOG_MAX_AFTER_BATCH",
     "LOG_MAX_BEFORE_BATCH",
     "MAX_LOGS_PER_BATCH",
+    "MAX_MESSAGE_CHARS",
     "SALT_BYTES",
     "STORE_RECORD_KEY_INFO",
     "WIDGET_TYPES",
     "WIRE_VERSION",
     "BatchContent",
     "ContractError",
+    "CsvWriter",
     "DecryptionError",
     "Envelope",
     "EnvelopeError",
@@ -90,6 +94,7 @@ __all__ = [
     "associated_data",
     "check_created_at_window",
     "check_version",
+    "csv_lines",
     "decode_content",
     "derive_key",
     "format_timestamp",
@@ -103,6 +108,7 @@ __all__ = [
     "parse_key",
     "parse_plaintext_header",
     "parse_timestamp",
+    "record",
     "seal",
     "validate_content",
     "weak_key_reason",
