@@ -304,12 +304,12 @@ def cmd_failed(args: argparse.Namespace) -> int:
     settings = _settings(args)
     queue = batch_queue(redis_client(settings.redis_url), settings)
     try:
-        return _failed(queue, args)
+        return _failed(queue, args, settings)
     finally:
         queue.connection.close()
 
 
-def _failed(queue: Queue, args: argparse.Namespace) -> int:
+def _failed(queue: Queue, args: argparse.Namespace, settings: Settings) -> int:
     """List the failed batches, or requeue them."""
     from .failed import list_failed, requeue_failed
 
