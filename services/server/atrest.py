@@ -64,14 +64,20 @@ def wrap_data_key(kek: Key, batch_id: str, data_key: bytes) -> bytes:
     return nonce + kek.aead().encrypt(nonce, data_key, _key_aad(batch_id, kek.kid))
 
 
-def unwrap_data_key(keyring: Keyring, kid: str, batch_id: str, wrapped: bytes) -> bytes:
-    """The data key of a batch; AtRestError naming the setting if its database key is not configured."""
+def _database_aead(keyring: Keyring, kid: str, sealed_what: str) -> AESGCM:
+    """The AEAD of database key ``kid``; AtRestError naming the setting if it is not configured."""
     aead = keyring.aead(kid)
     if aead is None:
         raise AtRestError(
-            f"stored logs are encrypted under database key id {kid}, which is not configured"
+            f"{sealed_what} database key id {kid}, which is not configured"
             f" (set {SETTING}, or add it to server.db_encryption_keys)"
         )
+    return aead
+
+
+def unwrap_data_key(keyring: Keyring, kid: str, batch_id: str, wrapped: bytes) -> bytes:
+    """The data key of a batch; AtRestError naming the setting if its database key is not configured."""
+    aead = _database_aead(keyring, kid, "stored logs are encrypted under")
     try:
         return aead.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _key_aad(batch_id, kid))
     except InvalidTag:
@@ -119,12 +125,7 @@ def seal_job(key: Key, batch_ids: list[str], plaintext: bytes) -> bytes:
 
 def open_job(keyring: Keyring, kid: str, batch_ids: list[str], sealed: bytes) -> bytes:
     """The batches of a sealed queue job; AtRestError if its key is not configured or it was altered."""
-    aead = keyring.aead(kid)
-    if aead is None:
-        raise AtRestError(
-            f"a queued job is sealed under database key id {kid}, which is not configured"
-            f" (set {SETTING}, or add it to server.db_encryption_keys)"
-        )
+    aead = _database_aead(keyring, kid, "a queued job is sealed under")
     try:
         return aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _job_aad(kid, batch_ids))
     except InvalidTag:
