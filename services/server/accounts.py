@@ -127,6 +127,12 @@ def get_user(conn: psycopg.Connection, user_id: int) -> User | None:
     return User(*row) if row else None
 
 
+def find_user(conn: psycopg.Connection, username: str) -> User | None:
+    """The user named ``username``, compared case-insensitively as sign-in does."""
+    row = conn.execute("SELECT id, username, role FROM users WHERE lower(username) = lower(%s)", (username,)).fetchone()
+    return User(*row) if row else None
+
+
 def set_role(conn: psycopg.Connection, user_id: int, role: str) -> None:
     conn.execute("UPDATE users SET role = %s WHERE id = %s", (validate_role(role), user_id))
 

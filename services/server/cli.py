@@ -138,7 +138,7 @@ def password_file_path(args: argparse.Namespace) -> str:
 
 def cmd_create_user(args: argparse.Namespace, role: str | None = None) -> int:
     """Create a user (or reset a password); a generated password goes to a new mode-600 file, never to stdout."""
-    from .accounts import AccountError, count_users, create_user, set_password
+    from .accounts import AccountError, count_users, create_user, find_user, set_password
     from .db import connect
     from .privatefile import PrivateFileError, create_private_file
 
@@ -153,14 +153,12 @@ def cmd_create_user(args: argparse.Namespace, role: str | None = None) -> int:
         try:
             with conn.transaction():  # undone if the password file cannot be written
                 if getattr(args, "reset_password", False):
-                    row = conn.execute(
-                        "SELECT id, username FROM users WHERE lower(username) = lower(%s)", (args.username,)
-                    ).fetchone()
-                    if row is None:
+                    found = find_user(conn, args.username)
+                    if found is None:
                         print(f"atlas-server: no user named {args.username!r}", file=sys.stderr)
                         return 1
-                    set_password(conn, row[0], password)
-                    username, done = row[1], f"Password of {args.username!r} reset; their sessions are ended"
+                    set_password(conn, found.id, password)
+                    username, done = found.username, f"Password of {args.username!r} reset; their sessions are ended"
                 else:
                     user = create_user(conn, args.username, password, role)
                     username, done = user.username, f"Created {user.role} {user.username!r}"
@@ -260,25 +258,23 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_create_token(args: argparse.Namespace) -> int:
-    from .accounts import AccountError, create_token
+    from .accounts import AccountError, create_token, find_user
     from .db import connect
 
     settings = _settings(args)
     with connect(settings.database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT id, username, role FROM users WHERE lower(username) = lower(%s)", (args.username,)
-        ).fetchone()
-        if row is None:
+        user = find_user(conn, args.username)
+        if user is None:
             print(f"atlas-server: no user named {args.username!r}", file=sys.stderr)
             return 1
-        from .accounts import User
-
         try:
-            token = create_token(conn, User(*row), args.name)
+            token = create_token(conn, user, args.name)
         except AccountError as exc:
             print(f"atlas-server: {exc}", file=sys.stderr)
             return 1
-    print(f"API token {args.name!r} for {row[1]!r} (shown only now; send it as 'Authorization: Bearer <token>'):")
+    print(
+        f"API token {args.name!r} for {user.username!r} (shown only now; send it as 'Authorization: Bearer <token>'):"
+    )
     print(token)
     return 0
 
