@@ -856,7 +856,7 @@ def report(steps: Sequence[Step], bare: Sequence[BareStep]) -> None:
 def run(env: BenchEnv, args: argparse.Namespace) -> bool:
     """The whole benchmark; False when a check failed (lost batches, failed jobs, a dead process)."""
     require_rq_prefix(env)
-    from atlas.server.queue import batch_queue, redis_client
+    from atlas.core.queue import batch_queue, redis_client
 
     say(f"capacity bench | {machine_info(env)}")
     growth = f"+{args.step}" if args.step else f"x{args.factor}"

@@ -28,7 +28,7 @@ from psycopg.conninfo import make_conninfo
 from redis import Redis
 
 from atlas.contract import generate_encryption_key
-from atlas.server.config import Settings, settings_from_mapping
+from atlas.core.config import Settings, settings_from_mapping
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 """Maintenance database the bench connects to in order to create and drop its own."""
@@ -175,7 +175,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 @contextmanager
 def database(env: BenchEnv) -> Iterator[None]:
     """Create the run's database with the Atlas schema; drop it on exit, whatever still holds it open."""
-    from atlas.server.db import connect, migrate
+    from atlas.core.db import connect, migrate
 
     admin = make_conninfo(env.postgres_url, application_name="atlas-bench")
     with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:

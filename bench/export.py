@@ -48,10 +48,10 @@ import psutil
 import psycopg
 from psycopg import sql
 
+from atlas.core.accounts import create_token, create_user, generate_password
+from atlas.core.db import connect
 from atlas.exporter.app import EXPORT_PATH
 from atlas.exporter.query import FORMATS, ExportFilters, copy_statement
-from atlas.server.accounts import create_token, create_user, generate_password
-from atlas.server.db import connect
 
 from .common import BenchEnv, BenchError, add_common_arguments, isolated_env, machine_info, positive_int, say
 from .ingest import HOST, Server, free_port, stop, wait_ready

@@ -190,7 +190,7 @@ def timed_run(server: Server, requests: Iterator[bytes], concurrency: int, secon
 def queued_batches(env: BenchEnv) -> tuple[int, int]:
     """Jobs waiting in the run's rq queue, and the batches they carry (rq is imported here, after RQ_KEY_PREFIX)."""
     require_rq_prefix(env)
-    from atlas.server.queue import batch_queue, payload_batch_ids, redis_client
+    from atlas.core.queue import batch_queue, payload_batch_ids, redis_client
 
     queue = batch_queue(redis_client(env.redis_url), env.settings())
     try:

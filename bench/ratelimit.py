@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from atlas.server.ratelimit import RateLimiter, client_key
+from atlas.core.ratelimit import RateLimiter, client_key
 
 N = 200_000
 """Calls timed in each measurement."""

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from atlas.contract import Key, decode_content
-from atlas.server.config import Settings
-from atlas.server.db import connect
+from atlas.core.config import Settings
+from atlas.core.db import connect
 
 from .batches import LOGS_PER_BATCH, plaintext
 from .common import (
@@ -53,7 +53,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:  # these import rq, which must only happen once RQ_KEY_PREFIX is set
-    from atlas.server.queue import QueuedBatch
+    from atlas.core.queue import QueuedBatch
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The format ``atlas-server worker`` logs with."""
@@ -101,7 +101,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def make_batches(count: int, kid: str) -> list[QueuedBatch]:
     """``count`` validated batches with fresh batch_ids, flattened into job payloads as ingest does."""
-    from atlas.server.queue import queued_batch
+    from atlas.core.queue import queued_batch
 
     rng, now = random.Random(), datetime.now(UTC)
     return [
@@ -148,7 +148,7 @@ def time_copy(conn: psycopg.Connection, rows: Sequence[Row]) -> float:
 
 def fill_queue(settings: Settings, batches: Sequence[QueuedBatch], group: int) -> float:
     """Enqueue ``batches`` as ingest does, ``group`` per rq job; return the seconds it took."""
-    from atlas.server.queue import batch_queue, enqueue_batches, redis_client
+    from atlas.core.queue import batch_queue, enqueue_batches, redis_client
 
     queue = batch_queue(redis_client(settings.redis_url), settings)
     started = time.perf_counter()
@@ -223,7 +223,7 @@ def time_worker(settings: Settings, timeout: float) -> tuple[float, float]:
 
 
 def failed_jobs(settings: Settings) -> int:
-    from atlas.server.queue import batch_queue, redis_client
+    from atlas.core.queue import batch_queue, redis_client
 
     queue = batch_queue(redis_client(settings.redis_url), settings)
     try:

@@ -19,9 +19,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from atlas.server.accounts import create_user
+from atlas.core.accounts import create_user
 
-from .fix_ingest import ServerProcess
+from .fix_processes import ServerProcess
 
 PASSWORD = "dashboard-test-password-0123"
 """Every test user's password (at least 12 characters)."""

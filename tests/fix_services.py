@@ -14,9 +14,9 @@ from redis import Redis
 from rq import Queue
 
 from atlas.contract import generate_encryption_key
-from atlas.server.config import Settings, settings_from_mapping
-from atlas.server.db import connect, ensure_database, migrate
-from atlas.server.queue import batch_queue, redis_client
+from atlas.core.config import Settings, settings_from_mapping
+from atlas.core.db import connect, ensure_database, migrate
+from atlas.core.queue import batch_queue, redis_client
 
 RUN_ID = os.environ["ATLAS_TEST_RUN_ID"]
 PG_BASE_URL = os.environ.get("ATLAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -6,7 +6,7 @@
 
 build-pkg.sh feeds both to ``pip download --only-binary=:all: --platform macosx_12_0_ARCH``; every wheel it
 fetches is pinned by constraints.txt, except where wheel-overrides.txt pins another version for one
-architecture (a package that stopped publishing wheels for it). tests/test_packaging.py resolves the same
+architecture (a package that stopped publishing wheels for it). tests/deploy/test_packaging.py resolves the same
 set for both architectures.
 """
 

@@ -20,7 +20,7 @@ from atlas.contract import generate_encryption_key
 from atlas.contract.export import CSV_COLUMNS
 from atlas.live_widgets import start_live_widget_server
 
-from ..fix_ingest import BIN, free_port, service_env
+from ..fix_processes import BIN, free_port, service_env
 from ..fix_services import API_KEY
 
 

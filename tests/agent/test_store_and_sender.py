@@ -14,7 +14,7 @@ from atlas.agent.store import LocalStore, StoreKeyError
 from atlas.contract import LOG_MAX_BEFORE_BATCH, Keyring, generate_encryption_key
 
 from .. import batches
-from ..fix_ingest import free_port
+from ..fix_processes import free_port
 from ..fix_services import API_KEY
 
 

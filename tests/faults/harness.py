@@ -33,12 +33,12 @@ from rq import Queue
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.worker import Worker as RqWorker
 
-from atlas.server.config import settings_from_mapping
-from atlas.server.db import connect
-from atlas.server.queue import SERIALIZER
+from atlas.core.config import settings_from_mapping
+from atlas.core.db import connect
+from atlas.core.queue import SERIALIZER
 
 from .. import batches
-from ..fix_ingest import BIN, free_port, service_env
+from ..fix_processes import BIN, free_port, service_env
 from .report import Tally, record
 
 LOGS_PER_BATCH = 15

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from ..fix_ingest import free_port
+from ..fix_processes import free_port
 from ..fix_services import API_KEY
 from .agent_harness import missing_logs, outcome, run_through_outage, sim_agents, tally
 from .report import record

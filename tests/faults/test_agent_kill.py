@@ -30,7 +30,7 @@ import pytest
 from atlas.agent.config import load_agent_config
 from atlas.agent.store import LocalStore
 
-from ..fix_ingest import service_env
+from ..fix_processes import service_env
 from ..fix_services import API_KEY
 from .agent_harness import (
     FaultProxy,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from ..fix_ingest import free_port
+from ..fix_processes import free_port
 from ..fix_services import API_KEY
 from .agent_harness import (
     ROUND_KEY,

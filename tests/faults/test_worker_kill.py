@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from atlas.contract import validate_content
-from atlas.server.db import connect
-from atlas.server.queue import queued_batch
+from atlas.core.db import connect
+from atlas.core.queue import queued_batch
 from atlas.worker.store import persist_batch
 
 from .. import batches

@@ -1,0 +1,153 @@
+"""The dashboard app (``atlas-server dashboard``): pages, a stylesheet, and the export API beside them.
+
+``create_app`` is the factory uvicorn calls. Pages are rendered on the
+server from ``templates/``; the only other resource is ``static/dashboard.css``.
+Nothing is loaded from another origin (the Content-Security-Policy says so
+too), so the dashboard works on a network without internet access, and
+without JavaScript.
+
+Errors on pages are pages: 404 and 403 render ``error.html``, a database that
+cannot be reached gives a 503 page. Paths under ``/api/`` keep their JSON
+errors for API clients; a browser following an export link gets pages there
+too, and a redirect to sign-in when its session is gone (``browser``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from psycopg_pool import PoolTimeout
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from atlas.core import metrics
+from atlas.core.accounts import bootstrap_admin
+from atlas.core.config import Settings, get_settings
+from atlas.core.web import WebState
+from atlas.exporter.app import add_export_routes
+
+from . import admin, auth, browser, views
+from .machine import ContentLocked
+from .render import render
+from .security import SecurityHeadersMiddleware
+
+log = logging.getLogger("atlas.dashboard")
+
+STATIC = Path(__file__).parent / "static"
+RETRY_AFTER_SECONDS = 5
+
+
+def _bootstrap(web: WebState) -> None:
+    """Create the first admin from ATLAS_ADMIN_USERNAME/ATLAS_ADMIN_PASSWORD if there is no user yet.
+
+    A bad password stops start-up (AccountError); a database that cannot be
+    reached only logs, so the process still answers /healthz and /readyz says 503.
+    """
+    try:
+        with web.pool.connection() as conn:
+            user = bootstrap_admin(conn, os.environ)
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        log.warning("Could not reach PostgreSQL to create the first admin: %s", type(exc).__name__)
+        return
+    except psycopg.errors.UndefinedTable:
+        raise RuntimeError("the database has no Atlas schema yet: run `atlas-server migrate` first") from None
+    if user is not None:
+        log.info("Created the first admin %r from ATLAS_ADMIN_USERNAME", user.username)
+
+
+def _is_api(request: Request) -> bool:
+    """A request for a JSON error: under ``/api/``, and not from a browser."""
+    return request.url.path.startswith("/api/") and not browser.wants_html(request)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the dashboard; settings default to config.yaml and the environment."""
+    settings = settings or get_settings()
+    web = WebState(settings, name="dashboard")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        web.open()
+        await run_in_threadpool(_bootstrap, web)
+        yield
+        web.close()
+
+    app = FastAPI(
+        title="Atlas dashboard", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.web = web
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(auth.router)
+    app.include_router(views.router)
+    app.include_router(admin.router)
+    add_export_routes(app, web, browser.export_refusal)
+    metrics.add_metrics(app, "dashboard")  # outermost middleware: counts every answer, pages and exports
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz():
+        if await run_in_threadpool(web.ready):
+            return {"status": "ready"}
+        return JSONResponse(
+            {"detail": "database unavailable"}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
+
+    @app.exception_handler(auth.LoginRequired)
+    async def login_required(request: Request, exc: auth.LoginRequired) -> Response:
+        return RedirectResponse(auth.login_url(exc.next_path), status_code=303)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _is_api(request) or exc.status_code not in (400, 403, 404, 405):
+            return await http_exception_handler(request, exc)
+        titles = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed"}
+        detail = exc.detail if exc.status_code in (403, 404) and isinstance(exc.detail, str) else ""
+        return render("error.html", status=exc.status_code, title=titles[exc.status_code], detail=detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if _is_api(request):
+            return await request_validation_exception_handler(request, exc)
+        return render("error.html", status=400, title="Bad request", detail="The request could not be understood.")
+
+    async def content_locked(request: Request, exc: ContentLocked) -> Response:
+        return render("error.html", status=503, title="Encrypted logs cannot be read", detail=exc.detail)
+
+    async def database_down(request: Request, exc: Exception) -> Response:
+        log.warning("Database unavailable for %s: %s", request.url.path, type(exc).__name__)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if _is_api(request):
+            return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503, headers=headers)
+        return render(
+            "error.html",
+            status=503,
+            headers=headers,
+            title="Database unavailable",
+            detail="Atlas cannot reach its database right now. Try again in a moment.",
+        )
+
+    async def unusable_input(request: Request, exc: Exception) -> Response:
+        # PostgreSQL refuses some text (a NUL byte) that HTML forms and URLs can carry: the request is bad.
+        log.info("Refused input for %s: %s", request.url.path, type(exc).__name__)
+        if _is_api(request):
+            return JSONResponse({"detail": "the request holds characters that cannot be stored"}, status_code=400)
+        return render("error.html", status=400, title="Bad request", detail="The request holds unusable characters.")
+
+    app.add_exception_handler(ContentLocked, content_locked)
+    app.add_exception_handler(psycopg.DataError, unusable_input)
+    app.add_exception_handler(psycopg.OperationalError, database_down)
+    app.add_exception_handler(PoolTimeout, database_down)
+    return app

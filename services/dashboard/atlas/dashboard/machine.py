@@ -1,0 +1,432 @@
+"""One machine's page: identity, the latest log of each widget, recent logs and charts.
+
+Queries select rows; every number and string is read out of ``data`` in Python
+(``extract``), never with SQL's ``->>``. A log's ``message`` and ``data`` may be
+encrypted at rest (``atlas.core.atrest``): every query reading them selects
+``content_columns()`` and hands those to one ``LogContent`` per request, which
+passes clear rows through and opens sealed ones with the database keys
+(``server.db_encryption_key``); a key that is missing or wrong raises
+``ContentLocked``, a 503 naming the setting, never ciphertext. Charts are built
+by pure functions from (widget type, timestamp, data) rows and averaged into
+buckets; a week's charts are averaged into buckets by ``timeline`` instead (in
+SQL for clear logs), every log counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from markupsafe import Markup
+from psycopg import sql
+from starlette.exceptions import HTTPException
+
+from atlas.contract import LEVELS, Keyring
+from atlas.core.atrest import SETTING, AtRestError
+from atlas.core.content import ContentReader
+
+from . import extract, timeline
+from .charts import Series, bucket_average, line_chart
+
+RECENT_LOGS = 100
+"""Logs listed on the machine page."""
+
+PING_WINDOW = timedelta(hours=1)
+"""The ping table shows each target's latest result within this long before the newest ping."""
+
+LATEST_LOOKBACK = timedelta(days=2)
+"""How far before a machine's last contact its latest log of each widget is looked for."""
+
+
+@dataclass(frozen=True)
+class ChartRange:
+    span: timedelta
+    buckets: int
+    binned: bool
+    """True: averaged by ``timeline`` (clear logs in SQL); False: every log of the span read and averaged here."""
+
+
+RANGES: Mapping[str, ChartRange] = {
+    "day": ChartRange(timedelta(days=1), 96, binned=False),
+    "week": ChartRange(timedelta(days=7), 2016, binned=True),
+}
+"""Chart ranges: the span and how many buckets it is averaged into (15 minutes for a day, 5 for a week)."""
+
+CHART_WIDGETS = ("wifi", "speedtest", "ping", "health")
+
+log = logging.getLogger("atlas.dashboard")
+
+
+# --- stored content, clear or encrypted at rest ------------------------------------------
+
+
+def content_columns(*, data: bool = True) -> sql.Composed:
+    """The widget_logs columns ``LogContent.open`` reads, in its order.
+
+    With ``data=False`` a clear row's ``data`` is not read (a sealed row holds both anyway).
+    """
+    return sql.SQL(", ").join(
+        [
+            sql.Identifier("message"),
+            sql.Identifier("data") if data else sql.SQL("NULL::jsonb"),
+            sql.Identifier("sealed"),
+            sql.SQL("{}::text").format(sql.Identifier("batch_id")),
+            *map(sql.Identifier, ("machine_id", "timestamp", "level", "widget_type")),
+        ]
+    )
+
+
+class ContentLocked(HTTPException):
+    """Stored logs are encrypted at rest under a database key this dashboard lacks (or has wrong): a 503.
+
+    The page names the setting to fix; the details (key ids, batch ids) go to the log, not the page.
+    """
+
+    DETAIL = (
+        "The logs of this page are encrypted at rest, and this dashboard cannot open them: its database"
+        f" encryption key is missing or wrong. Set {SETTING} (or FLEET_DB_ENCRYPTION_KEY) to the key the"
+        " workers store logs with, keeping older keys in server.db_encryption_keys, then restart the dashboard."
+    )
+
+    def __init__(self) -> None:
+        super().__init__(503, self.DETAIL)
+
+
+class LogContent:
+    """The message and data of stored logs, for one request.
+
+    Clear rows pass through; sealed rows are opened with their batch's data key,
+    unwrapped once per batch (a page's batches in one query) and cached for the request.
+    """
+
+    def __init__(self, conn: psycopg.Connection, keyring: Keyring) -> None:
+        self.reader = ContentReader(conn, keyring)
+
+    def open(self, stored: Sequence[Sequence[Any]], *, data: bool = True) -> list[tuple[str, dict[str, Any]]]:
+        """(message, decoded data) of each row's ``content_columns()``, in order.
+
+        ``data=False``: the data is not decoded (an empty dict). Raises ContentLocked if a row cannot be opened.
+        """
+        try:
+            self.reader.prefetch({row[3] for row in stored if row[2] is not None})
+            return [self._open(row, data) for row in stored]
+        except AtRestError as exc:
+            log.warning("Cannot open logs encrypted at rest: %s", exc)
+            raise ContentLocked() from None
+
+    def _open(self, row: Sequence[Any], data: bool) -> tuple[str, dict[str, Any]]:
+        message, stored, sealed, batch_id, machine_id, moment, level, widget_type = row
+        if sealed is not None:
+            message, stored = self.reader.open(batch_id, machine_id, moment, level, widget_type, sealed)
+        return message or "", extract.decode_data(stored) if data else {}
+
+
+def levels_from(level: str) -> tuple[str, ...]:
+    """``level`` and the more severe levels; all levels for an empty or unknown ``level``."""
+    return LEVELS[LEVELS.index(level) :] if level in LEVELS else LEVELS
+
+
+@dataclass
+class LogRow:
+    id: int
+    timestamp: datetime
+    level: str
+    widget_type: str
+    message: str
+
+
+@dataclass
+class Latest:
+    """The newest log of one widget: when, and its fields as the page shows them."""
+
+    timestamp: datetime
+    level: str
+    message: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Conflicts:
+    """Batches that claimed this machine_id with another serial number (``identity_conflicts``)."""
+
+    count: int = 0
+    serials: int = 0
+    logs: int = 0
+    latest: datetime | None = None
+    recent: list[dict[str, Any]] = field(default_factory=list)
+
+
+RECENT_CONFLICTS = 10
+"""Identity conflicts listed on the machine page, newest first."""
+
+
+@dataclass
+class MachineView:
+    identity: dict[str, Any]
+    conflicts: Conflicts = field(default_factory=Conflicts)
+    wifi: Latest | None = None
+    speedtest: Latest | None = None
+    health: Latest | None = None
+    processes: Latest | None = None
+    pings: list[tuple[datetime, dict[str, Any]]] = field(default_factory=list)
+    logs: list[LogRow] = field(default_factory=list)
+    charts: list[Markup] = field(default_factory=list)
+
+
+_IDENTITY_COLUMNS = (
+    "machine_id",
+    "serial_number",
+    "hostname",
+    "model",
+    "os_version",
+    "agent_version",
+    "first_seen",
+    "last_seen",
+)
+
+_SUMMARIES: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "wifi": extract.wifi_summary,
+    "speedtest": extract.speed_summary,
+    "health": extract.health_summary,
+    "processes": extract.processes_summary,
+}
+
+
+def load_identity(conn: psycopg.Connection, machine_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        sql.SQL("SELECT {} FROM machines WHERE machine_id = %s").format(
+            sql.SQL(", ").join(map(sql.Identifier, _IDENTITY_COLUMNS))
+        ),
+        (machine_id,),
+    ).fetchone()
+    return dict(zip(_IDENTITY_COLUMNS, row, strict=True)) if row else None
+
+
+def load_conflicts(conn: psycopg.Connection, machine_id: str) -> Conflicts:
+    count, serials, logs, latest = conn.execute(
+        "SELECT count(*), count(DISTINCT serial_number), coalesce(sum(log_count), 0), max(received_at)"
+        " FROM identity_conflicts WHERE machine_id = %s",
+        (machine_id,),
+    ).fetchone()
+    if not count:
+        return Conflicts()
+    rows = conn.execute(
+        "SELECT received_at, serial_number, hostname, log_count FROM identity_conflicts WHERE machine_id = %s"
+        " ORDER BY received_at DESC LIMIT %s",
+        (machine_id, RECENT_CONFLICTS),
+    ).fetchall()
+    recent = [
+        {"received_at": r[0], "serial_number": extract.text(r[1], 64) or "?", "hostname": extract.text(r[2], 64)}
+        | {"log_count": r[3]}
+        for r in rows
+    ]
+    return Conflicts(count, serials, int(logs), latest, recent)
+
+
+def load_latest(
+    conn: psycopg.Connection, content: LogContent, machine_id: str, widget_type: str, since: datetime
+) -> Latest | None:
+    row = conn.execute(
+        sql.SQL(
+            "SELECT {} FROM widget_logs"
+            ' WHERE machine_id = %s AND widget_type = %s AND "timestamp" >= %s ORDER BY "timestamp" DESC LIMIT 1'
+        ).format(content_columns()),
+        (machine_id, widget_type, since),
+    ).fetchone()
+    if row is None:
+        return None
+    [(message, data)] = content.open([row])
+    return Latest(row[5], row[6], extract.text(message, 500) or "", _SUMMARIES[widget_type](data))
+
+
+def load_pings(
+    conn: psycopg.Connection, content: LogContent, machine_id: str, since: datetime
+) -> list[tuple[datetime, dict[str, Any]]]:
+    """Each target's latest ping within ``PING_WINDOW`` before the machine's newest ping."""
+    rows = conn.execute(
+        sql.SQL(
+            'WITH newest AS (SELECT max("timestamp") AS at FROM widget_logs'
+            "   WHERE machine_id = %(id)s AND widget_type = 'ping' AND \"timestamp\" >= %(since)s)"
+            " SELECT {} FROM widget_logs, newest"
+            " WHERE machine_id = %(id)s AND widget_type = 'ping'"
+            ' AND "timestamp" > newest.at - %(window)s AND "timestamp" <= newest.at'
+        ).format(content_columns()),
+        {"id": machine_id, "since": since, "window": PING_WINDOW},
+    ).fetchall()
+    opened = content.open(rows)
+    return extract.latest_per_target((row[5], data) for row, (_, data) in zip(rows, opened, strict=True))
+
+
+def load_logs(conn: psycopg.Connection, content: LogContent, machine_id: str, level: str) -> list[LogRow]:
+    """The newest ``RECENT_LOGS`` logs at ``level`` or above."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT id, {} FROM widget_logs"
+            ' WHERE machine_id = %s AND level = ANY(%s) ORDER BY "timestamp" DESC, id DESC LIMIT %s'
+        ).format(content_columns(data=False)),
+        (machine_id, list(levels_from(level)), RECENT_LOGS),
+    ).fetchall()
+    opened = content.open([r[1:] for r in rows], data=False)
+    return [
+        LogRow(r[0], r[6], r[7], r[8], extract.text(message, 500) or "")
+        for r, (message, _) in zip(rows, opened, strict=True)
+    ]
+
+
+def load_chart_rows(
+    conn: psycopg.Connection, content: LogContent, machine_id: str, start: datetime, end: datetime
+) -> list[tuple[str, datetime, dict[str, Any]]]:
+    """(widget type, timestamp, decoded data) of the charted logs in [start, end)."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT {} FROM widget_logs WHERE machine_id = %(id)s"
+            ' AND "timestamp" >= %(start)s AND "timestamp" < %(end)s AND widget_type = ANY(%(types)s)'
+        ).format(content_columns()),
+        {"id": machine_id, "start": start, "end": end, "types": list(CHART_WIDGETS)},
+    ).fetchall()
+    return _opened(content, rows)
+
+
+def _opened(content: LogContent, rows: Sequence[Sequence[Any]]) -> list[tuple[str, datetime, dict[str, Any]]]:
+    opened = content.open(rows)
+    return [(row[7], row[5], data) for row, (_, data) in zip(rows, opened, strict=True)]
+
+
+def load_buckets(
+    conn: psycopg.Connection, content: LogContent, machine_id: str, start: datetime, end: datetime, buckets: int
+) -> timeline.Buckets:
+    """Every chart line's values in [start, end) summed into ``buckets`` buckets (``timeline``)."""
+    lines = [(kind, number) for spec in CHARTS for _, kind, number, _ in spec.lines]
+    found = timeline.Buckets(start, end, (end - start) / buckets, lines)
+    timeline.add_clear(found, conn.execute(*timeline.clear_query(found, machine_id)).fetchall())
+    sealed = conn.execute(*timeline.sealed_query(found, machine_id, content_columns())).fetchall()
+    timeline.add_opened(found, _opened(content, sealed))
+    return found
+
+
+def load_machine(
+    conn: psycopg.Connection,
+    machine_id: str,
+    *,
+    now: datetime,
+    chart_range: str,
+    level: str,
+    keyring: Keyring | None = None,
+) -> MachineView | None:
+    """Everything the machine page shows, or None for an unknown machine.
+
+    ``keyring``: the database keys (``Settings.db_keyring``) that open logs encrypted at rest; without the
+    key of a stored log, ContentLocked.
+    """
+    identity = load_identity(conn, machine_id)
+    if identity is None:
+        return None
+    content = LogContent(conn, Keyring() if keyring is None else keyring)
+    view = MachineView(identity, load_conflicts(conn, machine_id))
+    since = identity["last_seen"] - LATEST_LOOKBACK
+    for widget_type in _SUMMARIES:
+        setattr(view, widget_type, load_latest(conn, content, machine_id, widget_type, since))
+    view.pings = load_pings(conn, content, machine_id, since)
+    view.logs = load_logs(conn, content, machine_id, level)
+    chosen = RANGES[chart_range]
+    start = now - chosen.span
+    if chosen.binned:
+        view.charts = binned_charts(load_buckets(conn, content, machine_id, start, now, chosen.buckets))
+    else:
+        view.charts = build_charts(load_chart_rows(conn, content, machine_id, start, now), start, now, chosen.buckets)
+    return view
+
+
+# --- charts: pure ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChartSpec:
+    title: str
+    unit: str
+    lines: Sequence[tuple[str, str, extract.NumberAt, str]]
+    """(legend label, widget type, number read from the data, colour) of each line."""
+    y_min: float | None = None
+    y_max: float | None = None
+
+
+CHARTS: Sequence[ChartSpec] = (
+    ChartSpec(
+        "Speed test: download and upload",
+        "Mbps",
+        (
+            ("Download", "speedtest", extract.speed_down, "#4e79a7"),
+            ("Upload", "speedtest", extract.speed_up, "#f28e2b"),
+        ),
+        y_min=0,
+    ),
+    ChartSpec(
+        "Wi-Fi: RSSI and noise",
+        "dBm",
+        (("RSSI", "wifi", extract.wifi_rssi, "#59a14f"), ("Noise", "wifi", extract.wifi_noise, "#e15759")),
+    ),
+    ChartSpec(
+        "Ping: latency (ms, average over targets) and loss (%)",
+        "ms · %",
+        (
+            ("Latency (ms)", "ping", extract.ping_latency, "#76b7b2"),
+            ("Loss (%)", "ping", extract.ping_loss, "#e15759"),
+        ),
+        y_min=0,
+    ),
+    ChartSpec(
+        "Health: CPU and memory",
+        "%",
+        (("CPU", "health", extract.health_cpu, "#b07aa1"), ("Memory", "health", extract.health_memory, "#edc948")),
+        y_min=0,
+        y_max=100,
+    ),
+)
+"""The four charts of the machine page."""
+
+
+def series_points(
+    rows: Iterable[tuple[str, datetime, Mapping[str, Any]]], widget_type: str, extractor: extract.NumberAt
+) -> list[tuple[datetime, float]]:
+    """(timestamp, value) of each row of ``widget_type`` whose data holds a number for ``extractor``."""
+    points = []
+    for kind, when, data in rows:
+        if kind == widget_type:
+            value = extractor(data)
+            if value is not None:
+                points.append((when, value))
+    return points
+
+
+def build_charts(
+    rows: Sequence[tuple[str, datetime, Mapping[str, Any]]], start: datetime, end: datetime, buckets: int
+) -> list[Markup]:
+    """The machine page's charts (SVG figures) from the window's rows."""
+    points = [
+        bucket_average(series_points(rows, kind, extractor), start, end, buckets)
+        for spec in CHARTS
+        for _, kind, extractor, _ in spec.lines
+    ]
+    return _charts(points, start, end)
+
+
+def binned_charts(buckets: timeline.Buckets) -> list[Markup]:
+    """The machine page's charts from ``load_buckets`` (its lines in the order of ``CHARTS``)."""
+    return _charts([buckets.points(line) for line in range(len(buckets.lines))], buckets.start, buckets.end)
+
+
+def _charts(points: Sequence[Sequence[tuple[datetime, float]]], start: datetime, end: datetime) -> list[Markup]:
+    """The SVG figures of ``CHARTS`` from each line's points, in the order of the specs' lines."""
+    charts, remaining = [], iter(points)
+    for spec in CHARTS:
+        series = [Series(label, next(remaining), color) for label, _, _, color in spec.lines]
+        charts.append(
+            line_chart(
+                series, title=spec.title, unit=spec.unit, start=start, end=end, y_min=spec.y_min, y_max=spec.y_max
+            )
+        )
+    return charts

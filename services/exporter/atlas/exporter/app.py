@@ -1,0 +1,378 @@
+"""The export API: ``GET /api/exports/logs`` streams CSV, JSON or NDJSON of any size.
+
+PostgreSQL writes a JSON or NDJSON export (one ``COPY ... TO STDOUT``, see
+``query``); a CSV export, and any export of logs encrypted at rest, is written
+by Python (``decrypted``) from a server-side cursor. This service
+authenticates, records the export in the audit log, and passes the bytes on
+in chunks, gzipped when the client asks. The first chunk is read
+before the response starts, so a database that is down gives a 503, not an
+empty file. A stream that fails later is cut off without HTTP's final chunk
+(and, for JSON, without the closing bracket; for gzip, without the trailer),
+so the client can tell the file is incomplete.
+
+``add_export_routes`` also mounts these routes on the dashboard, so its
+export links work on the dashboard's own origin; the dashboard passes a
+``Refuse`` that answers a browser with a page instead of a JSON problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+import anyio
+import psycopg
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from psycopg_pool import PoolTimeout
+from starlette.concurrency import run_in_threadpool
+
+from atlas.core import metrics
+from atlas.core.atrest import SETTING, AtRestError
+from atlas.core.config import Settings, get_settings
+from atlas.core.content import require_keys
+from atlas.core.web import EXPORT_CONNECTIONS, Principal, WebState
+
+from .audit import finish_export, recent_exports, start_export
+from .decrypted import decrypted_lines
+from .limits import ExportSlots, TimedStreamingResponse
+from .query import MEDIA_TYPES, FilterError, accepts_gzip, copy_statement, export_filename, parse_filters
+from .stream import RowCount, chunked, copy_out, frame, gzipped
+
+log = logging.getLogger("atlas.exporter")
+
+EXPORT_PATH = "/api/exports/logs"
+AUDIT_PATH = "/api/exports/audit"
+RETRY_AFTER_SECONDS = 5
+
+_END = object()
+
+
+def problem(status: int, detail: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a request is refused: the status, the reason, the parameter at fault, extra headers."""
+
+    status: int
+    detail: str
+    field: str | None = None
+    headers: dict[str, str] | None = None
+    page_detail: str | None = None
+    """What a page shows instead of ``detail``, when that holds what only the log should (key ids)."""
+
+    def response(self) -> JSONResponse:
+        """The JSON problem body API clients get."""
+        return problem(self.status, self.detail, self.field, self.headers)
+
+
+Refuse = Callable[[Request, Principal | None, Problem], Response]
+"""How a refusal is answered, given the request and who made it (None: nobody signed in)."""
+
+
+def json_refusal(request: Request, principal: Principal | None, refused: Problem) -> Response:
+    """Every refusal as a JSON problem (the exporter on its own)."""
+    return refused.response()
+
+
+UNAUTHENTICATED = "authentication required: a dashboard session or 'Authorization: Bearer <API token>'"
+UNAUTHENTICATED_PROBLEM = Problem(401, UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+LOCKED = (
+    f"The stored logs are encrypted at rest, and this server cannot open them: set {SETTING}"
+    " (or FLEET_DB_ENCRYPTION_KEY) to the key the workers store logs with, keeping older keys in"
+    " server.db_encryption_keys."
+)
+DATABASE_DOWN = Problem(503, "database unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def _database_down() -> JSONResponse:
+    return DATABASE_DOWN.response()
+
+
+class ExportsBusy(Exception):
+    """Every export connection is streaming already."""
+
+
+class Export:
+    """One export from start to end: the audit row, the COPY, and how it finished."""
+
+    def __init__(
+        self,
+        web: WebState,
+        principal: Principal,
+        client: str | None,
+        fmt: str,
+        filters,
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.web = web
+        self.release = release
+        """Gives the principal's export slot back; called when the export ends, however it ends."""
+        self.principal = principal
+        self.client = client
+        self.fmt = fmt
+        self.filters = filters
+        self.count = RowCount()
+        self.audit_id: int | None = None
+        self.sealed = False
+        self.started = time.monotonic()
+
+    def begin(self) -> str | None:
+        """Record the export; returns the device's serial number when filtering by machine (for the name)."""
+        with self.web.pool.connection() as conn:
+            self.audit_id = start_export(
+                conn,
+                username=self.principal.user.username,
+                auth=self.principal.auth,
+                client=self.client,
+                fmt=self.fmt,
+                filters=self.filters.as_dict(),
+            )
+            try:
+                self.sealed = require_keys(conn, self.web.settings.db_keyring)
+            except AtRestError as exc:  # refused, and recorded as such
+                self.finish("failed", str(exc)[:200])
+                raise
+            if self.filters.machine_id and not self.filters.serial_number:
+                row = conn.execute(
+                    "SELECT serial_number FROM machines WHERE machine_id = %s", (self.filters.machine_id,)
+                ).fetchone()
+                return row[0] if row else None
+        return None
+
+    def _lines(self, conn: psycopg.Connection) -> Iterator[bytes]:
+        """PostgreSQL's COPY writes JSON and NDJSON unless some stored content is sealed; Python writes the rest.
+
+        Every CSV goes through Python, clear or sealed, so that one writer quotes and neutralises it.
+        """
+        if self.sealed or self.fmt == "csv":
+            return decrypted_lines(conn, self.fmt, self.filters, self.web.settings.db_keyring, self.count)
+        statement, params = copy_statement(self.fmt, self.filters)  # type: ignore[arg-type]
+        return copy_out(conn, statement, params, self.count)
+
+    def chunks(self, gzip: bool) -> Iterator[bytes]:
+        """The export's bytes; the audit row is finished however the iteration ends."""
+        status, error = "aborted", None
+        try:
+            try:
+                conn = self.web.export_pool.getconn()
+            except PoolTimeout:
+                raise ExportsBusy from None
+            try:
+                source = self._lines(conn)
+                try:
+                    out = chunked(frame(source, self.fmt), self.web.settings.export_chunk_bytes)
+                    yield from gzipped(out) if gzip else out
+                finally:
+                    source.close()  # cancels the COPY if it did not run to the end
+            finally:
+                self.web.export_pool.putconn(conn)
+            status = "complete"
+        except ExportsBusy:
+            status, error = "failed", "too many exports running"
+            raise
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            status, error = "failed", f"{type(exc).__name__}: {first_line}"
+            raise
+        finally:
+            self.finish(status, error)
+
+    def finish(self, status: str, error: str | None) -> None:
+        self.release()
+        seconds = time.monotonic() - self.started
+        metrics.EXPORTS.labels(self.fmt, status).inc()
+        metrics.EXPORT_ROWS.labels(self.fmt).inc(self.count.rows)
+        metrics.EXPORT_DURATION.labels(self.fmt, status).observe(seconds)
+        log.info(
+            "Export %s by %s (%s): %s %s, %d rows in %.1f s, %s",
+            self.audit_id,
+            self.principal.user.username,
+            self.principal.auth,
+            self.fmt,
+            self.filters.as_dict() or "all logs",
+            self.count.rows,
+            seconds,
+            status,
+        )
+        if self.audit_id is None:
+            return
+        for attempt in (1, 2):  # a connection PostgreSQL dropped mid-export fails once; the pool replaces it
+            try:
+                with self.web.pool.connection() as conn:
+                    finish_export(conn, self.audit_id, status, self.count.rows, error)
+                return
+            except (psycopg.Error, PoolTimeout) as exc:
+                if attempt == 2:
+                    log.warning("Could not finish audit row %s: %s", self.audit_id, type(exc).__name__)
+
+
+async def _drain(chunks: Iterator[bytes], first: bytes) -> AsyncIterator[bytes]:
+    """Iterate a blocking iterator from worker threads, closing it promptly if the client goes away."""
+    try:
+        if first:
+            yield first
+        while True:
+            chunk = await run_in_threadpool(next, chunks, _END)
+            if chunk is _END:
+                return
+            yield chunk  # type: ignore[misc]
+    finally:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(chunks.close)  # type: ignore[attr-defined]
+
+
+def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal) -> None:
+    """Add ``GET /api/exports/logs`` and ``GET /api/exports/audit`` to ``app``; ``refuse`` answers refusals."""
+    slots = ExportSlots(web.settings.max_exports_per_principal)
+
+    @app.get(
+        EXPORT_PATH,
+        summary="Export widget logs as CSV, JSON or NDJSON",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "The export, streamed; gzip when Accept-Encoding allows it",
+                "content": {media.split(";")[0]: {} for media in MEDIA_TYPES.values()},
+            },
+            401: {"description": "No session and no valid API token"},
+            422: {"description": "A filter cannot be used; `field` names it"},
+            429: {"description": "Too many exports running (this user's, or all); retry after Retry-After seconds"},
+            503: {"description": "Database unavailable; retry after Retry-After seconds"},
+        },
+    )
+    async def export_logs(
+        request: Request,
+        format: Annotated[str | None, Query(description="csv (default), json or ndjson")] = None,
+        widget_type: Annotated[
+            str | None, Query(description="wifi, speedtest, ping, health, processes or agent")
+        ] = None,
+        machine_id: Annotated[str | None, Query(description="one machine")] = None,
+        serial_number: Annotated[str | None, Query(description="one device by serial number")] = None,
+        level: Annotated[str | None, Query(description="DEBUG, INFO, WARNING or ERROR")] = None,
+        since: Annotated[str | None, Query(description="ISO 8601, inclusive; no offset means UTC")] = None,
+        until: Annotated[str | None, Query(description="ISO 8601, exclusive; no offset means UTC")] = None,
+    ):
+        try:
+            principal = await run_in_threadpool(web.principal, request)
+        except (psycopg.OperationalError, PoolTimeout):
+            return refuse(request, None, DATABASE_DOWN)
+        if principal is None:
+            return refuse(request, None, UNAUTHENTICATED_PROBLEM)
+        try:
+            fmt, filters = parse_filters(
+                format=format,
+                widget_type=widget_type,
+                machine_id=machine_id,
+                serial_number=serial_number,
+                level=level,
+                since=since,
+                until=until,
+            )
+        except FilterError as exc:
+            return refuse(request, principal, Problem(422, str(exc), exc.field))
+        release = slots.acquire(principal.user.id)
+        if release is None:
+            capped = (
+                f"{slots.limit} exports by this user are running already (exporter.max_exports_per_principal);"
+                " retry when one has finished"
+            )
+            return refuse(request, principal, Problem(429, capped, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}))
+        client = request.client.host if request.client else None
+        export = Export(web, principal, client, fmt, filters, release)
+        gzip = accepts_gzip(request.headers.get("accept-encoding"))
+        streaming = False
+        try:
+            serial = await run_in_threadpool(export.begin)
+            chunks = export.chunks(gzip)
+            first = await run_in_threadpool(next, chunks, b"")
+            streaming = True  # from here the export gives its slot back when it ends
+        except ExportsBusy:
+            busy = f"{EXPORT_CONNECTIONS} exports are running already; retry later"
+            return refuse(request, principal, Problem(429, busy, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}))
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            log.warning("Export refused, database unavailable: %s", type(exc).__name__)
+            return refuse(request, principal, DATABASE_DOWN)
+        except AtRestError as exc:
+            log.error("Export refused: %s", exc)
+            return refuse(request, principal, Problem(503, f"cannot decrypt stored logs: {exc}", page_detail=LOCKED))
+        finally:
+            if not streaming:
+                release()  # at most once, however often it is called
+        name = export_filename(fmt, filters, datetime.now(UTC).date(), serial)
+        headers = {
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "X-Atlas-Export-Id": str(export.audit_id),
+            "Vary": "Accept-Encoding",
+        }
+        if gzip:
+            headers["Content-Encoding"] = "gzip"
+        return TimedStreamingResponse(
+            _drain(chunks, first),
+            media_type=MEDIA_TYPES[fmt],
+            headers=headers,
+            send_timeout=web.settings.export_send_timeout,
+            what=f"Export {export.audit_id}",
+        )
+
+    @app.get(
+        AUDIT_PATH,
+        summary="The latest exports (admins only)",
+        responses={401: {"description": "Not signed in"}, 403: {"description": "Not an admin"}},
+    )
+    async def export_audit(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 200):
+        principal = await run_in_threadpool(web.principal, request)
+        if principal is None:
+            return refuse(request, None, UNAUTHENTICATED_PROBLEM)
+        if not principal.user.is_admin:
+            return refuse(request, principal, Problem(403, "admins only"))
+
+        def read() -> list[dict]:
+            with web.pool.connection() as conn:
+                return recent_exports(conn, limit)
+
+        rows = await run_in_threadpool(read)
+        for row in rows:
+            for key in ("started_at", "finished_at"):
+                row[key] = row[key].isoformat() if row[key] else None
+        return {"exports": rows}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The exporter on its own (``atlas-server exporter``)."""
+    settings = settings or get_settings()
+    web = WebState(settings, name="exporter")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        web.open()
+        yield
+        web.close()
+
+    app = FastAPI(title="Atlas exporter", version="1", lifespan=lifespan)
+    app.state.web = web
+    add_export_routes(app, web)
+    metrics.add_metrics(app, "exporter")
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="PostgreSQL is reachable")
+    async def readyz():
+        if await run_in_threadpool(web.ready):
+            return {"status": "ready"}
+        return _database_down()
+
+    return app

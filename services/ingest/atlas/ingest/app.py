@@ -1,0 +1,331 @@
+"""The ingest API: ``POST /api/fleet/widget-logs``, ``/healthz``, ``/readyz``, ``/metrics``.
+
+The route stays thin: authenticate from headers before reading the body,
+read at most ``max_body_bytes``, hand the bytes to ``intake.read_batch`` and
+the result to the grouping enqueuer. Every contract error becomes a 4xx
+with a reason; Redis trouble becomes a 503 with Retry-After, never a 202.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from functools import cached_property
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from atlas.contract import ContractError, PayloadTooLargeError, SchemaError
+from atlas.core import metrics
+from atlas.core.config import Settings, get_settings
+from atlas.core.queue import QueuedBatch, accepted_marker, batch_queue, queued_batch, redis_client
+from atlas.core.ratelimit import IngestLimits
+
+from .auth import is_valid_key, presented_key
+from .grouping import GroupingEnqueuer, QueueBusy
+from .intake import AlreadyAccepted, read_batch
+from .models import Duplicate, EncryptedBody, PlaintextBody, Problem, Queued, SchemaProblem
+
+log = logging.getLogger("atlas.ingest")
+
+RETRY_AFTER_SECONDS = 5
+"""What a 503 tells the agent to wait before sending again."""
+
+INLINE_DECODE_BYTES = 64 * 1024
+"""Bodies up to this size, whose plaintext is no larger either, are decoded in the event loop (an agent's
+batch: about half a millisecond, less than a thread hand-off costs). Anything more, a gzip bomb
+included, is decoded in the bounded decode pool, so the loop never inflates or parses more than this."""
+
+WIDGET_LOGS_PATH = "/api/fleet/widget-logs"
+
+
+_heap_frozen = False
+
+
+def _freeze_startup_heap() -> None:
+    """Once per process (tests build many apps in one): move what start-up loaded out of the collector's reach."""
+    global _heap_frozen
+    if not _heap_frozen:
+        gc.collect()
+        gc.freeze()
+        _heap_frozen = True
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def problem(status: int, detail: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """Read the body, stopping as soon as it grows past ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Ingest:
+    """Per-app state: settings, the Redis queue and the grouping enqueuer, opened on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.enqueuer = GroupingEnqueuer(lambda: self.queue, settings)
+        self._decoding = 0  # bodies in the decode pool or waiting for it; touched only by the event loop
+
+    @cached_property
+    def queue(self):
+        return batch_queue(redis_client(self.settings.redis_url), self.settings)
+
+    @cached_property
+    def decoder(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="atlas-decode")
+
+    def decode(
+        self, body: bytes, received_at: datetime, *, inline: bool = False
+    ) -> QueuedBatch | AlreadyAccepted | JSONResponse:
+        """Decrypt and validate one body: the batch to queue, a known duplicate, or the error answer.
+
+        Inline, the plaintext is capped at INLINE_DECODE_BYTES and a larger one raises
+        PayloadTooLargeError for the caller to move to the pool; in the pool, a batch_id
+        already accepted is answered before the body is decrypted.
+        """
+        try:
+            if inline:
+                cap = min(INLINE_DECODE_BYTES, self.settings.max_plaintext_bytes)
+                accepted = read_batch(body, self.settings, now=received_at, max_plaintext_bytes=cap)
+            else:
+                accepted = read_batch(body, self.settings, now=received_at, accepted_before=self.accepted_before)
+        except SchemaError as exc:
+            metrics.reject("schema")
+            return JSONResponse({"detail": [v.as_dict() for v in exc.violations]}, status_code=422)
+        except PayloadTooLargeError as exc:
+            if inline and self.settings.max_plaintext_bytes > INLINE_DECODE_BYTES:
+                raise
+            metrics.reject("too_large")
+            return problem(exc.status, exc.detail, exc.field)
+        except ContractError as exc:
+            metrics.reject(metrics.rejection_reason(exc))
+            return problem(exc.status, exc.detail, exc.field)
+        if isinstance(accepted, AlreadyAccepted):
+            return accepted
+        if accepted.legacy_key:
+            metrics.BATCHES_LEGACY_KEY.inc()
+        if accepted.encrypted:
+            log.info(
+                "Successfully decrypted widget logs payload (batch_id=%s, logs=%d, kid=%s)",
+                accepted.batch_id,
+                len(accepted.content.logs),
+                accepted.kid,
+            )
+        return queued_batch(
+            accepted.content,
+            batch_id=accepted.batch_id,
+            created_at=accepted.created_at,
+            received_at=received_at,
+            kid=accepted.kid,
+        )
+
+    def accepted_before(self, batch_id: str) -> bool:
+        """Whether the duplicate marker of ``batch_id`` is set; unknown (False) when Redis is down."""
+        try:
+            return bool(self.queue.connection.exists(accepted_marker(self.settings, batch_id)))
+        except RedisError:
+            return False
+
+    async def decode_off_loop(self, body: bytes, received_at: datetime) -> QueuedBatch | AlreadyAccepted | JSONResponse:
+        """Decode in the pool, or answer 503 when every thread and backlog slot is taken."""
+        if self._decoding >= self.settings.decode_threads + self.settings.decode_backlog:
+            metrics.reject("decode_busy")
+            return problem(503, "decoder busy, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        self._decoding += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.decoder, self.decode, body, received_at)
+        finally:
+            self._decoding -= 1
+
+    async def accept(self, body: bytes) -> JSONResponse:
+        received_at = datetime.now(UTC)
+        decoded: QueuedBatch | AlreadyAccepted | JSONResponse
+        if len(body) <= INLINE_DECODE_BYTES:
+            try:
+                decoded = self.decode(body, received_at, inline=True)
+            except PayloadTooLargeError:  # small body, large plaintext: finish in the pool
+                decoded = await self.decode_off_loop(body, received_at)
+        else:
+            decoded = await self.decode_off_loop(body, received_at)
+        if isinstance(decoded, JSONResponse):
+            return decoded
+        if isinstance(decoded, AlreadyAccepted):
+            log.info("Duplicate batch %s: already accepted, not decrypted", decoded.batch_id)
+            metrics.BATCHES_DUPLICATE.inc()
+            return JSONResponse(Duplicate(batch_id=decoded.batch_id).model_dump(), status_code=200)
+        batch_id = decoded["batch_id"]
+        try:
+            queued = await self.enqueuer.submit(decoded)
+        except QueueBusy:
+            log.warning("Enqueue backlog full, answering 503 for batch %s", batch_id)
+            metrics.reject("queue_unavailable")
+            return problem(503, "queue busy, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        except RedisError as exc:
+            log.warning("Queue unavailable, answering 503 for batch %s: %s", batch_id, type(exc).__name__)
+            metrics.reject("queue_unavailable")
+            return problem(503, "queue unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        except Exception:  # not queued, for a reason of ours: the agent keeps the batch and retries
+            log.exception("Enqueueing batch %s failed; answering 503", batch_id)
+            metrics.reject("queue_unavailable")
+            return problem(503, "queue unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if not queued:
+            log.info("Duplicate batch %s: already accepted", batch_id)
+            metrics.BATCHES_DUPLICATE.inc()
+            return JSONResponse(Duplicate(batch_id=batch_id).model_dump(), status_code=200)
+        metrics.BATCHES_ACCEPTED.inc()
+        metrics.LOGS_ACCEPTED.inc(len(decoded["logs"]))
+        return JSONResponse(Queued(batch_id=batch_id, accepted=len(decoded["logs"])).model_dump(), status_code=202)
+
+    def close(self) -> None:
+        """Close the Redis connection, if one was opened (the app's shutdown)."""
+        if "decoder" in self.__dict__:
+            self.decoder.shutdown(wait=False, cancel_futures=True)
+        if "queue" in self.__dict__:
+            self.queue.connection.close()
+
+    def ready(self) -> bool:
+        try:
+            return bool(self.queue.connection.ping())
+        except RedisError:
+            return False
+
+
+_ERRORS = {
+    400: {
+        "model": Problem,
+        "description": "Malformed body or envelope field, unknown kid, failed tag, "
+        "created_at outside the window, or plaintext sent where encryption is required",
+    },
+    401: {"model": Problem, "description": "Missing or wrong API key"},
+    413: {"model": Problem, "description": "Body or decompressed plaintext too large"},
+    415: {"model": Problem, "description": "Content-Type is not application/json"},
+    422: {"model": SchemaProblem, "description": "Plaintext breaks the record schema"},
+    429: {"model": Problem, "description": "Over the client address's or API key's rate; retry after Retry-After"},
+    503: {"model": Problem, "description": "Queue unavailable or decoder busy; retry after Retry-After seconds"},
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ingest app; settings default to config.yaml and the environment."""
+    settings = settings or get_settings()
+    settings.require_api_keys()
+    ingest = Ingest(settings)
+    limits = IngestLimits(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if not settings.keyring:
+            log.warning("No encryption key configured: accepting PLAINTEXT widget-log batches")
+        elif settings.allow_plaintext:
+            log.warning("allow_plaintext is on: unencrypted batches are accepted beside encrypted ones")
+        else:
+            log.info("Widget log decryption enabled (AES-256-GCM, %d key(s))", len(settings.keyring))
+        # Everything loaded so far (modules, schemas, the app) lives as long as the process: moved out of
+        # the collector's reach, a full collection scans only what requests leave behind. Without it, a
+        # full collection paused the event loop for tens of milliseconds under load.
+        _freeze_startup_heap()
+        yield
+        ingest.close()
+        metrics.close_registry(app.state.metrics_registry)
+
+    app = FastAPI(title="Atlas ingest", version="1", lifespan=lifespan)
+    app.state.ingest = ingest
+    metrics.add_metrics(app, "ingest", settings, queue=True)
+
+    @app.post(
+        WIDGET_LOGS_PATH,
+        status_code=202,
+        response_model=Queued,
+        responses={200: {"model": Duplicate, "description": "Batch already accepted"}, **_ERRORS},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/EncryptedBody"},
+                                {"$ref": "#/components/schemas/PlaintextBody"},
+                            ]
+                        }
+                    }
+                },
+            },
+            "security": [{"bearer": []}, {"apiKey": []}],
+        },
+        summary="Submit one batch of widget logs",
+    )
+    async def widget_logs(request: Request):
+        if refused := limits.check_address(request):  # before the key and the body: floods are cheap to refuse
+            return refused
+        api_key = presented_key(request.headers)
+        if not is_valid_key(api_key, settings.api_keys):
+            metrics.reject("unauthorized")
+            return problem(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        if refused := limits.check_key(api_key):
+            return refused
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            metrics.reject("unsupported_media_type")
+            return problem(415, "Content-Type must be application/json")
+        try:
+            body = await read_limited(request, settings.max_body_bytes)
+        except BodyTooLarge:
+            metrics.reject("too_large")
+            return problem(413, f"body: exceeds {settings.max_body_bytes} bytes", "body")
+        except ClientDisconnect:  # gone, or closed for missing the body deadline: nobody reads this answer
+            return problem(408, "body: the client went away before sending all of it", "body")
+        return await ingest.accept(body)
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Redis is reachable", responses={503: {"model": Problem}})
+    async def readyz():
+        if await run_in_threadpool(ingest.ready):
+            return {"status": "ready"}
+        return problem(503, "redis unreachable", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = schema.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        for model in (EncryptedBody, PlaintextBody):
+            schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schemas[model.__name__].pop("$defs", {}))
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,162 @@
+"""config.yaml as users write it, the environment on top, and one-line errors naming the setting."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+
+import pytest
+import yaml
+
+from atlas.contract import generate_encryption_key, key_id, parse_key
+from atlas.core.config import ConfigError, load_settings, settings_from_mapping
+
+from ..fix_processes import BIN, free_port, service_env
+
+API_KEY = "an-api-key-of-enough-length"
+
+
+def atlas_server(*args: object, **env: str) -> subprocess.CompletedProcess:
+    """Run the real ``atlas-server`` command with this run's environment (plus ``env``)."""
+    return subprocess.run(
+        [BIN / "atlas-server", *args],
+        env=service_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_users_config_shape(tmp_path):
+    key = generate_encryption_key()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"server": {"port": 8768, "api_key": API_KEY, "encryption_key": key}}))
+    settings = load_settings(path, env={})
+    assert settings.port == 8768
+    assert settings.api_keys == (API_KEY,)
+    assert [k.kid for k in settings.keyring] == [key_id(parse_key(key))]
+    assert not settings.accepts_plaintext
+
+
+def test_environment_overrides_and_rotation_lists():
+    old, new, env_key = (generate_encryption_key() for _ in range(3))
+    settings = settings_from_mapping(
+        {
+            "server": {
+                "api_key": API_KEY,
+                "api_keys": ["second-api-key-0123456"],
+                "encryption_key": new,
+                "encryption_keys": [old],
+            },
+            "database": {"url": "postgresql://file/db"},
+        },
+        env={
+            "FLEET_ENCRYPTION_KEY": env_key,
+            "FLEET_API_KEY": "env-api-key-0123456789",
+            "DATABASE_URL": "postgresql://env/db",
+            "REDIS_URL": "redis://env:6379/1",
+        },
+    )
+    assert settings.api_keys == ("env-api-key-0123456789", API_KEY, "second-api-key-0123456")
+    assert [k.kid for k in settings.keyring] == [key_id(parse_key(k)) for k in (env_key, new, old)]
+    assert settings.database_url == "postgresql://env/db"
+    assert settings.redis_url == "redis://env:6379/1"
+
+
+def test_connection_settings_default_and_read():
+    defaults = settings_from_mapping({"server": {"api_key": API_KEY}}, env={})
+    assert (defaults.header_timeout_seconds, defaults.body_timeout_seconds) == (10, 30)
+    assert (defaults.keepalive_timeout_seconds, defaults.max_connections) == (5, 1000)
+    server = {
+        "api_key": API_KEY,
+        "header_timeout_seconds": 3,
+        "body_timeout_seconds": 60,
+        "keepalive_timeout_seconds": 2,
+        "max_connections": 50,
+    }
+    settings = settings_from_mapping({"server": server}, env={})
+    assert (settings.header_timeout_seconds, settings.body_timeout_seconds) == (3, 60)
+    assert (settings.keepalive_timeout_seconds, settings.max_connections) == (2, 50)
+
+
+def test_no_key_means_plaintext_accepted():
+    assert settings_from_mapping({"server": {"api_key": API_KEY}}, env={}).accepts_plaintext
+
+
+@pytest.mark.parametrize(
+    ("server", "env", "message"),
+    [
+        ({"encryption_key": "not base64!"}, {}, "server.encryption_key: key is not valid standard base64"),
+        ({"encryption_key": base64.b64encode(b"x" * 16).decode()}, {}, "server.encryption_key: key decodes to 16"),
+        ({"encryption_keys": ["AAAA"]}, {}, "server.encryption_keys: key decodes to 3 bytes"),
+        ({}, {"FLEET_ENCRYPTION_KEY": "short"}, "FLEET_ENCRYPTION_KEY: key is not valid"),
+        ({"api_key": "short"}, {}, "server.api_key: must be at least 16 characters"),
+        ({"api_key": "your-api-key"}, {}, "server.api_key: is a documentation placeholder"),
+        ({"port": "eighty"}, {}, "server.port: must be an integer"),
+        ({"allow_plaintext": "yes"}, {}, "server.allow_plaintext: must be true or false"),
+        ({"decode_threads": 0}, {}, "server.decode_threads: must be an integer >= 1"),
+        ({"decode_backlog": -1}, {}, "server.decode_backlog: must be an integer >= 0"),
+        ({"header_timeout_seconds": 0}, {}, "server.header_timeout_seconds: must be an integer >= 1"),
+        ({"body_timeout_seconds": 2.5}, {}, "server.body_timeout_seconds: must be an integer >= 1"),
+        ({"keepalive_timeout_seconds": "5"}, {}, "server.keepalive_timeout_seconds: must be an integer >= 1"),
+        ({"max_connections": -1}, {}, "server.max_connections: must be an integer >= 1"),
+    ],
+)
+def test_invalid_settings_name_the_setting(server, env, message):
+    with pytest.raises(ConfigError) as exc:
+        settings_from_mapping({"server": server}, env=env)
+    assert str(exc.value).startswith(message)
+    assert "\n" not in str(exc.value)
+
+
+def test_decode_settings_default_and_read():
+    defaults = settings_from_mapping({"server": {}}, env={})
+    assert (defaults.max_plaintext_bytes, defaults.decode_threads, defaults.decode_backlog) == (2 * 2**20, 2, 16)
+    server = {"max_plaintext_bytes": 4096, "decode_threads": 3, "decode_backlog": 0}
+    chosen = settings_from_mapping({"server": server}, env={})
+    assert (chosen.max_plaintext_bytes, chosen.decode_threads, chosen.decode_backlog) == (4096, 3, 0)
+
+
+def test_missing_api_key_stops_ingest_with_one_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"server": {"encryption_key": generate_encryption_key()}}))
+    result = atlas_server("ingest", "--config", path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "atlas-server: configuration error: server.api_key: no API key configured (set server.api_key or FLEET_API_KEY)"
+    ]
+
+
+def test_bad_key_error_never_shows_the_key(tmp_path):
+    secret = base64.b64encode(b"s" * 31).decode()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"server": {"api_key": API_KEY, "encryption_key": secret}}))
+    result = atlas_server("worker", "--config", path)
+    assert result.returncode == 2
+    assert "server.encryption_key" in result.stderr
+    assert secret not in result.stderr
+
+
+def test_keygen_prints_a_usable_key():
+    out = subprocess.run([BIN / "atlas-server", "keygen"], capture_output=True, text=True, check=True).stdout.strip()
+    assert len(out) == 44
+    assert len(parse_key(out)) == 32
+    api = subprocess.run([BIN / "atlas-server", "keygen", "--api-key"], capture_output=True, text=True, check=True)
+    assert len(api.stdout.strip()) >= 40
+
+
+def test_migrate_is_idempotent(database_url):
+    for _ in range(2):
+        result = atlas_server("migrate", DATABASE_URL=database_url)
+        assert result.returncode == 0, result.stderr
+        assert "Schema up to date (0 migration(s) applied)" in result.stdout
+
+
+def test_unreachable_database_is_one_line(tmp_path):
+    port = free_port()
+    result = atlas_server("migrate", DATABASE_URL=f"postgresql://u:sekrit-pw-123@127.0.0.1:{port}/x")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("atlas-server: cannot reach PostgreSQL:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "sekrit-pw-123" not in result.stderr
