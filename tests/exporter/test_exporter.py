@@ -349,14 +349,22 @@ def test_each_export_is_recorded_in_the_audit_log(exporter, accounts, db) -> Non
     assert httpx.get(f"{exporter.url}/api/exports/audit", timeout=10).status_code == 401
 
 
-def _kill_exporter_backend(db: psycopg.Connection) -> int:
-    """End the exporter's backend that streams an export: a COPY (JSON), or the server-side cursor (CSV)."""
-    return db.execute(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-        " WHERE application_name = 'atlas-exporter' AND (query LIKE 'COPY%%' OR query LIKE '%%atlas_export%%')"
-        " AND pid <> pg_backend_pid()"
-        " AND datname = current_database()"
-    ).fetchone()[0]
+EXPORTING_BACKENDS = (
+    "SELECT pid FROM pg_stat_activity"
+    " WHERE application_name = 'atlas-exporter' AND (query LIKE 'COPY%%' OR query LIKE '%%atlas_export%%')"
+    " AND pid <> pg_backend_pid() AND datname = current_database()"
+)
+"""The exporter's backends streaming an export: a COPY (JSON), or the server-side cursor (CSV)."""
+
+
+def _exporting_backends(db: psycopg.Connection) -> set[int]:
+    return {row[0] for row in db.execute(EXPORTING_BACKENDS)}
+
+
+def _kill_new_exporter_backends(db: psycopg.Connection, before: set[int]) -> int:
+    """End the backends that started streaming since ``before`` (an earlier test's export may still be ending)."""
+    new = sorted(_exporting_backends(db) - before)
+    return sum(bool(db.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]) for pid in new)
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])
@@ -369,6 +377,7 @@ def test_a_stream_that_fails_midway_is_visibly_incomplete(exporter, accounts, db
         (dev["machine_id"], dev["serial"]),
     )
     received = bytearray()
+    before = _exporting_backends(db)
     with httpx.stream(
         "GET",
         f"{exporter.url}/api/exports/logs",
@@ -380,7 +389,7 @@ def test_a_stream_that_fails_midway_is_visibly_incomplete(exporter, accounts, db
         audit_id = int(response.headers["x-atlas-export-id"])
         chunks = response.iter_bytes()
         received += next(chunks)
-        assert _kill_exporter_backend(db) == 1
+        assert _kill_new_exporter_backends(db, before) == 1
 
         def read_the_rest() -> None:
             for chunk in chunks:
