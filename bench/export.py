@@ -858,7 +858,7 @@ def report(
     ]
     memory = max(s.memory for s in summaries)
     verdicts.append(f"peak RSS < {TARGET_RSS_MIB:.0f} MiB: {verdict(memory < TARGET_RSS_MIB)} ({memory:.1f} MiB)")
-    scale = "" if rows >= 1_000_000 else f"; the issue sets them at 1000000 rows, this run had {rows}"
+    scale = "" if rows >= 1_000_000 else f"; they are set at 1000000 rows, this run had {rows}"
     if problems_found:
         say("targets: not judged, a check failed (below)")
     else:

@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from atlas.core.config import Settings
-from atlas.worker import jobs
 from atlas.worker.runner import build_worker
 
 from .fix_services import API_KEY
@@ -173,7 +172,7 @@ def ingest(start_ingest: Callable[..., IngestServer], server_config: dict[str, A
 
 
 @pytest.fixture
-def drain(settings: Settings) -> Iterator[Callable[..., bool]]:
+def drain(settings: Settings) -> Callable[..., bool]:
     """Run the real worker in this process until the queue is empty."""
 
     def run(with_settings: Settings | None = None) -> bool:
@@ -181,7 +180,7 @@ def drain(settings: Settings) -> Iterator[Callable[..., bool]]:
         try:
             return worker.work(burst=True, logging_level="WARNING")
         finally:
+            worker.context.close()
             worker.connection.close()
 
-    yield run
-    jobs.close_database()
+    return run

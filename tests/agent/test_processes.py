@@ -740,7 +740,7 @@ def test_collect_processes_falls_back_to_ps(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_secrets_in_arguments_never_leave_the_mac():
-    """Found in review: a process started with the agent's keys as arguments leaked them into telemetry."""
+    """A process started with the agent's keys as arguments must not leak them into telemetry."""
     import subprocess
     import sys
 
@@ -771,7 +771,7 @@ def test_secrets_in_arguments_never_leave_the_mac():
 
 
 def test_absurd_elapsed_time_does_not_fail_the_parse():
-    """Found in CI: a real ps row gave an elapsed time past datetime's range (OverflowError)."""
+    """A ps row with an elapsed time past datetime's range (OverflowError) does not fail the parse."""
     header = "  PID  PPID USER      UID %CPU %MEM   RSS    VSZ STAT     ELAPSED UCOMM ARGS\n"
     # HAND-WRITTEN: the layout of PS_COMMAND's header, with an impossible 99999999-day elapsed time.
     row = "    7     1 root        0  0.0  0.0  1000   2000 S   99999999-00:00:00 sleep sleep 30\n"

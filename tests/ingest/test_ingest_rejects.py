@@ -374,7 +374,7 @@ def test_reason_never_contains_key_material(ingest, keys):
     "stamp", ["0001-01-01T00:00:00+23:59", "2026-11-28T16:00:00+15:00", "2026-11-28T16:00:00-16:00"]
 )
 def test_offsets_postgresql_cannot_store_are_refused(ingest, keys, nothing_kept, stamp):
-    """Found in review: +23:59 passed validation, then failed in the worker forever."""
+    """Offsets PostgreSQL cannot store (such as +23:59) are refused at ingest, not failed in the worker forever."""
     body = batches.content(1)
     body["logs"][0]["timestamp"] = stamp
     envelope = batches.sealed(body, keys["current"])

@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from psycopg import sql
 from rq.job import Job
 
 from atlas.contract import validate_content
@@ -231,16 +232,53 @@ def test_a_group_stores_only_what_is_new(db, database_url):
 
 
 def test_one_unstorable_batch_does_not_hold_back_its_group(settings: Settings, db):
-    """Found in review: a value PostgreSQL refuses failed the whole group. Now the others are stored."""
+    """A value PostgreSQL refuses must not fail the whole group: the others are stored."""
     from atlas.worker import jobs
 
     good, bad = queued(batches.content(2)), queued(batches.content(2))
     bad["logs"][0] = ("0001-01-01T00:00:00+23:59", *bad["logs"][0][1:])  # bypasses ingest's validation
-    jobs.use_settings(settings)  # no database key: the job takes the batches unsealed
+    context = jobs.WorkerContext(settings)  # no database key: the job takes the batches unsealed
     try:
-        with pytest.raises(jobs.UnstorableBatchError, match=bad["batch_id"]):
+        with jobs.running(context), pytest.raises(jobs.UnstorableBatchError, match=bad["batch_id"]):
             jobs.persist_batches([good, bad])
     finally:
-        jobs.close_database()
+        context.close()
     assert count(db, "widget_logs", good["batch_id"]) == 2
     assert count(db, "batches", bad["batch_id"]) == 0
+
+
+def test_the_job_function_outside_a_worker_names_what_is_missing():
+    """Called with no worker running it, the job has no settings or connection: it says so, storing nothing."""
+    from atlas.worker import jobs
+
+    with pytest.raises(jobs.NoWorkerError, match="inside an Atlas worker"):
+        jobs.persist_batches([queued()])
+
+
+def test_each_worker_in_a_process_keeps_its_own_settings(make_settings, open_queue, db):
+    """A worker built after another (here with a database key) does not change what the first one does."""
+    from atlas.contract import Key, generate_encryption_key
+    from atlas.worker.runner import build_worker
+
+    clear = make_settings(redis={"key_prefix": f"atlastest-own{uuid.uuid4().hex[:8]}"})
+    db_key = generate_encryption_key()
+    sealing = make_settings(server={"db_encryption_key": db_key})
+    batch = queued(batches.content(2))
+    assert enqueue_batch(open_queue(clear), batch, clear)
+    first, second = build_worker(clear), build_worker(sealing)
+    try:
+        assert first.work(burst=True, logging_level="WARNING")
+        rows = db.execute(
+            "SELECT count(*) FILTER (WHERE sealed IS NULL AND message IS NOT NULL), count(*) FROM widget_logs"
+            " WHERE batch_id = %s",
+            (batch["batch_id"],),
+        ).fetchone()
+        assert rows == (2, 2), "stored clear, as the first worker's settings say"
+    finally:  # the run's other tests share this database, and its exports refuse a database key they lack
+        for worker in (first, second):
+            worker.context.close()
+            worker.connection.close()
+        for table in ("widget_logs", "batches"):
+            delete = sql.SQL("DELETE FROM {} WHERE batch_id = %s").format(sql.Identifier(table))
+            db.execute(delete, (batch["batch_id"],))
+        db.execute("DELETE FROM db_key_ids WHERE kid = %s", (Key.from_base64(db_key).kid,))

@@ -80,13 +80,13 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_RATE_PER_KEY, DEFAULT_BURST_PER_KEY = 2000, 20000
 """Batches/s per API key per ingest process. Every Mac of a fleet shares one key, so this caps the
 whole fleet as one process sees it: 200,000 Macs sending every 300 s make 667 batches/s in all, and
-one process carries about 1,500, so a healthy fleet never reaches it; it bounds a leaked key's flood
-when several keys are configured. The burst is 30 s of that whole fleet at once."""
+the limit is above what one process carries (docs/scaling.md), so a healthy fleet never reaches it; it
+bounds a leaked key's flood when several keys are configured. The burst is 30 s of that whole fleet at once."""
 
 DEFAULT_RATE_PER_ADDRESS, DEFAULT_BURST_PER_ADDRESS = 100, 1000
 """Requests/s per client address per ingest process: 30,000 Macs behind one NAT address at the
 5-minute cadence (a corporate NAT holds thousands), with a burst of 1,000 for the 9:00 wake-up;
-one runaway client looping on a connection (about 500 requests/s) is held to a fifth of a process."""
+one runaway client looping on a connection is held to a fraction of what a process serves."""
 
 DEFAULT_RATE_LIMIT_EXEMPT = ("127.0.0.0/8", "::1/128")
 """Addresses without a per-address limit: local tools and the benches, and a proxy on the same

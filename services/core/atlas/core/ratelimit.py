@@ -3,29 +3,26 @@
 A bucket holds up to ``burst`` tokens and refills at ``rate`` tokens a
 second; a request takes one token, or is refused with the seconds until one
 is back (the ``Retry-After``). Buckets refill lazily on use, so a check is a
-dict lookup and a little arithmetic under an uncontended lock: about 1 µs on
-the (shared, noisy) development machine, ``python -m bench.ratelimit``;
-ingest's two checks together about 1.5 µs a request (a refusal, which builds
-the 429, about 9 µs), against about 2 ms for the rest of an accepted batch.
+dict lookup and a little arithmetic under an uncontended lock, small beside
+the rest of an accepted batch (``python -m bench.ratelimit``; figures in
+bench/README.md, "Figures behind the code").
 
 Memory is bounded: the buckets live in an LRU map of at most ``max_keys``
 entries. Every new key first drops up to two least recently used buckets that
 have refilled completely (forgetting a full bucket changes nothing), and at
 ``max_keys`` the least recently used bucket goes whatever its state, so a
-flood from many addresses costs a fixed amount of memory (about 250 bytes a
-bucket with its key: 25 MB at the default 100,000) and at worst hands an
-evicted address a fresh burst.
+flood from many addresses costs a fixed amount of memory (``max_keys``
+buckets with their keys) and at worst hands an evicted address a fresh burst.
 
 Limits are per process: with N ingest or dashboard processes a client that
 spreads over all of them gets up to N times the limit. Shared limits would
 need a Redis round trip per request, which ingest cannot afford.
 
 Written by hand rather than with the ``limits`` package: its MemoryStorage
-took about 6 µs a hit (and as much again to learn the reset time for a
-Retry-After), has no token bucket with a separate burst, and expires keys
-from a timer thread that scans every key every 10 ms while requests arrive:
-with 100,000 stored addresses that scan took 70 ms and the thread used 70 %
-of a core (measured with limits 5.8.0).
+costs several times as much a hit (and as much again to learn the reset time
+for a Retry-After), has no token bucket with a separate burst, and expires
+keys from a timer thread that scans every stored key while requests arrive,
+which with a flood of addresses takes a large share of a core.
 """
 
 from __future__ import annotations

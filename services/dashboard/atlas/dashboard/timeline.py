@@ -23,8 +23,8 @@ from . import extract
 
 SEALED_PER_BUCKET = 3
 """Logs encrypted at rest opened per widget type and bucket, the first ones: at most 3 x 2,016 x 4 logs for a
-week (about 0.5 s to open, against 1.5 s for the 60,000 logs of a week collected every minute); with three
-ping targets, one minute's pings."""
+week, far fewer to open than the 60,000 logs of a week collected every minute; with three ping targets,
+one minute's pings."""
 
 Line = tuple[str, extract.NumberAt]
 """(widget type, number) of one chart line."""

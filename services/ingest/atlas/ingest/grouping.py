@@ -41,8 +41,8 @@ MAX_GROUP_LOGS = 20_000
 
 MIN_FLUSH_INTERVAL = 0.02
 """Seconds between the starts of two flushes under load. Each rq job costs the worker
-several milliseconds of Redis round trips whatever its size, so 20 ms of grouping buys
-the worker several times its throughput. A batch waits only if it arrives less than the
+Redis round trips whatever its size, so a short wait for more batches a job buys the
+worker several times its throughput. A batch waits only if it arrives less than the
 interval after the previous flush began, and then at most for the rest of it."""
 
 BACKLOG_JOBS = 8
@@ -50,9 +50,8 @@ BACKLOG_JOBS = 8
 
 BACKLOG_FLUSH_INTERVAL = 0.06
 """Seconds between flushes while the workers lag. A worker's cost per job is nearly fixed
-(rq's round trips and a commit's fsync: 7 ms a commit on a busy disk here), so a lagging
-worker catches up only if jobs grow: three times the interval, three times the batches a
-job. The queue's length is read after each flush, one LLEN."""
+(rq's round trips and a commit's fsync), so a lagging worker catches up only if jobs grow:
+three times the interval, three times the batches a job. The queue's length is read after each flush, one LLEN."""
 
 FULL_GROUP_BATCHES = 32
 """Batches pending at which a flush stops waiting for its interval: a job this size already

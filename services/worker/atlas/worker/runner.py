@@ -22,7 +22,7 @@ from atlas.core.queue import (
     refusal,
 )
 
-from . import jobs
+from .jobs import WorkerContext, running
 
 log = logging.getLogger("atlas.worker")
 
@@ -33,7 +33,7 @@ goes without its maintenance (which brings back jobs of dead workers)."""
 
 
 class BatchWorker(SimpleWorker):
-    """Runs jobs in its own process, keeping one PostgreSQL connection.
+    """Runs jobs in its own process, keeping one PostgreSQL connection in its ``context``.
 
     rq's default worker forks a child per job: safe for arbitrary code, but
     a fork and a new database connection per batch costs far more than the
@@ -47,10 +47,15 @@ class BatchWorker(SimpleWorker):
     written to Redis by someone else, goes to the failed registry unrun.
     """
 
+    def __init__(self, *args, context: WorkerContext, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.context = context  # lent to each job it runs
+
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         reason = refusal(job)
         if reason is None:
-            return super().perform_job(job, queue, execution)
+            with running(self.context):
+                return super().perform_job(job, queue, execution)
         self.refuse_job(job, queue, execution, reason)
         return False
 
@@ -101,11 +106,11 @@ class BatchWorker(SimpleWorker):
     def run_maintenance_tasks(self) -> None:
         """rq's maintenance, then widget_logs' partitions: days ahead made, expired ones dropped (hourly)."""
         super().run_maintenance_tasks()
-        jobs.maintain_partitions()
+        self.context.maintain_partitions()
 
 
 def build_worker(settings: Settings, *, name: str | None = None) -> BatchWorker:
-    jobs.use_settings(settings)
+    """A worker on the batch queue with a context of its own; close its ``context`` and ``connection`` after."""
     connection = redis_client(settings.redis_url)
     queue = batch_queue(connection, settings)
     return BatchWorker(
@@ -117,6 +122,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> BatchWorker:
         worker_ttl=WORKER_TTL,
         job_class=BatchJob,
         serializer=SERIALIZER,
+        context=WorkerContext(settings),
     )
 
 
@@ -151,4 +157,5 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
         if server is not None:
             server.shutdown()
             server.server_close()
+        worker.context.close()
         worker.connection.close()
