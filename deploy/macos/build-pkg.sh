@@ -127,7 +127,7 @@ for pkg in contract agent; do
     (cd "$REPO/$pkg" && tar --exclude build --exclude '*.egg-info' --exclude __pycache__ -cf - .) |
         (cd "$work/src/$pkg" && tar -xf -)
 done
-say "building the atlas-contract and atlas-agent wheels with $PYTHON"
+say "building the atlas-fleet-contract and atlas-fleet-agent wheels with $PYTHON"
 "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$work/own" \
     "$work/src/contract" "$work/src/agent" || die "pip wheel failed"
 

@@ -12,7 +12,7 @@
 #   --ca-bundle FILE       PEM bundle to trust for the fleet server (private CA)
 #   --allow-plaintext      allow running without an encryption key (server must accept plaintext)
 #   --force                replace an existing agent.yaml (default: keep it)
-#   --wheels DIR           install the atlas-contract and atlas-agent wheels in DIR and their dependencies
+#   --wheels DIR           install the atlas-fleet-contract and atlas-fleet-agent wheels in DIR and their dependencies
 #                          from DIR only, offline (the pkg), instead of the contract/ and agent/ folders of
 #                          this repository with dependencies from the package index
 #   --runtime FILE         install this Python runtime (a python-build-standalone install_only .tar.gz, as
@@ -116,11 +116,11 @@ if $skip_venv; then
 elif [[ -n "$wheels" ]]; then
     [[ -d "$wheels" ]] || die "--wheels $wheels: no such folder"
     shopt -s nullglob
-    contract_whl=("$wheels"/atlas_contract-*.whl)
-    agent_whl=("$wheels"/atlas_agent-*.whl)
+    contract_whl=("$wheels"/atlas_fleet_contract-*.whl)
+    agent_whl=("$wheels"/atlas_fleet_agent-*.whl)
     shopt -u nullglob
     [[ ${#contract_whl[@]} -eq 1 && ${#agent_whl[@]} -eq 1 ]] ||
-        die "--wheels $wheels must hold exactly one atlas_contract-*.whl and one atlas_agent-*.whl"
+        die "--wheels $wheels must hold exactly one atlas_fleet_contract-*.whl and one atlas_fleet_agent-*.whl"
     packages=("${contract_whl[0]}" "${agent_whl[0]}")
 else
     contract_src="$(cd "$HERE/../.." && pwd)/contract"
@@ -258,6 +258,15 @@ else
     fi
     if [[ -x "$VENV/bin/python" ]] && [[ "$(base_of "$VENV/bin/python")" == "$(base_of "$PYTHON")" ]]; then
         say "virtual environment: upgrading $VENV"
+        # Earlier versions installed the agent as the distributions atlas-agent and atlas-contract; atlas-agent
+        # is an unrelated project's name on PyPI (`pip install -U atlas-agent` would fetch theirs): both go first.
+        for old in atlas-agent atlas-contract; do
+            if "$VENV/bin/python" -m pip show --quiet --disable-pip-version-check "$old" >/dev/null 2>&1; then
+                say "virtual environment: removing the old distribution $old"
+                "$VENV/bin/python" -m pip uninstall --quiet --disable-pip-version-check --yes "$old" ||
+                    die "pip could not remove the old distribution $old from $VENV"
+            fi
+        done
         if [[ -n "$wheels" ]]; then
             # pip skips a wheel whose version is already installed (builds share version numbers): force ours,
             # the install below then brings in any missing dependency. Folders are always reinstalled.
@@ -270,10 +279,10 @@ else
         "$PYTHON" -m venv "$VENV" || die "$PYTHON -m venv $VENV failed"
     fi
     if [[ -n "$wheels" ]]; then
-        say "installing atlas-contract and atlas-agent from $wheels (offline: dependencies from $wheels only)"
+        say "installing atlas-fleet-contract and atlas-fleet-agent from $wheels (offline: dependencies from $wheels only)"
         find_links=(--no-index --find-links "$wheels")
     else
-        say "installing atlas-contract and atlas-agent from ${packages[0]%/contract} (dependencies from the package index)"
+        say "installing atlas-fleet-contract and atlas-fleet-agent from ${packages[0]%/contract} (dependencies from the package index)"
         find_links=()
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${find_links[@]+"${find_links[@]}"} \

@@ -20,12 +20,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 ARCHES = ("arm64", "x86_64")
-OWN = {"atlas-contract", "atlas-agent"}
+OWN_FOLDERS = ("contract", "agent")  # the Atlas distributions the Mac package carries, built from these folders
 
 
 def canonical(name: str) -> str:
     """PEP 503 normalized name."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def own() -> set[str]:
+    """The contract's and the agent's distribution names, from their pyproject.toml: no other name is ours
+    (a wheel called atlas-agent is a stranger's, the name being taken on PyPI)."""
+    return {canonical(tomllib.loads((REPO / f / "pyproject.toml").read_text())["project"]["name"]) for f in OWN_FOLDERS}
 
 
 def requirement_name(line: str) -> str:
@@ -35,9 +41,10 @@ def requirement_name(line: str) -> str:
 def requirements() -> list[str]:
     """Direct dependencies of the agent and the contract, without the two Atlas distributions."""
     deps: list[str] = []
-    for folder in ("contract", "agent"):
+    ours = own()
+    for folder in OWN_FOLDERS:
         project = tomllib.loads((REPO / folder / "pyproject.toml").read_text())["project"]
-        deps += [d for d in project["dependencies"] if requirement_name(d) not in OWN and d not in deps]
+        deps += [d for d in project["dependencies"] if requirement_name(d) not in ours and d not in deps]
     return deps
 
 
@@ -74,18 +81,19 @@ def constraints(arch: str) -> dict[str, str]:
 def check(arch: str, folder: Path) -> list[str]:
     """Problems with the wheels in ``folder``: unpinned, another version than the pin, a dependency missing."""
     pins = constraints(arch)
+    ours = own()
     found: dict[str, str] = {}
     problems = []
     for wheel in sorted(folder.glob("*.whl")):
         name, version = wheel.name.split("-")[:2]
         found[canonical(name)] = version
-        if canonical(name) in OWN:
+        if canonical(name) in ours:
             continue
         if canonical(name) not in pins:
             problems.append(f"{wheel.name}: {name} is not pinned in constraints.txt")
         elif pins[canonical(name)] != version:
             problems.append(f"{wheel.name}: constraints pin {name}=={pins[canonical(name)]} for {arch}")
-    wanted = OWN | {requirement_name(r) for r in requirements()}
+    wanted = ours | {requirement_name(r) for r in requirements()}
     problems += [f"no wheel of {name}" for name in sorted(wanted - set(found))]
     return problems
 

@@ -281,7 +281,7 @@ def test_install_reloads_the_daemon_with_launchctl(installed: Run):
         (["--api-key", API_KEY, "--encryption-key", ENCRYPTION_KEY], "--fleet-server URL is required"),
         (["--fleet-server", "fleet.example.test", "--api-key", API_KEY], "--fleet-server must be an http(s):// URL"),
         (install_args("--wheels", "/nonexistent/wheels"), "--wheels /nonexistent/wheels: no such folder"),
-        (install_args("--wheels", str(MACOS)), f"--wheels {MACOS} must hold exactly one atlas_contract-*.whl"),
+        (install_args("--wheels", str(MACOS)), f"--wheels {MACOS} must hold exactly one atlas_fleet_contract-*.whl"),
         (install_args("--skip-venv"), "--skip-venv: there is no virtual environment"),
         (install_args("--bogus"), "unknown option: --bogus"),
     ],
@@ -453,18 +453,36 @@ def test_install_from_the_pkg_runtime_and_wheels_works_offline(layout: Path, tmp
         line.split("==")[0].lower().replace("_", "-"): line.split("==")[1]
         for line in (tmp_path / "wheels" / "constraints.txt").read_text().split()
     }
-    assert {"atlas-agent", "atlas-contract", "httpx", "cryptography", "pydantic"} <= set(installed)
+    assert {"atlas-fleet-agent", "atlas-fleet-contract", "httpx", "cryptography", "pydantic"} <= set(installed)
+    assert not {"atlas-agent", "atlas-contract"} & set(installed), "the old names"
     for name, version in installed.items():
-        if name not in {"atlas-agent", "atlas-contract", "pip", "setuptools"}:
+        if name not in {"atlas-fleet-agent", "atlas-fleet-contract", "pip", "setuptools"}:
             assert pins.get(name) == version, name
     assert run.launchctl[-2:] == [f"enable system/{LABEL}", f"bootstrap system {root / PLIST_REL}"]
 
+    # An agent installed by an earlier version, under the old distribution name (only its metadata here).
+    site = Path(
+        subprocess.run(
+            [str(venv_python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    old = site / "atlas_agent-0.1.0.dist-info"
+    old.mkdir()
+    (old / "METADATA").write_text("Metadata-Version: 2.1\nName: atlas-agent\nVersion: 0.1.0\n")
+    (old / "INSTALLER").write_text("pip\n")
+    (old / "RECORD").write_text("".join(f"{old.name}/{f},,\n" for f in ("METADATA", "INSTALLER", "RECORD")))
     again = run_script(  # an upgrade with the same runtime keeps the venv and reinstalls the wheels offline
         layout, "install.sh", root, "--runtime", str(tarball), "--wheels", str(wheels),
         PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/simple",
     )  # fmt: skip
     assert again.proc.returncode == 0, again.output
     assert "virtual environment: upgrading" in again.proc.stdout
+    assert "removing the old distribution atlas-agent" in again.proc.stdout
+    assert not old.exists()
+    subprocess.run([str(venv_python), "-c", "import atlas.agent, atlas.contract"], check=True)
     assert not (root / "Library" / "Atlas" / "python.old").exists()
 
 
@@ -597,7 +615,9 @@ def test_build_pkg_carries_both_runtimes_and_pinned_wheels_and_signs_when_asked(
     for arch in ("arm64", "x86_64"):
         assert (installer / "runtime" / f"python-{arch}.tar.gz").read_bytes() == f"runtime for {arch}".encode()
         wheels = {w.name.split("-")[0].lower(): w.name.split("-")[1] for w in (installer / "wheels" / arch).iterdir()}
-        assert {"atlas_agent", "atlas_contract", "httpx", "pydantic", "pydantic_core", "psutil"} <= set(wheels)
+        assert {"atlas_fleet_agent", "atlas_fleet_contract", "httpx", "pydantic", "pydantic_core", "psutil"} <= set(
+            wheels
+        )
         assert all(w.endswith(".whl") for w in os.listdir(installer / "wheels" / arch))
     crypto = {a: next((installer / "wheels" / a).glob("cryptography-*.whl")).name for a in ("arm64", "x86_64")}
     assert crypto["x86_64"].startswith("cryptography-48.0.1-")  # wheel-overrides.txt

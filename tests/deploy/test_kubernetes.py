@@ -1,24 +1,36 @@
-"""deploy/kubernetes/, checked without a cluster: every manifest parses, every container of the server
-image runs an `atlas-server` subcommand that parses, probes use paths the apps serve, the Ingress routes
-the proxy's prefixes to the right Services, and KEDA watches the very Redis list the workers read."""
+"""deploy/kubernetes/, checked without a cluster: every overlay renders (kubectl kustomize, or the Python
+equivalent in tests/deploy/kustomize.py where kubectl is missing) and its output passes kubernetes-validate;
+every container of the server image runs an `atlas-server` subcommand that parses, probes use paths the apps
+serve, the Ingress routes the proxy's prefixes to the right Services, KEDA is an optional component watching
+the very Redis list the workers read, the migrate Job is new for each version, and NetworkPolicies fence the
+services, Redis and PostgreSQL."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+from functools import cache
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
+from kubernetes_validate.utils import SchemaNotFoundError
 
 from atlas.core.config import settings_from_mapping
 from atlas.server.cli import build_parser
+from tests.deploy.kustomize import KustomizeError, build, identity
 from tests.deploy.test_proxy import APPS, PREFIXES, build_app, locations, route_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
-SERVER_IMAGE = "atlas-server"  # kustomization.yaml's `images:` turns it into the registry's name and tag
+BASE = KUBE / "base"
+TRIAL = KUBE / "trial"
+PRODUCTION = KUBE / "production"
+KEDA = KUBE / "components" / "keda"
+OVERLAYS = (BASE, TRIAL, PRODUCTION)  # every folder `kubectl apply -k` takes
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # the oldest still maintained by the big clouds, and the newest
 
 
 def documents(path: Path) -> list[dict]:
@@ -29,16 +41,33 @@ def kustomization(folder: Path) -> dict:
     return yaml.safe_load((folder / "kustomization.yaml").read_text())
 
 
-def resources(folder: Path = KUBE) -> list[dict]:
-    """The objects `kubectl apply -k folder` creates, overlays followed to their bases."""
-    found = []
-    for entry in kustomization(folder)["resources"]:
-        path = (folder / entry).resolve()
-        found += resources(path) if path.is_dir() else documents(path)
-    return found
+(IMAGE,) = kustomization(BASE)["images"]
+SERVER_IMAGE = f"{IMAGE['newName']}:{IMAGE['newTag']}"
 
 
-def named(kind: str, folder: Path = KUBE) -> dict[str, dict]:
+def kubectl_kustomize() -> str | None:
+    """kubectl, when it is installed with a kustomize that knows components (v4 and later)."""
+    if shutil.which("kubectl") is None:
+        return None
+    version = subprocess.run(["kubectl", "version", "--client"], capture_output=True, text=True).stdout
+    found = re.search(r"Kustomize Version: v(\d+)", version)
+    return "kubectl" if found and int(found[1]) >= 4 else None
+
+
+@cache
+def rendered(folder: Path) -> tuple[dict, ...]:
+    """What `kubectl apply -k folder` creates: kubectl's rendering, or the Python equivalent without kubectl."""
+    if kubectl_kustomize():
+        out = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, check=True)
+        return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc)
+    return tuple(build(folder))
+
+
+def resources(folder: Path = PRODUCTION) -> list[dict]:
+    return list(rendered(folder))
+
+
+def named(kind: str, folder: Path = PRODUCTION) -> dict[str, dict]:
     return {doc["metadata"]["name"]: doc for doc in resources(folder) if doc["kind"] == kind}
 
 
@@ -46,7 +75,7 @@ def pod_spec(doc: dict) -> dict:
     return doc["spec"]["template"]["spec"]
 
 
-def server_containers(folder: Path = KUBE) -> list[tuple[str, dict]]:
+def server_containers(folder: Path = PRODUCTION) -> list[tuple[str, dict]]:
     return [
         (doc["metadata"]["name"], container)
         for doc in resources(folder)
@@ -66,11 +95,11 @@ def test_every_manifest_parses():
 
 
 def test_kustomizations_list_existing_files_and_no_secret():
-    for folder in (KUBE, KUBE / "trial"):
-        for entry in kustomization(folder)["resources"]:
+    for folder in (*OVERLAYS, KEDA):
+        for entry in kustomization(folder).get("resources", []) + kustomization(folder).get("components", []):
             assert (folder / entry).exists(), (folder, entry)
-    assert "secret.example.yaml" not in kustomization(KUBE)["resources"]
-    assert all(doc["kind"] != "Secret" for doc in resources(KUBE / "trial"))
+    for folder in OVERLAYS:
+        assert all(doc["kind"] != "Secret" for doc in resources(folder)), folder
     example = documents(KUBE / "secret.example.yaml")[0]
     assert example["kind"] == "Secret"
     assert example["metadata"]["name"] == "atlas-secrets"
@@ -96,7 +125,16 @@ def test_one_server_image_everywhere():
         c["image"] for doc in resources() if doc["kind"] in ("Deployment", "Job") for c in pod_spec(doc)["containers"]
     }
     assert images == {SERVER_IMAGE}
-    assert [i["name"] for i in kustomization(KUBE)["images"]] == [SERVER_IMAGE]
+    for folder in OVERLAYS:  # one place names the image: the base
+        assert folder == BASE or "images" not in kustomization(folder)
+    sources = {
+        c["image"]
+        for path in BASE.glob("*.yaml")
+        for doc in documents(path)
+        if doc.get("kind") in ("Deployment", "Job")
+        for c in pod_spec(doc)["containers"]
+    }
+    assert sources == {IMAGE["name"]}
 
 
 @pytest.mark.parametrize("name", APPS)
@@ -125,7 +163,7 @@ def test_web_deployments(name):
 
 
 def test_server_pods_run_locked_down():
-    for doc in resources():
+    for doc in resources(TRIAL):
         if doc["kind"] not in ("Deployment", "Job"):
             continue
         pod = pod_spec(doc)
@@ -174,9 +212,28 @@ def test_ingress_routes_the_proxy_prefixes():
         int(body.rstrip("m")) * 1024 * 1024
         > settings_from_mapping({"server": {"api_key": "x" * 24}}, {}).max_body_bytes
     )
-    # /metrics: every client denied
-    metrics = routes["/metrics"][2]["metadata"]["annotations"]
-    assert metrics["nginx.ingress.kubernetes.io/denylist-source-range"] == "0.0.0.0/0,::/0"
+
+
+def test_metrics_stay_private_with_any_ingress_controller():
+    """No annotation keeps /metrics private: the dashboard's (inside `/`) is routed by the Ingress API's own
+    longest-path rule to a Service that selects no pod, and the other services' lie outside their prefixes."""
+    routes = {
+        path["path"]: path["backend"]["service"]
+        for ingress in named("Ingress").values()
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    closed = named("Service")[routes["/metrics"]["name"]]
+    assert "selector" not in closed["spec"], "a Service without a selector has no endpoints: 503 everywhere"
+    assert routes["/metrics"]["port"]["number"] == closed["spec"]["ports"][0]["port"]
+    assert all(doc["kind"] != "Endpoints" for doc in resources()), "no endpoints of its own"
+    for prefix, app in PREFIXES.items():
+        served = {path for path, _ in route_paths(build_app(app).routes)}
+        assert "/metrics" in served
+        assert "/metrics".startswith(prefix) == (prefix == "/"), prefix
+    for ingress in named("Ingress").values():
+        for key in ingress["metadata"].get("annotations", {}):
+            assert not re.search(r"(deny|allow)list|whitelist|server-snippet|configuration-snippet", key), key
 
 
 def test_workers_scale_on_the_queue_the_code_uses():
@@ -212,9 +269,11 @@ def test_worker_liveness_compiles():
 
 
 def test_trial_runs_postgres_and_redis_in_cluster():
-    sets = named("StatefulSet", KUBE / "trial")
+    sets = named("StatefulSet", TRIAL)
     assert set(sets) == {"postgres", "redis"}
-    assert "StatefulSet" not in {doc["kind"] for doc in resources(KUBE)}
+    assert "StatefulSet" not in {doc["kind"] for doc in resources(BASE)} | {
+        doc["kind"] for doc in resources(PRODUCTION)
+    }
     (redis,) = pod_spec(sets["redis"])["containers"]
     assert redis["args"][redis["args"].index("--appendonly") + 1] == "yes"
     assert redis["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
@@ -222,10 +281,10 @@ def test_trial_runs_postgres_and_redis_in_cluster():
     assert postgres["volumeMounts"][0]["mountPath"] == "/var/lib/postgresql/data"
     for stateful in sets.values():
         assert stateful["spec"]["volumeClaimTemplates"]
-    services = named("Service", KUBE / "trial")
+    services = named("Service", TRIAL)
     assert services["postgres"]["spec"]["ports"][0]["port"] == 5432
     assert services["redis"]["spec"]["ports"][0]["port"] == 6379
-    redis_address = named("ConfigMap", KUBE / "trial")["atlas-config"]["data"]["REDIS_ADDRESS"]
+    redis_address = named("ConfigMap", TRIAL)["atlas-config"]["data"]["REDIS_ADDRESS"]
     assert redis_address == "redis:6379"
     example = documents(KUBE / "secret.example.yaml")[0]["stringData"]
     assert re.search(r"@postgres:5432/atlas", (KUBE / "secret.example.yaml").read_text())
@@ -237,36 +296,44 @@ def test_redis_requires_the_password_in_the_secret():
     and the Secret hands the same one to the services (REDIS_URL) and to KEDA."""
     example = documents(KUBE / "secret.example.yaml")[0]["stringData"]
     assert example["REDIS_URL"].startswith("redis://:REPLACE_ME@")
-    (redis,) = pod_spec(named("StatefulSet", KUBE / "trial")["redis"])["containers"]
+    (redis,) = pod_spec(named("StatefulSet", TRIAL)["redis"])["containers"]
     assert redis["args"][redis["args"].index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in redis["env"]}
     assert env["REDIS_PASSWORD"] == env["REDISCLI_AUTH"] == {"name": "atlas-secrets", "key": "REDIS_PASSWORD"}
     assert "REDIS_PASSWORD" in example
     (trigger,) = next(iter(named("ScaledObject").values()))["spec"]["triggers"]
     assert trigger["metadata"]["passwordFromEnv"] == "REDIS_PASSWORD"
-    assert "REDIS_PASSWORD" in (KUBE / "trial" / "kustomization.yaml").read_text()
+    assert "REDIS_PASSWORD" in (TRIAL / "kustomization.yaml").read_text()
 
 
-def built(folder: Path) -> list[dict]:
-    """What `kubectl kustomize folder` renders: the check that kustomize itself accepts the files."""
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed")
-    rendered = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, check=True)
-    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
-
-
-def test_only_atlas_pods_reach_redis_and_postgres():
-    rendered = built(KUBE)
-    policies = {doc["metadata"]["name"]: doc for doc in rendered if doc["kind"] == "NetworkPolicy"}
-    assert set(policies) == {"redis-from-atlas", "postgres-from-atlas"}
+def test_only_the_ingress_controller_reaches_the_services_and_only_the_services_their_stores():
+    policies = named("NetworkPolicy", TRIAL)
+    assert set(policies) == {"atlas-default-deny", "web-from-ingress", "redis-from-atlas", "postgres-from-atlas"}
+    deny = policies["atlas-default-deny"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress"]}, "nothing is let in unless a policy says so"
     pods = {
         pod_spec(doc)["containers"][0]["args"][0]: doc["spec"]["template"]["metadata"]["labels"][
             "app.kubernetes.io/name"
         ]
-        for doc in rendered
+        for doc in resources(TRIAL)
         if doc["kind"] in ("Deployment", "Job")
     }
-    trial = named("StatefulSet", KUBE / "trial")
+    # The web services: from the ingress controller's namespace (and Prometheus'), on their http port only.
+    web = policies["web-from-ingress"]["spec"]
+    (expression,) = web["podSelector"]["matchExpressions"]
+    assert (expression["key"], expression["operator"]) == ("app.kubernetes.io/name", "In")
+    assert set(expression["values"]) == {pods[app] for app in APPS}
+    (rule,) = web["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
+    assert [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]] == [
+        "ingress-nginx",
+        "monitoring",
+    ]
+    assert all(set(peer) == {"namespaceSelector"} for peer in rule["from"])
+    for app in APPS:
+        (container,) = pod_spec(named("Deployment", TRIAL)[f"atlas-{app}"])["containers"]
+        assert [port["name"] for port in container["ports"]] == ["http"]
+    trial = named("StatefulSet", TRIAL)
     # Redis: ingest queues, the worker dequeues. PostgreSQL: everything but ingest.
     wanted = {
         "redis-from-atlas": ("redis", 6379, {pods["ingest"], pods["worker"]}),
@@ -294,3 +361,79 @@ def test_only_atlas_pods_reach_redis_and_postgres():
                 assert name == "redis-from-atlas"
                 assert other["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "keda"}
                 assert other["podSelector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("folder", OVERLAYS, ids=lambda folder: folder.name)
+def test_every_overlay_renders_and_validates(folder):
+    """kubernetes-validate (the API's own OpenAPI schemas, strict: no unknown field) over what kustomize renders;
+    KEDA's ScaledObject is a custom resource without a schema there."""
+    objects = resources(folder)
+    assert {doc["kind"] for doc in objects} >= {"Namespace", "ConfigMap", "Job", "Deployment", "Service", "Ingress"}
+    unchecked = set()
+    for version in KUBERNETES_VERSIONS:
+        for doc in objects:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except SchemaNotFoundError:
+                unchecked.add(doc["kind"])
+    assert unchecked == ({"ScaledObject"} if folder == PRODUCTION else set())
+
+
+@pytest.mark.parametrize("folder", OVERLAYS, ids=lambda folder: folder.name)
+def test_python_kustomize_renders_what_kubectl_does(folder):
+    """The Python equivalent used where kubectl is missing renders exactly what kubectl kustomize does."""
+    if kubectl_kustomize() is None:
+        pytest.skip("kubectl (with kustomize v4 or later) is not installed: nothing to compare with")
+    ours = {identity(doc): doc for doc in build(folder)}
+    assert ours == {identity(doc): doc for doc in rendered(folder)}
+
+
+def test_an_overlay_inside_its_base_is_a_cycle(tmp_path):
+    """The old layout (trial/ inside the base's folder, `resources: [..]`) fails in kustomize; the renderer too."""
+    base = tmp_path / "kubernetes"
+    (base / "trial").mkdir(parents=True)
+    (base / "configmap.yaml").write_text((BASE / "configmap.yaml").read_text())
+    (base / "kustomization.yaml").write_text("resources: [configmap.yaml]\n")
+    (base / "trial" / "kustomization.yaml").write_text("resources: [..]\n")
+    with pytest.raises(KustomizeError, match="cycle detected"):
+        build(base / "trial")
+    if kubectl_kustomize():
+        out = subprocess.run(["kubectl", "kustomize", str(base / "trial")], capture_output=True, text=True)
+        assert out.returncode != 0
+        assert "cycle detected" in out.stderr
+    for folder in OVERLAYS:  # siblings: no kustomization inside another's folder
+        assert folder.parent == KUBE
+        assert not list(folder.glob("*/**/kustomization.yaml")), folder
+
+
+def test_keda_is_an_optional_component():
+    """The base and the trial apply on a cluster without KEDA (the workers scale on CPU); production adds the
+    component, which swaps the worker's HorizontalPodAutoscaler for a ScaledObject, never both."""
+    assert kustomization(KEDA)["kind"] == "Component"
+    assert kustomization(PRODUCTION)["components"] == ["../components/keda"]
+    for folder in OVERLAYS:
+        worker = named("Deployment", folder)["atlas-worker"]
+        assert "replicas" not in worker["spec"], "the autoscaler owns the count"
+        kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in resources(folder)}
+        scalers = {kind for kind, name in kinds if name == "atlas-worker"} - {"Deployment"}
+        if folder == PRODUCTION:
+            assert scalers == {"ScaledObject"}
+        else:
+            assert scalers == {"HorizontalPodAutoscaler"}, folder
+            assert not any(doc["apiVersion"].startswith("keda.sh/") for doc in resources(folder))
+            hpa = named("HorizontalPodAutoscaler", folder)["atlas-worker"]
+            assert hpa["spec"]["scaleTargetRef"]["name"] == "atlas-worker"
+            assert hpa["spec"]["minReplicas"] >= 1, "a running worker moves retried batches back"
+
+
+@pytest.mark.parametrize("folder", OVERLAYS, ids=lambda folder: folder.name)
+def test_the_migrate_job_is_new_for_each_version(folder):
+    """A Job's template cannot change in place, and a finished one never runs again: the Job's name carries the
+    image's tag, so `kubectl apply -k` after an upgrade creates (and runs) the new version's Job."""
+    (job,) = named("Job", folder).values()
+    (container,) = pod_spec(job)["containers"]
+    tag = container["image"].rsplit(":", 1)[1]
+    assert job["metadata"]["name"] == f"atlas-migrate-{tag}"
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", job["metadata"]["name"])
+    assert len(job["metadata"]["name"]) <= 63, "the Job controller labels its pods with the name"
+    assert container["args"] == ["migrate"]

@@ -19,18 +19,40 @@ SERVER_ONLY = {"fastapi", "uvicorn", "psycopg", "redis", "rq"}
 AGENT_ONLY = {"psutil", "speedtest-cli", "httpx"}
 
 
-def dependencies(folder: str) -> set[str]:
-    project = tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"]
+def dependencies_of(project: dict) -> set[str]:
     return {re.split(r"[\[<>=!~ ;]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
+
+
+def dependencies(folder: str) -> set[str]:
+    return dependencies_of(tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"])
 
 
 def test_agent_and_server_share_only_the_contract():
     agent, server, contract = dependencies("agent"), dependencies("services"), dependencies("contract")
-    assert "atlas-contract" in agent
-    assert "atlas-contract" in server
+    assert "atlas-fleet-contract" in agent
+    assert "atlas-fleet-contract" in server
     assert not agent & SERVER_ONLY
     assert not server & AGENT_ONLY
     assert not contract & (SERVER_ONLY | AGENT_ONLY)
+
+
+def test_distribution_names_are_ours():
+    """atlas-agent on PyPI is an unrelated project (and atlas-* names are easy to take): each distribution is
+    atlas-fleet-*, so `pip install -U` in the agent's venv can only ever find ours; the commands keep their names."""
+    names = {
+        f: tomllib.loads((ROOT / f / "pyproject.toml").read_text())["project"]
+        for f in ("contract", "agent", "services")
+    }
+    assert {f: p["name"] for f, p in names.items()} == {
+        "contract": "atlas-fleet-contract",
+        "agent": "atlas-fleet-agent",
+        "services": "atlas-fleet-server",
+    }
+    assert names["agent"]["scripts"] == {"atlas-agent": "atlas.agent.cli:main"}
+    assert names["services"]["scripts"] == {"atlas-server": "atlas.server.cli:main"}
+    ours = {p["name"] for p in names.values()}
+    for project in names.values():  # an Atlas dependency names one of ours, never the old names
+        assert {dep for dep in dependencies_of(project) if dep.startswith("atlas")} <= ours, project["name"]
 
 
 def test_server_distribution_lists_every_package():
@@ -108,19 +130,21 @@ def test_wheelset_check_finds_unpinned_mismatched_and_missing_wheels(tmp_path: P
     pins = dict(line.split("==") for line in wheelset("constraints", "arm64").split())
     for name in ("cryptography", "pydantic", "orjson", "httpx", "psutil", "speedtest-cli", "pyyaml"):
         (tmp_path / f"{name.replace('-', '_')}-{pins[name]}-py3-none-any.whl").touch()
-    for own in ("atlas_contract-0.1.0-py3-none-any.whl", "atlas_agent-0.1.0-py3-none-any.whl"):
+    for own in ("atlas_fleet_contract-0.1.0-py3-none-any.whl", "atlas_fleet_agent-0.1.0-py3-none-any.whl"):
         (tmp_path / own).touch()
     check = [sys.executable, str(MACOS / "wheelset.py"), "check", "arm64", str(tmp_path)]
     assert subprocess.run(check, capture_output=True, text=True, check=False).returncode == 0
 
     (tmp_path / f"httpx-{pins['httpx']}-py3-none-any.whl").rename(tmp_path / "httpx-0.29.0-py3-none-any.whl")
     (tmp_path / "stranger-1.0-py3-none-any.whl").touch()
-    (tmp_path / "atlas_agent-0.1.0-py3-none-any.whl").unlink()
+    (tmp_path / "atlas_fleet_agent-0.1.0-py3-none-any.whl").unlink()
+    (tmp_path / "atlas_agent-1.0.16-py3-none-any.whl").touch()  # the stranger's atlas-agent is not ours
     proc = subprocess.run(check, capture_output=True, text=True, check=False)
     assert proc.returncode == 1
     assert f"constraints pin httpx=={pins['httpx']} for arm64" in proc.stderr
     assert "stranger is not pinned in constraints.txt" in proc.stderr
-    assert "no wheel of atlas-agent" in proc.stderr
+    assert "no wheel of atlas-fleet-agent" in proc.stderr
+    assert "atlas_agent-1.0.16-py3-none-any.whl: atlas_agent is not pinned in constraints.txt" in proc.stderr
 
 
 def test_mac_x86_64_overrides_only_what_has_no_intel_wheel():
