@@ -77,41 +77,54 @@ def test_small_bomb_is_413_at_the_plaintext_cap(ingest, keys):
     assert elapsed < 1.0
 
 
+def _answer_times(server, key: str, rounds: int = 20) -> tuple[list[float], list[float]]:
+    """Seconds for ``rounds`` /healthz answers and ``rounds`` real agent batches, one after the other."""
+    health, posts = [], []
+    with httpx.Client(timeout=30) as client:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            assert client.get(f"{server.url}/healthz").status_code == 200
+            health.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            response = server.post(batches.sealed(batches.content(3), key))
+            posts.append(time.perf_counter() - started)
+            assert response.status_code == 202, response.text
+            time.sleep(0.05)
+    return health, posts
+
+
 def test_bombs_do_not_stall_other_requests(start_ingest, server_config, keys):
-    """Four connections re-sending bombs: /healthz and a real agent's batch still answer at once."""
+    """Four connections re-sending bombs: /healthz and a real agent's batch still answer at once.
+
+    "At once" is against the same answers measured just before, without bombs, since the machine is shared: a
+    bomb decoded in the event loop holds every other request for its whole decode.
+    """
     server = start_ingest(server_config)
     assert server.post(batches.sealed(batches.content(3), keys["current"])).status_code == 202  # warm up
+    quiet_health, quiet_posts = _answer_times(server, keys["current"])
     stop, statuses = threading.Event(), []
     envelope = bomb_envelope(keys["current"])
     senders = [threading.Thread(target=flood, args=(server.url, envelope, stop, statuses)) for _ in range(4)]
     for sender in senders:
         sender.start()
-    health, posts = [], []
     try:
         time.sleep(0.5)
-        with httpx.Client(timeout=30) as client:
-            for _ in range(20):
-                started = time.perf_counter()
-                assert client.get(f"{server.url}/healthz").status_code == 200
-                health.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                response = server.post(batches.sealed(batches.content(3), keys["current"]))
-                posts.append(time.perf_counter() - started)
-                assert response.status_code == 202, response.text
-                time.sleep(0.05)
+        health, posts = _answer_times(server, keys["current"])
     finally:
         stop.set()
         for sender in senders:
             sender.join()
     assert statuses
     assert set(statuses) <= {413, 503}, set(statuses)
+    median = statistics.median
     print(
-        f"under {len(statuses)} bombs: /healthz median {statistics.median(health) * 1000:.1f} ms, "
-        f"max {max(health) * 1000:.1f} ms; batch median {statistics.median(posts) * 1000:.1f} ms"
+        f"without bombs: /healthz median {median(quiet_health) * 1000:.1f} ms, batch median"
+        f" {median(quiet_posts) * 1000:.1f} ms; under {len(statuses)} bombs: /healthz median"
+        f" {median(health) * 1000:.1f} ms, max {max(health) * 1000:.1f} ms; batch median {median(posts) * 1000:.1f} ms"
     )
-    assert statistics.median(health) < 0.1
-    assert statistics.median(posts) < 0.2
-    assert max(health) < 0.5
+    assert median(health) < max(0.1, 5 * median(quiet_health))
+    assert median(posts) < max(0.2, 5 * median(quiet_posts))
+    assert max(health) < max(0.5, 5 * max(quiet_health))
 
 
 def test_a_full_decode_pool_answers_503_with_retry_after(start_ingest, server_config, keys):
