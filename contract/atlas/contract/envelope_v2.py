@@ -216,7 +216,7 @@ def open_v2(
     if key is None:
         raise UnknownKeyError("kid", f"no HPKE key of this server has id {envelope.kid}")
     if key.suite != envelope.suite:
-        raise EnvelopeError("suite", f"key {envelope.kid} is a {key.suite} key")
+        raise EnvelopeError("suite", f"key {envelope.kid} is of suite {key.suite}")
     if envelope.compression == "none" and len(envelope.ciphertext) - TAG_BYTES > max_plaintext_bytes:
         raise PayloadTooLargeError("ciphertext", f"plaintext exceeds {max_plaintext_bytes} bytes")
     suite = SUITES[envelope.suite]
