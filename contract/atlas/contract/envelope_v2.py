@@ -180,7 +180,7 @@ def seal_v2(
     if compression == "gzip":
         plaintext = gzip.compress(plaintext, compresslevel=6, mtime=0)
     info = info_v2(suite.name, public_key.kid, device_id, batch_id, created_at, compression)
-    sealed = suite.hpke.encrypt(plaintext, public_key.key(), info=info)
+    sealed = suite.hpke.encrypt(plaintext, public_key.key, info=info)
     enc, ciphertext = sealed[: suite.enc_bytes], sealed[suite.enc_bytes :]
     return {
         "v": WIRE_VERSION_V2,

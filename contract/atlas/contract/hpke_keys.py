@@ -133,12 +133,13 @@ class HpkePublicKey:
         spec = get_suite(self.suite)
         if len(self.raw) != spec.public_key_bytes:
             raise KeyFormatError(f"a {self.suite} public key is {spec.public_key_bytes} bytes, not {len(self.raw)}")
-        self.key()  # refuses a malformed ML-KEM key
+        self.key  # noqa: B018 - parses the key once, refusing a malformed ML-KEM key
 
     @property
     def kid(self) -> str:
         return hpke_key_id(self.raw)
 
+    @cached_property
     def key(self) -> Any:
         """The key as a ``cryptography`` object, for ``Suite.encrypt``."""
         try:
