@@ -12,9 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -32,21 +30,9 @@ from atlas.contract import (
 )
 
 from . import hpke_reference as ref
+from .protocol_doc import BATCH_ID, CREATED_AT, DOC_PATH, PLAINTEXT, marked_blocks
 
-DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
-_BLOCK_RE = re.compile(r"^<!-- (vector|example):([\w-]+) -->\n```[\w-]*\n(.*?)\n```$", re.MULTILINE | re.DOTALL)
-
-PLAINTEXT = (
-    b'{"machine":{"machine_id":"7D3F9A2E-5B1C-4E8A-9F60-2C4D8B1A3E57","serial_number":"C02ZK1ABMD6T",'
-    b'"hostname":"studio-12.example.com","model":"Mac14,13","os_version":"15.1","agent_version":"1.0.0"},'
-    b'"logs":[{"timestamp":"2026-11-28T15:59:30Z","level":"INFO","widget_type":"ping",'
-    b'"message":"1.1.1.1: 4/4 replies","data":{"host":"1.1.1.1","received":4,"rtt_ms":12.5,"sent":4}},'
-    b'{"timestamp":"2026-11-28T15:59:45.250Z","level":"WARNING","widget_type":"wifi",'
-    b'"message":"signal weak","data":{"rssi_dbm":-78,"ssid":"office"}}]}'
-)
 DEVICE_ID = "d3b07384-d9a0-4c3e-8f1a-2b5c6d7e8f90"
-BATCH_ID = "6f1c2a4e-8b3d-4f5a-9c7e-2d1b0a9f8e7d"
-CREATED_AT = "2026-11-28T16:00:00Z"
 
 # Section 17.7.1: x25519, reproducible.
 X_PRIVATE = bytes(range(0x20, 0x40))
@@ -144,12 +130,7 @@ H_ENVELOPE = {
 
 @pytest.fixture(scope="module")
 def blocks() -> dict[str, str]:
-    """Every marked fenced block of the document, by ``vector:NAME`` / ``example:NAME``."""
-    found: dict[str, str] = {}
-    for kind, name, body in _BLOCK_RE.findall(DOC_PATH.read_text(encoding="utf-8")):
-        assert f"{kind}:{name}" not in found
-        found[f"{kind}:{name}"] = body
-    return found
+    return marked_blocks(DOC_PATH.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.hpke import (
 )
 
 from .errors import KeyFormatError
-from .keys import KID_HEX_CHARS
+from .keys import KID_HEX_CHARS, KeysById
 
 SUITE_HYBRID = "mlkem768-x25519"
 """Hybrid post-quantum suite: X-Wing (ML-KEM-768 with X25519), HKDF-SHA256, AES-256-GCM. The default."""
@@ -223,39 +223,12 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class HpkeKeyring:
+class HpkeKeyring(KeysById[HpkePrivateKey]):
     """The server's HPKE private keys by kid: the current one (what agents are told to use) first.
 
     Several keys are held during a rotation: the new one seals from the agents' next request on, the old one
     opens what they spooled before.
     """
-
-    def __init__(self, keys: Iterable[HpkePrivateKey] = ()) -> None:
-        self._keys: dict[str, HpkePrivateKey] = {}
-        for key in keys:
-            self._keys.setdefault(key.kid, key)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __bool__(self) -> bool:
-        return bool(self._keys)
-
-    def __iter__(self) -> Iterator[HpkePrivateKey]:
-        return iter(self._keys.values())
-
-    def __contains__(self, kid: object) -> bool:
-        return kid in self._keys
-
-    def __repr__(self) -> str:
-        return f"HpkeKeyring(kids={list(self._keys)})"
-
-    @property
-    def current(self) -> HpkePrivateKey | None:
-        return next(iter(self._keys.values()), None)
-
-    def get(self, kid: str) -> HpkePrivateKey | None:
-        return self._keys.get(kid)
 
     def public_keys(self) -> list[HpkePublicKey]:
         """The public keys to hand to agents, the current one first."""
