@@ -18,7 +18,6 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidTag
@@ -45,8 +44,7 @@ from atlas.core.config import DEFAULT_MAX_PLAINTEXT_BYTES, Settings
 from atlas.ingest.intake import read_batch
 
 from ..fix_services import API_KEY as SERVER_API_KEY
-
-DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+from .protocol_doc import BATCH_ID, CREATED_AT, DOC_PATH, PLAINTEXT, marked_blocks
 
 # The worked example of docs/protocol.md, section 14.
 KEY_RAW = bytes(range(32))
@@ -55,16 +53,6 @@ KEY_SHA256 = "630dcd2966c4336691125448bbb25b4ff412a49c732db2c8abc1b8581bd710dd"
 KID = "630dcd2966c43366"
 NONCE = bytes(range(0xA0, 0xAC))
 NONCE_B64 = "oKGio6Slpqeoqaqr"
-BATCH_ID = "6f1c2a4e-8b3d-4f5a-9c7e-2d1b0a9f8e7d"
-CREATED_AT = "2026-11-28T16:00:00Z"
-PLAINTEXT = (
-    b'{"machine":{"machine_id":"7D3F9A2E-5B1C-4E8A-9F60-2C4D8B1A3E57","serial_number":"C02ZK1ABMD6T",'
-    b'"hostname":"studio-12.example.com","model":"Mac14,13","os_version":"15.1","agent_version":"1.0.0"},'
-    b'"logs":[{"timestamp":"2026-11-28T15:59:30Z","level":"INFO","widget_type":"ping",'
-    b'"message":"1.1.1.1: 4/4 replies","data":{"host":"1.1.1.1","received":4,"rtt_ms":12.5,"sent":4}},'
-    b'{"timestamp":"2026-11-28T15:59:45.250Z","level":"WARNING","widget_type":"wifi",'
-    b'"message":"signal weak","data":{"rssi_dbm":-78,"ssid":"office"}}]}'
-)
 AAD = b"atlas-widget-logs/v1\n630dcd2966c43366\n6f1c2a4e-8b3d-4f5a-9c7e-2d1b0a9f8e7d\n2026-11-28T16:00:00Z\nnone"
 TAG_HEX = "03cfac4a6f4bdf2b982527c0afd19fb7"
 CIPHERTEXT_B64 = (
@@ -115,8 +103,6 @@ SALTED_ENVELOPE = {
 VECTOR_TIME = datetime(2026, 11, 28, 16, 0, tzinfo=UTC)
 API_KEY = "protocol-vector-api-key-0123456789"
 
-_BLOCK_RE = re.compile(r"^<!-- (vector|example):([\w-]+) -->\n```[\w-]*\n(.*?)\n```$", re.MULTILINE | re.DOTALL)
-
 
 @pytest.fixture(scope="module")
 def doc() -> str:
@@ -126,12 +112,7 @@ def doc() -> str:
 @pytest.fixture(scope="module")
 def blocks(doc: str) -> dict[str, str]:
     """Every marked fenced block of the document, by ``vector:NAME`` / ``example:NAME``."""
-    found: dict[str, str] = {}
-    for kind, name, body in _BLOCK_RE.findall(doc):
-        label = f"{kind}:{name}"
-        assert label not in found, f"{label} is marked twice in {DOC_PATH.name}"
-        found[label] = body
-    return found
+    return marked_blocks(doc)
 
 
 @pytest.fixture(scope="module")

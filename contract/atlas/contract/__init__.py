@@ -1,4 +1,4 @@
-"""Atlas wire contract v1, shared by the agent and the fleet server.
+"""Atlas wire contract (v1 and v2), shared by the agent and the fleet server.
 
 The public surface: keys and keyrings, sealing and opening envelopes, the
 record schema, and the export format. See docs/protocol.md for the contract in prose.
@@ -23,9 +23,21 @@ from .envelope import (
     parse_timestamp,
     seal,
 )
+from .envelope_v2 import (
+    ENVELOPE_V2_FIELDS,
+    INFO_LABEL_V2,
+    WIRE_VERSION_V2,
+    EnvelopeV2,
+    info_v2,
+    open_v2,
+    parse_device_id,
+    parse_envelope_v2,
+    seal_v2,
+)
 from .errors import (
     ContractError,
     DecryptionError,
+    DeviceMismatchError,
     EnvelopeError,
     KeyFormatError,
     PayloadTooLargeError,
@@ -35,6 +47,19 @@ from .errors import (
     WeakKeyError,
 )
 from .export import CsvWriter, csv_lines, record
+from .hpke_keys import (
+    DEFAULT_SUITE,
+    KEYRING_FORMAT,
+    SUITE_HYBRID,
+    SUITE_X25519,
+    SUITES,
+    HpkeKeyring,
+    HpkePrivateKey,
+    HpkePublicKey,
+    HpkeSuite,
+    hpke_key_id,
+    select_public_key,
+)
 from .keys import (
     BATCH_KEY_INFO,
     SALT_BYTES,
@@ -66,6 +91,10 @@ __all__ = [
     "ALGORITHM",
     "BATCH_KEY_INFO",
     "COMPRESSIONS",
+    "DEFAULT_SUITE",
+    "ENVELOPE_V2_FIELDS",
+    "INFO_LABEL_V2",
+    "KEYRING_FORMAT",
     "LEVELS",
     "LOG_MAX_AFTER_BATCH",
     "LOG_MAX_BEFORE_BATCH",
@@ -73,14 +102,24 @@ __all__ = [
     "MAX_MESSAGE_CHARS",
     "SALT_BYTES",
     "STORE_RECORD_KEY_INFO",
+    "SUITES",
+    "SUITE_HYBRID",
+    "SUITE_X25519",
     "WIDGET_TYPES",
     "WIRE_VERSION",
+    "WIRE_VERSION_V2",
     "BatchContent",
     "ContractError",
     "CsvWriter",
     "DecryptionError",
+    "DeviceMismatchError",
     "Envelope",
     "EnvelopeError",
+    "EnvelopeV2",
+    "HpkeKeyring",
+    "HpkePrivateKey",
+    "HpkePublicKey",
+    "HpkeSuite",
     "Key",
     "KeyFormatError",
     "Keyring",
@@ -99,17 +138,24 @@ __all__ = [
     "derive_key",
     "format_timestamp",
     "generate_encryption_key",
+    "hpke_key_id",
+    "info_v2",
     "is_encrypted_body",
     "key_id",
     "open_envelope",
+    "open_v2",
     "parse_batch_id",
     "parse_body",
+    "parse_device_id",
     "parse_envelope",
+    "parse_envelope_v2",
     "parse_key",
     "parse_plaintext_header",
     "parse_timestamp",
     "record",
     "seal",
+    "seal_v2",
+    "select_public_key",
     "validate_content",
     "weak_key_reason",
 ]

@@ -4,14 +4,15 @@ Every error carries the HTTP status the ingest service answers with, and a
 reason that names the offending field but never key material or decrypted
 content::
 
-    ContractError                 any violation of wire contract v1
+    ContractError                 any violation of wire contract v1 or v2
      ├── EnvelopeError            400: malformed body or header field
      │    ├── UnknownKeyError     400: no key in the keyring has this kid
-     │    └── DecryptionError     400: the GCM tag did not verify
+     │    ├── DecryptionError     400: the GCM tag did not verify
+     │    └── DeviceMismatchError 403: a v2 envelope names another device than the authenticated one
      ├── PayloadTooLargeError     413: a size bound was crossed
      └── SchemaError              422: the plaintext violates the record schema
 
-    KeyFormatError (ValueError)   a configured key is not 32 bytes of base64
+    KeyFormatError (ValueError)   a configured key is not 32 bytes of base64, or an HPKE key or keyring is malformed
      └── WeakKeyError             ... or is an obviously weak one (all zero, the documented example)
 """
 
@@ -33,7 +34,7 @@ def printable(text: str, limit: int) -> str:
 
 
 class ContractError(Exception):
-    """A batch that does not follow wire contract v1."""
+    """A batch that does not follow wire contract v1 or v2."""
 
     status: int = 400
 
@@ -58,6 +59,12 @@ class UnknownKeyError(EnvelopeError):
 
 class DecryptionError(EnvelopeError):
     """Authentication failed: wrong key, or ciphertext or header tampered with."""
+
+
+class DeviceMismatchError(EnvelopeError):
+    """A v2 envelope was sealed for another device than the one that sent it."""
+
+    status = 403
 
 
 class PayloadTooLargeError(ContractError):
@@ -95,7 +102,7 @@ class SchemaError(ContractError):
 
 
 class KeyFormatError(ValueError):
-    """A key is not standard base64 of exactly 32 bytes."""
+    """A key is not standard base64 of exactly 32 bytes, or an HPKE key or keyring is malformed."""
 
 
 class WeakKeyError(KeyFormatError):

@@ -20,6 +20,7 @@ import itertools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -101,6 +102,14 @@ def derive_key(raw: bytes, salt: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=info).derive(raw)
 
 
+class _Identified(Protocol):
+    @property
+    def kid(self) -> str: ...
+
+
+_K = TypeVar("_K", bound=_Identified)
+
+
 @dataclass(frozen=True)
 class Key:
     """One AES-256-GCM key with its id; its repr never shows the key bytes."""
@@ -122,24 +131,13 @@ class Key:
         return AESGCM(derive_key(self.raw, salt, info))
 
 
-class Keyring:
-    """Keys by kid: the current one first, then older ones still accepted.
+class KeysById(Generic[_K]):
+    """Keys by kid, in the order given (the current one first), without duplicates: the part every keyring shares."""
 
-    Decryption looks keys up by kid, so adding a new key and later removing
-    the old one rotates keys without downtime.
-    """
-
-    def __init__(self, keys: Iterable[Key] = ()) -> None:
-        self._keys: dict[str, Key] = {}
-        self._aeads: dict[str, AESGCM] = {}
+    def __init__(self, keys: Iterable[_K] = ()) -> None:
+        self._keys: dict[str, _K] = {}
         for key in keys:
-            if key.kid not in self._keys:
-                self._keys[key.kid] = key
-                self._aeads[key.kid] = key.aead()
-
-    @classmethod
-    def from_base64(cls, texts: Iterable[str]) -> Keyring:
-        return cls(Key.from_base64(t) for t in texts)
+            self._keys.setdefault(key.kid, key)
 
     def __bool__(self) -> bool:
         return bool(self._keys)
@@ -147,22 +145,38 @@ class Keyring:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def __iter__(self) -> Iterator[Key]:
+    def __iter__(self) -> Iterator[_K]:
         return iter(self._keys.values())
 
     def __contains__(self, kid: object) -> bool:
         return kid in self._keys
 
     def __repr__(self) -> str:
-        return f"Keyring(kids={list(self._keys)})"
+        return f"{type(self).__name__}(kids={list(self._keys)})"
 
     @property
-    def current(self) -> Key | None:
-        """The key new data is sealed with: the first one given."""
+    def current(self) -> _K | None:
+        """The key new data is sealed with (or, for HPKE, sealed to): the first one given."""
         return next(iter(self._keys.values()), None)
 
-    def get(self, kid: str) -> Key | None:
+    def get(self, kid: str) -> _K | None:
         return self._keys.get(kid)
+
+
+class Keyring(KeysById[Key]):
+    """Keys by kid: the current one first, then older ones still accepted.
+
+    Decryption looks keys up by kid, so adding a new key and later removing
+    the old one rotates keys without downtime.
+    """
+
+    def __init__(self, keys: Iterable[Key] = ()) -> None:
+        super().__init__(keys)
+        self._aeads: dict[str, AESGCM] = {kid: key.aead() for kid, key in self._keys.items()}
+
+    @classmethod
+    def from_base64(cls, texts: Iterable[str]) -> Keyring:
+        return cls(Key.from_base64(t) for t in texts)
 
     def aead(self, kid: str) -> AESGCM | None:
         return self._aeads.get(kid)

@@ -14,7 +14,7 @@
     atlas-server rotate-db-key      put every stored batch under the current database key
     atlas-server partitions         create daily partitions ahead, drop those past database.retention_days
     atlas-server keys               which keys are configured, and which ones stored batches use
-    atlas-server keygen             print a new encryption key (or --api-key)
+    atlas-server keygen             print a new encryption key (or --api-key; --hpke: add an HPKE key to a keyring)
 
 Each reads ``--config config.yaml`` (or $ATLAS_CONFIG) and the environment.
 """
@@ -29,13 +29,23 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from atlas.contract import generate_encryption_key
+from atlas.contract import (
+    DEFAULT_SUITE,
+    SUITES,
+    HpkeKeyring,
+    HpkePrivateKey,
+    KeyFormatError,
+    generate_encryption_key,
+)
 from atlas.core.config import ConfigError, Settings, load_settings
 
 from .logs import LOG_FORMATS, configure_logging, secret_values
 
 if TYPE_CHECKING:
     from rq import Queue
+
+DEFAULT_HPKE_KEYRING = "atlas-hpke-keyring.json"
+"""Where ``keygen --hpke`` adds its key unless --keyring says otherwise."""
 
 DEFAULT_ADMIN_FILE = "atlas-first-admin.txt"
 """Where ``run`` writes the first admin's generated password unless --admin-file says otherwise."""
@@ -48,7 +58,26 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    if args.hpke:
+        return _keygen_hpke(args.keyring, args.suite)
     print(secrets.token_urlsafe(32) if args.api_key else generate_encryption_key())
+    return 0
+
+
+def _keygen_hpke(path: str, suite: str) -> int:
+    """Add a new HPKE key pair to the keyring file as its current key; older keys stay, to open spooled batches."""
+    try:
+        keyring = HpkeKeyring.load(path) if os.path.exists(path) else HpkeKeyring()
+    except KeyFormatError as exc:
+        print(f"atlas-server: {exc}", file=sys.stderr)
+        return 2
+    key = HpkePrivateKey.generate(suite)
+    try:
+        keyring.with_new_key(key).save(path)
+    except OSError as exc:
+        print(f"atlas-server: {path}: cannot write the keyring: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"Added HPKE key {key.kid} ({key.suite}) to {path} as the current key; {len(keyring)} older key(s) kept")
     return 0
 
 
@@ -430,7 +459,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("keygen", help="print a new AES-256 encryption key (base64)")
-    p.add_argument("--api-key", action="store_true", help="print a random API key instead")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--api-key", action="store_true", help="print a random API key instead")
+    kind.add_argument(
+        "--hpke", action="store_true", help="add a new HPKE key pair (contract v2) to --keyring as its current key"
+    )
+    p.add_argument(
+        "--keyring",
+        default=DEFAULT_HPKE_KEYRING,
+        help=f"with --hpke: the keyring file, created with mode 600 if missing (default {DEFAULT_HPKE_KEYRING})",
+    )
+    p.add_argument(
+        "--suite",
+        choices=tuple(SUITES),
+        default=DEFAULT_SUITE,
+        help=f"with --hpke: the key's HPKE suite (default {DEFAULT_SUITE}, hybrid post-quantum)",
+    )
     p.set_defaults(func=cmd_keygen)
     return parser
 
