@@ -442,8 +442,11 @@ def test_database_down_gives_503_not_an_empty_file(start_server, server_config, 
     response = get(server, accounts["viewer_token"])
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
+    assert response.json() == {"detail": "database unavailable, retry later", "field": None}
     assert "Traceback" not in server.logs()
-    assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 503
+    ready = httpx.get(f"{server.url}/readyz", timeout=10)
+    assert (ready.status_code, ready.headers["retry-after"]) == (503, "5")
+    assert ready.json() == {"detail": "database unavailable, retry later", "field": None}
 
 
 def test_encrypted_batch_comes_out_as_readable_plain_text(ingest, drain, exporter, accounts, keys) -> None:

@@ -1,2 +1,3 @@
 """The library every Atlas server service stands on: configuration, the PostgreSQL schema and pool,
-the Redis queue, encryption at rest, accounts and the shared HTTP pieces. It imports only the contract."""
+the Redis queue, encryption at rest, accounts, the server error tree (``errors``) and the HTTP edge
+the apps share (``edge``, ``web``). It imports only the contract."""

@@ -20,6 +20,8 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from .errors import AccountError
+
 ROLES = ("viewer", "admin")
 """A viewer sees the fleet and exports; an admin also manages users and tokens."""
 
@@ -37,10 +39,6 @@ BOOTSTRAP_LOCK_ID = 0x41544C41  # "ATLA"
 
 _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("atlas-dummy-password-for-constant-time-login")
-
-
-class AccountError(ValueError):
-    """A username, password or role that cannot be used; the message says why."""
 
 
 @dataclass(frozen=True)

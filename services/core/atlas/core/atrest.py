@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from atlas.contract import Key, Keyring
 
+from .errors import AtRestError
+
 NONCE_BYTES = 12
 DATA_KEY_BYTES = 32
 SETTING = "server.db_encryption_key"
@@ -39,10 +41,6 @@ SETTING = "server.db_encryption_key"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-
-
-class AtRestError(Exception):
-    """Stored content cannot be read: a database key is missing, or a ciphertext does not open."""
 
 
 def epoch_micros(moment: datetime) -> int:

@@ -59,6 +59,8 @@ import yaml
 
 from atlas.contract import Key, KeyFormatError, Keyring
 
+from .errors import ConfigError
+
 DEFAULT_PORT = 8768
 """The port agents are pointed at: ``https://<host>:8768``."""
 
@@ -113,10 +115,6 @@ PLACEHOLDER_SECRETS = frozenset(
     {"your-api-key", "changeme", "change-me", "secret", "password", "api-key", "your_api_key"}
 )
 """Example values from documentation that must never guard a real server."""
-
-
-class ConfigError(ValueError):
-    """A setting is missing or invalid; the message names the setting."""
 
 
 @dataclass(frozen=True)

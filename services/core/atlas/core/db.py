@@ -26,7 +26,12 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
 
 
 def ensure_database(url: str) -> bool:
-    """Create the database named in ``url`` if it does not exist; True if created."""
+    """Create the database named in ``url`` if it does not exist; True if created.
+
+    A refused connection carries no SQLSTATE (libpq reports it as text), so
+    whether the database is missing is asked of the server's catalog, through
+    the ``postgres`` database; any other reason re-raises the first error.
+    """
     params = conninfo_to_dict(url)
     name = params.get("dbname")
     if not name:
@@ -34,11 +39,18 @@ def ensure_database(url: str) -> bool:
     try:
         with connect(url):
             return False
+    except psycopg.errors.ConnectionTimeout:
+        raise  # nothing answered: asking again, for another database, would only wait as long
     except psycopg.OperationalError as exc:
-        if "does not exist" not in str(exc):
-            raise
+        refused = exc
     admin = make_conninfo(url, dbname="postgres")
-    with connect(admin, autocommit=True) as conn:
+    try:
+        conn = connect(admin, autocommit=True)
+    except psycopg.OperationalError:
+        raise refused from None
+    with conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            raise refused  # it exists: the server is unreachable, or refused us for another reason
         try:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         except psycopg.errors.DuplicateDatabase:

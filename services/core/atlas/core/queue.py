@@ -29,6 +29,7 @@ from atlas.contract import BatchContent, Key, Keyring
 
 from .atrest import AtRestError, open_job, seal_job
 from .config import Settings
+from .errors import RefusedJobError
 
 PERSIST_JOB = "atlas.worker.jobs.persist_batches"
 """Dotted path of the job function the worker runs for each group of batches."""
@@ -170,10 +171,6 @@ def refusal(job: Job) -> str | None:
     if job._success_callback_name or job._failure_callback_name or job._stopped_callback_name or job.webhooks:
         return "the job asks for callbacks or webhooks, which Atlas never sets"
     return None
-
-
-class RefusedJobError(Exception):
-    """A job that is not an Atlas job was found on the queue; it is failed without being run."""
 
 
 class BatchJob(Job):

@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse
 from starlette.types import Scope
 
 from . import metrics
+from .edge import problem
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -246,8 +247,4 @@ class IngestLimits:
 def _too_many(wait: float, whose: str) -> JSONResponse:
     metrics.reject("rate_limited")
     seconds = retry_after(wait)
-    return JSONResponse(
-        {"detail": f"rate limit exceeded for {whose}; retry after {seconds} s", "field": None},
-        status_code=429,
-        headers={"Retry-After": seconds},
-    )
+    return problem(429, f"rate limit exceeded for {whose}; retry after {seconds} s", headers={"Retry-After": seconds})

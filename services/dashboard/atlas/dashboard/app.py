@@ -19,19 +19,26 @@ import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from atlas.core import metrics
 from atlas.core.accounts import bootstrap_admin
 from atlas.core.config import Settings, get_settings
+from atlas.core.edge import add_health_routes, problem, retry_later
+from atlas.core.errors import (
+    DatabaseUnavailable,
+    SchemaMissing,
+    Unavailable,
+    UnusableInput,
+    store_error,
+    store_failures,
+)
 from atlas.core.web import WebState
 from atlas.exporter.app import add_export_routes
 
@@ -43,7 +50,6 @@ from .security import SecurityHeadersMiddleware
 log = logging.getLogger("atlas.dashboard")
 
 STATIC = Path(__file__).parent / "static"
-RETRY_AFTER_SECONDS = 5
 
 
 def _bootstrap(web: WebState) -> None:
@@ -55,11 +61,14 @@ def _bootstrap(web: WebState) -> None:
     try:
         with web.pool.connection() as conn:
             user = bootstrap_admin(conn, os.environ)
-    except (psycopg.OperationalError, PoolTimeout) as exc:
-        log.warning("Could not reach PostgreSQL to create the first admin: %s", type(exc).__name__)
-        return
-    except psycopg.errors.UndefinedTable:
-        raise RuntimeError("the database has no Atlas schema yet: run `atlas-server migrate` first") from None
+    except store_failures() as exc:
+        failed = store_error(exc)
+        if isinstance(failed, Unavailable):
+            log.warning("Could not reach PostgreSQL to create the first admin: %s", type(exc).__name__)
+            return
+        if isinstance(failed, SchemaMissing):
+            raise SchemaMissing(failed.detail) from None
+        raise
     if user is not None:
         log.info("Created the first admin %r from ATLAS_ADMIN_USERNAME", user.username)
 
@@ -93,17 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_export_routes(app, web, browser.export_refusal)
     metrics.add_metrics(app, "dashboard")  # outermost middleware: counts every answer, pages and exports
 
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz():
-        return {"status": "ok"}
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz():
-        if await run_in_threadpool(web.ready):
-            return {"status": "ready"}
-        return JSONResponse(
-            {"detail": "database unavailable"}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
-        )
+    add_health_routes(app, web.ready, needs="PostgreSQL", unready="database unavailable", include_in_schema=False)
 
     @app.exception_handler(auth.LoginRequired)
     async def login_required(request: Request, exc: auth.LoginRequired) -> Response:
@@ -126,28 +125,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def content_locked(request: Request, exc: ContentLocked) -> Response:
         return render("error.html", status=503, title="Encrypted logs cannot be read", detail=exc.detail)
 
-    async def database_down(request: Request, exc: Exception) -> Response:
-        log.warning("Database unavailable for %s: %s", request.url.path, type(exc).__name__)
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        if _is_api(request):
-            return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503, headers=headers)
-        return render(
-            "error.html",
-            status=503,
-            headers=headers,
-            title="Database unavailable",
-            detail="Atlas cannot reach its database right now. Try again in a moment.",
-        )
-
-    async def unusable_input(request: Request, exc: Exception) -> Response:
-        # PostgreSQL refuses some text (a NUL byte) that HTML forms and URLs can carry: the request is bad.
-        log.info("Refused input for %s: %s", request.url.path, type(exc).__name__)
-        if _is_api(request):
-            return JSONResponse({"detail": "the request holds characters that cannot be stored"}, status_code=400)
-        return render("error.html", status=400, title="Bad request", detail="The request holds unusable characters.")
+    async def store_failed(request: Request, exc: Exception) -> Response:
+        failed = store_error(exc)
+        if isinstance(failed, DatabaseUnavailable):
+            log.warning("Database unavailable for %s: %s", request.url.path, type(exc).__name__)
+            if _is_api(request):
+                return problem(failed.status, failed.detail, headers=retry_later())
+            return render(
+                "error.html",
+                status=failed.status,
+                headers=retry_later(),
+                title="Database unavailable",
+                detail="Atlas cannot reach its database right now. Try again in a moment.",
+            )
+        if isinstance(failed, UnusableInput):
+            # PostgreSQL refuses some text (a NUL byte) that HTML forms and URLs can carry: the request is bad.
+            log.info("Refused input for %s: %s", request.url.path, type(exc).__name__)
+            if _is_api(request):
+                return problem(failed.status, failed.detail)
+            return render(
+                "error.html", status=failed.status, title="Bad request", detail="The request holds unusable characters."
+            )
+        raise exc  # a bug: the server error middleware logs it and answers 500
 
     app.add_exception_handler(ContentLocked, content_locked)
-    app.add_exception_handler(psycopg.DataError, unusable_input)
-    app.add_exception_handler(psycopg.OperationalError, database_down)
-    app.add_exception_handler(PoolTimeout, database_down)
+    for failure in store_failures():
+        app.add_exception_handler(failure, store_failed)
     return app

@@ -12,8 +12,8 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 
+from atlas.core.edge import Problem
 from atlas.core.web import Principal
-from atlas.exporter.app import Problem
 
 from .auth import current_path, login_url
 from .render import render

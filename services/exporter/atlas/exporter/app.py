@@ -21,14 +21,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
 import anyio
 import psycopg
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
@@ -36,6 +35,8 @@ from atlas.core import metrics
 from atlas.core.atrest import SETTING, AtRestError
 from atlas.core.config import Settings, get_settings
 from atlas.core.content import require_keys
+from atlas.core.edge import Problem, add_health_routes, retry_later, unavailable
+from atlas.core.errors import DatabaseUnavailable, Unavailable, store_error, store_failures
 from atlas.core.web import EXPORT_CONNECTIONS, Principal, WebState
 
 from .audit import finish_export, recent_exports, start_export
@@ -48,29 +49,8 @@ log = logging.getLogger("atlas.exporter")
 
 EXPORT_PATH = "/api/exports/logs"
 AUDIT_PATH = "/api/exports/audit"
-RETRY_AFTER_SECONDS = 5
 
 _END = object()
-
-
-def problem(status: int, detail: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Why a request is refused: the status, the reason, the parameter at fault, extra headers."""
-
-    status: int
-    detail: str
-    field: str | None = None
-    headers: dict[str, str] | None = None
-    page_detail: str | None = None
-    """What a page shows instead of ``detail``, when that holds what only the log should (key ids)."""
-
-    def response(self) -> JSONResponse:
-        """The JSON problem body API clients get."""
-        return problem(self.status, self.detail, self.field, self.headers)
 
 
 Refuse = Callable[[Request, Principal | None, Problem], Response]
@@ -89,11 +69,7 @@ LOCKED = (
     " (or FLEET_DB_ENCRYPTION_KEY) to the key the workers store logs with, keeping older keys in"
     " server.db_encryption_keys."
 )
-DATABASE_DOWN = Problem(503, "database unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-
-
-def _database_down() -> JSONResponse:
-    return DATABASE_DOWN.response()
+DATABASE_DOWN = unavailable(DatabaseUnavailable())
 
 
 class ExportsBusy(Exception):
@@ -264,8 +240,10 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
     ):
         try:
             principal = await run_in_threadpool(web.principal, request)
-        except (psycopg.OperationalError, PoolTimeout):
-            return refuse(request, None, DATABASE_DOWN)
+        except store_failures() as exc:
+            if not isinstance(down := store_error(exc), Unavailable):
+                raise
+            return refuse(request, None, unavailable(down))
         if principal is None:
             return refuse(request, None, UNAUTHENTICATED_PROBLEM)
         try:
@@ -286,7 +264,7 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
                 f"{slots.limit} exports by this user are running already (exporter.max_exports_per_principal);"
                 " retry when one has finished"
             )
-            return refuse(request, principal, Problem(429, capped, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}))
+            return refuse(request, principal, Problem(429, capped, headers=retry_later()))
         client = request.client.host if request.client else None
         export = Export(web, principal, client, fmt, filters, release)
         gzip = accepts_gzip(request.headers.get("accept-encoding"))
@@ -298,13 +276,15 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
             streaming = True  # from here the export gives its slot back when it ends
         except ExportsBusy:
             busy = f"{EXPORT_CONNECTIONS} exports are running already; retry later"
-            return refuse(request, principal, Problem(429, busy, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}))
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            log.warning("Export refused, database unavailable: %s", type(exc).__name__)
-            return refuse(request, principal, DATABASE_DOWN)
+            return refuse(request, principal, Problem(429, busy, headers=retry_later()))
         except AtRestError as exc:
             log.error("Export refused: %s", exc)
             return refuse(request, principal, Problem(503, f"cannot decrypt stored logs: {exc}", page_detail=LOCKED))
+        except store_failures() as exc:
+            if not isinstance(down := store_error(exc), Unavailable):
+                raise
+            log.warning("Export refused, database unavailable: %s", type(exc).__name__)
+            return refuse(request, principal, unavailable(down))
         finally:
             if not streaming:
                 release()  # at most once, however often it is called
@@ -365,14 +345,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_export_routes(app, web)
     metrics.add_metrics(app, "exporter")
 
-    @app.get("/healthz", summary="The process is alive")
-    async def healthz():
-        return {"status": "ok"}
-
-    @app.get("/readyz", summary="PostgreSQL is reachable")
-    async def readyz():
-        if await run_in_threadpool(web.ready):
-            return {"status": "ready"}
-        return _database_down()
+    add_health_routes(app, web.ready, needs="PostgreSQL", unready=DATABASE_DOWN.detail)
 
     return app

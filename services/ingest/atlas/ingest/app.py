@@ -18,13 +18,13 @@ from functools import cached_property
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from atlas.contract import ContractError, PayloadTooLargeError, SchemaError
 from atlas.core import metrics
 from atlas.core.config import Settings, get_settings
+from atlas.core.edge import add_health_routes, problem, retry_later, unavailable
+from atlas.core.errors import QueueUnavailable, Unavailable, store_error
 from atlas.core.queue import QueuedBatch, accepted_marker, batch_queue, queued_batch, redis_client
 from atlas.core.ratelimit import IngestLimits
 
@@ -34,9 +34,6 @@ from .intake import AlreadyAccepted, read_batch
 from .models import Duplicate, EncryptedBody, PlaintextBody, Problem, Queued, SchemaProblem
 
 log = logging.getLogger("atlas.ingest")
-
-RETRY_AFTER_SECONDS = 5
-"""What a 503 tells the agent to wait before sending again."""
 
 INLINE_DECODE_BYTES = 64 * 1024
 """Bodies up to this size, whose plaintext is no larger either, are decoded in the event loop (an agent's
@@ -60,10 +57,6 @@ def _freeze_startup_heap() -> None:
 
 class BodyTooLarge(Exception):
     pass
-
-
-def problem(status: int, detail: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -145,14 +138,16 @@ class Ingest:
         """Whether the duplicate marker of ``batch_id`` is set; unknown (False) when Redis is down."""
         try:
             return bool(self.queue.connection.exists(accepted_marker(self.settings, batch_id)))
-        except RedisError:
-            return False
+        except Exception as exc:
+            if isinstance(store_error(exc), QueueUnavailable):
+                return False
+            raise
 
     async def decode_off_loop(self, body: bytes, received_at: datetime) -> QueuedBatch | AlreadyAccepted | JSONResponse:
         """Decode in the pool, or answer 503 when every thread and backlog slot is taken."""
         if self._decoding >= self.settings.decode_threads + self.settings.decode_backlog:
             metrics.reject("decode_busy")
-            return problem(503, "decoder busy, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            return problem(503, "decoder busy, retry later", headers=retry_later())
         self._decoding += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self.decoder, self.decode, body, received_at)
@@ -181,15 +176,14 @@ class Ingest:
         except QueueBusy:
             log.warning("Enqueue backlog full, answering 503 for batch %s", batch_id)
             metrics.reject("queue_unavailable")
-            return problem(503, "queue busy, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-        except RedisError as exc:
-            log.warning("Queue unavailable, answering 503 for batch %s: %s", batch_id, type(exc).__name__)
+            return problem(503, "queue busy, retry later", headers=retry_later())
+        except Exception as exc:  # not queued: the agent keeps the batch and retries
+            if isinstance(store_error(exc), Unavailable):
+                log.warning("Queue unavailable, answering 503 for batch %s: %s", batch_id, type(exc).__name__)
+            else:  # a reason of ours
+                log.exception("Enqueueing batch %s failed; answering 503", batch_id)
             metrics.reject("queue_unavailable")
-            return problem(503, "queue unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-        except Exception:  # not queued, for a reason of ours: the agent keeps the batch and retries
-            log.exception("Enqueueing batch %s failed; answering 503", batch_id)
-            metrics.reject("queue_unavailable")
-            return problem(503, "queue unavailable, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            return unavailable(QueueUnavailable()).response()
         if not queued:
             log.info("Duplicate batch %s: already accepted", batch_id)
             metrics.BATCHES_DUPLICATE.inc()
@@ -208,8 +202,10 @@ class Ingest:
     def ready(self) -> bool:
         try:
             return bool(self.queue.connection.ping())
-        except RedisError:
-            return False
+        except Exception as exc:
+            if isinstance(store_error(exc), QueueUnavailable):
+                return False
+            raise
 
 
 _ERRORS = {
@@ -299,15 +295,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem(408, "body: the client went away before sending all of it", "body")
         return await ingest.accept(body)
 
-    @app.get("/healthz", summary="The process is alive")
-    async def healthz():
-        return {"status": "ok"}
-
-    @app.get("/readyz", summary="Redis is reachable", responses={503: {"model": Problem}})
-    async def readyz():
-        if await run_in_threadpool(ingest.ready):
-            return {"status": "ready"}
-        return problem(503, "redis unreachable", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    add_health_routes(app, ingest.ready, needs="Redis", unready="redis unreachable", unready_model=Problem)
 
     def openapi():
         if app.openapi_schema:

@@ -38,6 +38,7 @@ from atlas.contract import (
     generate_encryption_key,
 )
 from atlas.core.config import ConfigError, Settings, load_settings
+from atlas.core.errors import DatabaseUnavailable, QueueUnavailable, store_error
 
 from .logs import LOG_FORMATS, configure_logging, secret_values
 
@@ -510,13 +511,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"atlas-server: configuration error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # unreachable services: one line, not a traceback
-        import psycopg
-        from redis.exceptions import ConnectionError as RedisConnectionError
-
-        if isinstance(exc, psycopg.OperationalError):
+        down = store_error(exc)
+        if isinstance(down, DatabaseUnavailable):
             print(f"atlas-server: cannot reach PostgreSQL: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
             return 1
-        if isinstance(exc, RedisConnectionError):
+        if isinstance(down, QueueUnavailable):
             print(f"atlas-server: cannot reach Redis: {exc}", file=sys.stderr)
             return 1
         raise
