@@ -16,15 +16,13 @@ from datetime import datetime
 import psycopg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from atlas.contract import Key
+from atlas.contract import MACHINE_FIELDS, Key
 from atlas.core.atrest import epoch_micros, new_data_key, seal_log, wrap_data_key
 from atlas.core.queue import QueuedBatch
 
 log = logging.getLogger("atlas.worker")
 
 RECORD_KEY_ID = "INSERT INTO db_key_ids (kid) VALUES (%s) ON CONFLICT (kid) DO NOTHING"
-
-IDENTITY_COLUMNS = ("serial_number", "hostname", "model", "os_version", "agent_version")
 
 CLAIM_AND_UPSERT = """/* atlas: claim batches */
 WITH input AS (
@@ -127,7 +125,7 @@ def persist_batches(conn: psycopg.Connection, batches: list[QueuedBatch], db_key
     machines = [b["machine"] for b in ordered]
     params = {
         "batch_id": [b["batch_id"] for b in ordered],
-        **{col: [m[col] for m in machines] for col in ("machine_id", *IDENTITY_COLUMNS)},
+        **{col: [m[col] for m in machines] for col in MACHINE_FIELDS},
         "created_at": [b["created_at"] for b in ordered],
         "received_at": [b["received_at"] for b in ordered],
         "log_count": [len(b["logs"]) for b in ordered],
