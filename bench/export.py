@@ -48,6 +48,7 @@ import psutil
 import psycopg
 from psycopg import sql
 
+from atlas.contract import ProcessesData, ProcessRow, SpeedtestData, WifiData
 from atlas.core.accounts import create_token, create_user, generate_password
 from atlas.core.db import connect
 from atlas.exporter.app import EXPORT_PATH
@@ -137,7 +138,7 @@ def _wifi(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
         return "INFO", "WiFi disconnected", {"state": "disconnected", "interface": "en0", "ssid": None}
     rssi, noise, channel = rng.randint(-82, -40), rng.randint(-98, -88), rng.choice((1, 6, 11, 36, 44, 144, 149))
     band = "5GHz" if channel > 14 else "2.4GHz"
-    data = {
+    data: WifiData = {
         "ssid": rng.choice(SSIDS),
         "ssid_redacted": False,
         "bssid": ":".join(f"{rng.randrange(256):02x}" for _ in range(6)),
@@ -155,7 +156,13 @@ def _wifi(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
 def _speedtest(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
     if rng.random() < 0.05:
         reason = "ConfigRetrievalError: HTTP Error 403: Forbidden"
-        data = {"status": "error", "timestamp": _stamp(rng), "source": "library", "phase": "config", "reason": reason}
+        data: SpeedtestData = {
+            "status": "error",
+            "timestamp": _stamp(rng),
+            "source": "library",
+            "phase": "config",
+            "reason": reason,
+        }
         return "ERROR", f"Speed test failed: {reason}", data
     down, up, latency = round(rng.uniform(20, 900), 3), round(rng.uniform(5, 300), 3), round(rng.uniform(3, 60), 3)
     data = {
@@ -212,7 +219,7 @@ def _health(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
     return "INFO", f"Health: CPU {cpu:g}%, memory {memory:g}%", data
 
 
-def _process(rng: random.Random) -> dict[str, Any]:
+def _process(rng: random.Random) -> ProcessRow:
     name, command = rng.choice(PROCESSES)
     rss = rng.randint(20, 2_000) * MIB
     return {
@@ -236,7 +243,7 @@ def _processes(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
     top_memory = sorted((_process(rng) for _ in range(PROCESS_TOP_N)), key=lambda p: -p["rss_bytes"])
     count = rng.randint(350, 700)
     sleeping = count - rng.randint(2, 9)
-    data = {
+    data: ProcessesData = {
         "status": "ok",
         "source": "psutil",
         "sampled_at": _stamp(rng),

@@ -85,6 +85,7 @@ from .widgets import (
     TemperatureSensor,
     ThermalLimits,
     WifiData,
+    key_paths,
     measure,
     widget_keys,
 )
@@ -152,6 +153,7 @@ __all__ = [
     "generate_encryption_key",
     "is_encrypted_body",
     "key_id",
+    "key_paths",
     "measure",
     "open_envelope",
     "parse_batch_id",

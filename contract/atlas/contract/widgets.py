@@ -396,6 +396,18 @@ def widget_keys(shape: type, *, legacy: bool = False) -> tuple[str, ...]:
     return tuple(k for k, h in _hints(shape).items() if legacy or not (_split(h)[1] or Measure("")).legacy)
 
 
+def key_paths(shape: type) -> Iterator[tuple[tuple[str, ...], Measure]]:
+    """Every key of ``shape`` and of the shapes nested in it (through lists and mappings), as a path, with its
+    Measure: ``(("psutil", "memory", "percent"), Measure(...))``."""
+    for key, hint in _hints(shape).items():
+        kind, found = _split(hint)
+        yield (key,), found or Measure("")
+        inner = _inner_shape(kind)
+        if inner is not None:
+            for path, nested in key_paths(inner):
+                yield (key, *path), nested
+
+
 def _type_name(hint: Any) -> str:
     if _is_shape(hint):
         return f"object ({hint.__name__})"
@@ -412,10 +424,16 @@ def _type_name(hint: Any) -> str:
     return str(hint)
 
 
+def _number(value: float) -> str:
+    if isinstance(value, int) and value >= 2**20 and value & (value - 1) == 0:
+        return f"2^{value.bit_length() - 1}"
+    return f"{value:,}"
+
+
 def _range(m: Measure) -> str:
     if m.low is None or m.high is None:
         return ""
-    return f"{m.low:,} to {m.high:,}"
+    return f"{_number(m.low)} to {_number(m.high)}"
 
 
 def _shapes(shape: type, seen: set[type]) -> Iterator[type]:
@@ -436,7 +454,7 @@ def describe() -> str:
     for widget, root in WIDGET_DATA.items():
         out.append(f"#### `{widget}`\n")
         for shape in _shapes(root, seen):
-            doc = (shape.__doc__ or "").strip()
+            doc = (shape.__doc__ or "").strip().replace("``", "`")
             out.append(f"`{shape.__name__}`: {doc}\n")
             out.append("| Key | Type | Unit | Range | Meaning |")
             out.append("|---|---|---|---|---|")
