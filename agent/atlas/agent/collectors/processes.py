@@ -274,7 +274,7 @@ class ProcessesResult:
         If very long (hostile) names would exceed the budget, commands are shortened,
         then dropped, then names shortened; numbers and totals are always kept.
         """
-        data = cast("ProcessesData", asdict(self))
+        data = asdict(self)
         data["top_cpu"] = [p.as_data() for p in self.top_cpu]
         data["top_memory"] = [p.as_data() for p in self.top_memory]
         data["status_counts"] = dict(self.status_counts)
@@ -283,7 +283,7 @@ class ProcessesResult:
                 break
             for row in (*data["top_cpu"], *data["top_memory"]):
                 row[key] = clean_text(row[key], limit) if limit and row[key] else None
-        return data
+        return cast("ProcessesData", data)
 
 
 def _json_size(data: dict[str, Any]) -> int:

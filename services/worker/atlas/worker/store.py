@@ -10,7 +10,7 @@ connection drops.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 
 import psycopg
@@ -122,7 +122,7 @@ def persist_batches(conn: psycopg.Connection, batches: list[QueuedBatch], db_key
     ordered = sorted((batches[i] for i in first.values()), key=lambda b: b["batch_id"])  # one lock order
     data_keys = {b["batch_id"]: new_data_key() for b in ordered} if db_key else {}
     wrapped = [wrap_data_key(db_key, b["batch_id"], data_keys[b["batch_id"]]) for b in ordered] if db_key else None
-    machines = [b["machine"] for b in ordered]
+    machines: list[Mapping[str, object]] = [b["machine"] for b in ordered]
     params = {
         "batch_id": [b["batch_id"] for b in ordered],
         **{col: [m[col] for m in machines] for col in MACHINE_FIELDS},
