@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-WIDGET_LOGS_PATH = "/api/fleet/widget-logs"
+from atlas.contract import WIDGET_LOGS_PATH
 
 app = FastAPI(title="Atlas ingest bench baseline")
 

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,6 +48,7 @@ import psutil
 import psycopg
 from psycopg import sql
 
+from atlas.contract import ProcessesData, ProcessRow, SpeedtestData, WifiData
 from atlas.core.accounts import create_token, create_user, generate_password
 from atlas.core.db import connect
 from atlas.exporter.app import EXPORT_PATH
@@ -132,12 +133,12 @@ def _stamp(rng: random.Random) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _wifi(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
+def _wifi(rng: random.Random) -> tuple[str, str, Mapping[str, Any]]:
     if rng.random() < 0.02:
         return "INFO", "WiFi disconnected", {"state": "disconnected", "interface": "en0", "ssid": None}
     rssi, noise, channel = rng.randint(-82, -40), rng.randint(-98, -88), rng.choice((1, 6, 11, 36, 44, 144, 149))
     band = "5GHz" if channel > 14 else "2.4GHz"
-    data = {
+    data: WifiData = {
         "ssid": rng.choice(SSIDS),
         "ssid_redacted": False,
         "bssid": ":".join(f"{rng.randrange(256):02x}" for _ in range(6)),
@@ -152,10 +153,16 @@ def _wifi(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
     return "INFO", f"WiFi connected to {data['ssid']}: RSSI {rssi} dBm, channel {channel}, {band}", data
 
 
-def _speedtest(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
+def _speedtest(rng: random.Random) -> tuple[str, str, Mapping[str, Any]]:
     if rng.random() < 0.05:
         reason = "ConfigRetrievalError: HTTP Error 403: Forbidden"
-        data = {"status": "error", "timestamp": _stamp(rng), "source": "library", "phase": "config", "reason": reason}
+        data: SpeedtestData = {
+            "status": "error",
+            "timestamp": _stamp(rng),
+            "source": "library",
+            "phase": "config",
+            "reason": reason,
+        }
         return "ERROR", f"Speed test failed: {reason}", data
     down, up, latency = round(rng.uniform(20, 900), 3), round(rng.uniform(5, 300), 3), round(rng.uniform(3, 60), 3)
     data = {
@@ -184,7 +191,7 @@ def _speedtest(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
     return "INFO", f"Speed test completed: {down:.1f} Mbps down, {up:.1f} Mbps up, {latency:.0f} ms", data
 
 
-def _ping(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
+def _ping(rng: random.Random) -> tuple[str, str, Mapping[str, Any]]:
     target = rng.choice(PING_TARGETS)
     if rng.random() < 0.01:
         data = {"target": target, "sent": 3, "received": 0, "loss_pct": 100.0, "rtt_ms": None, "status": "unreachable"}
@@ -199,7 +206,7 @@ def _ping(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
     return level, f"Ping {target}: {loss:g}% loss, avg {avg:g} ms", data
 
 
-def _health(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
+def _health(rng: random.Random) -> tuple[str, str, Mapping[str, Any]]:
     cpu, memory = round(rng.uniform(1, 99), 1), round(rng.uniform(20, 95), 1)
     data = {
         "cpu_percent": cpu,
@@ -212,7 +219,7 @@ def _health(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
     return "INFO", f"Health: CPU {cpu:g}%, memory {memory:g}%", data
 
 
-def _process(rng: random.Random) -> dict[str, Any]:
+def _process(rng: random.Random) -> ProcessRow:
     name, command = rng.choice(PROCESSES)
     rss = rng.randint(20, 2_000) * MIB
     return {
@@ -231,12 +238,12 @@ def _process(rng: random.Random) -> dict[str, Any]:
     }
 
 
-def _processes(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
-    top_cpu = sorted((_process(rng) for _ in range(PROCESS_TOP_N)), key=lambda p: -p["cpu_percent"])
-    top_memory = sorted((_process(rng) for _ in range(PROCESS_TOP_N)), key=lambda p: -p["rss_bytes"])
+def _processes(rng: random.Random) -> tuple[str, str, Mapping[str, Any]]:
+    top_cpu = sorted((_process(rng) for _ in range(PROCESS_TOP_N)), key=lambda p: -(p.get("cpu_percent") or 0))
+    top_memory = sorted((_process(rng) for _ in range(PROCESS_TOP_N)), key=lambda p: -(p.get("rss_bytes") or 0))
     count = rng.randint(350, 700)
     sleeping = count - rng.randint(2, 9)
-    data = {
+    data: ProcessesData = {
         "status": "ok",
         "source": "psutil",
         "sampled_at": _stamp(rng),
@@ -255,7 +262,7 @@ def _processes(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
     return "INFO", f"Processes: {count} running{lead}", data
 
 
-WIDGETS: dict[str, Callable[[random.Random], tuple[str, str, dict[str, Any]]]] = {
+WIDGETS: dict[str, Callable[[random.Random], tuple[str, str, Mapping[str, Any]]]] = {
     "wifi": _wifi,
     "speedtest": _speedtest,
     "ping": _ping,

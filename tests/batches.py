@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from atlas.contract import Key, format_timestamp, seal
+from atlas.contract import HealthData, Key, PingData, WifiData, format_timestamp, seal
 
-WIFI_DATA = {
+WIFI_DATA: WifiData = {
     "ssid": "SomeSSID-5",
     "ssid_redacted": False,
     "bssid": "fe:dc:ba:09:87:65",
@@ -21,11 +22,18 @@ WIFI_DATA = {
     "channel_width_mhz": 40,
     "security": "WPA2 Personal",
 }
-PING_DATA = {"target": "1.1.1.1", "sent": 5, "received": 5, "loss_pct": 0.0, "rtt_ms": {"min": 9.1, "avg": 11.4}}
-HEALTH_DATA = {"cpu_percent": 12.5, "memory_percent": 61.2, "disk": [{"mount": "/", "percent": 48.0}]}
+PING_DATA: PingData = {
+    "target": "1.1.1.1",
+    "sent": 5,
+    "received": 5,
+    "loss_pct": 0.0,
+    "rtt_ms": {"min": 9.1, "avg": 11.4},
+}
+HEALTH_DATA: HealthData = {"cpu_percent": 12.5, "memory_percent": 61.2, "disk": [{"mount": "/", "percent": 48.0}]}
 
 
 def machine(machine_id: str | None = None, **overrides: str) -> dict[str, str]:
+    """A machine object with every field of ``MachineInfo`` (``MACHINE_FIELDS``)."""
     info = {
         "machine_id": machine_id or f"mac-{uuid.uuid4().hex[:12]}",
         "serial_number": "C02AB12CD3F",
@@ -40,7 +48,7 @@ def machine(machine_id: str | None = None, **overrides: str) -> dict[str, str]:
 
 def logs(count: int = 3, *, start: datetime | None = None) -> list[dict[str, Any]]:
     start = start or datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
-    kinds = [
+    kinds: list[tuple[str, str, str, Mapping[str, object]]] = [
         ("wifi", "INFO", "WiFi status checked", WIFI_DATA),
         ("ping", "INFO", "Ping 1.1.1.1: 0% loss", PING_DATA),
         ("health", "WARNING", "Memory above 60%", HEALTH_DATA),

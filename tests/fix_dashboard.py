@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from atlas.contract import HealthData, PingData, ProcessesData, ProcessRow, SpeedtestData, WifiData
 from atlas.core.accounts import create_user
 
 from .fix_processes import ServerProcess
@@ -42,7 +43,7 @@ class Machine:
     """(timestamp, level, widget_type, message, data) as inserted."""
 
 
-def wifi_data(rssi: int = -58, ssid: str = "Office-5G") -> dict[str, Any]:
+def wifi_data(rssi: int = -58, ssid: str = "Office-5G") -> WifiData:
     return {
         "state": "connected",
         "ssid": ssid,
@@ -61,7 +62,7 @@ def wifi_data(rssi: int = -58, ssid: str = "Office-5G") -> dict[str, Any]:
     }
 
 
-def speed_data(down: float = 412.5, up: float = 38.25) -> dict[str, Any]:
+def speed_data(down: float = 412.5, up: float = 38.25) -> SpeedtestData:
     return {
         "status": "ok",
         "download_mbps": down,
@@ -77,7 +78,7 @@ def speed_data(down: float = 412.5, up: float = 38.25) -> dict[str, Any]:
     }
 
 
-def ping_data(target: str = "1.1.1.1", avg: float = 12.5, loss: float = 0.0) -> dict[str, Any]:
+def ping_data(target: str = "1.1.1.1", avg: float = 12.5, loss: float = 0.0) -> PingData:
     return {
         "target": target,
         "status": "ok" if loss < 100 else "unreachable",
@@ -92,18 +93,24 @@ def ping_data(target: str = "1.1.1.1", avg: float = 12.5, loss: float = 0.0) -> 
     }
 
 
-def health_data(cpu: float = 23.5, memory: float = 61.0) -> dict[str, Any]:
-    """The shape of ``HealthReading.as_data()`` (agent/atlas/agent/collectors/health.py)."""
+def health_data(cpu: float = 23.5, memory: float = 61.0) -> HealthData:
+    """A health sample as the agent's ``HealthReading.as_data()`` sends it."""
     return {
         "psutil": {
             "cpu_percent_per_core": [cpu] * 4,
             "cpu_percent": cpu,
             "cpu_count": 8,
             "load_average": [1.5, 1.2, 0.9],
-            "memory": {"total": 17179869184, "available": 6e9, "used": 10737418240, "percent": memory},
+            "memory": {"total": 17179869184, "available": 6_000_000_000, "used": 10737418240, "percent": memory},
             "swap": {"total": 0, "used": 0, "free": 0, "percent": 0.0},
             "disks": {
-                "/": {"device": "/dev/disk3s1", "fstype": "apfs", "total": 994662584320, "used": 5e11, "percent": 50.3}
+                "/": {
+                    "device": "/dev/disk3s1",
+                    "fstype": "apfs",
+                    "total": 994662584320,
+                    "used": 5 * 10**11,
+                    "percent": 50.3,
+                }
             },
             "uptime_seconds": 273600,
             "battery": {"percent": 87.0, "power_plugged": True, "seconds_left": None},
@@ -113,8 +120,8 @@ def health_data(cpu: float = 23.5, memory: float = 61.0) -> dict[str, Any]:
     }
 
 
-def processes_data(name: str = "WindowServer") -> dict[str, Any]:
-    top = [
+def processes_data(name: str = "WindowServer") -> ProcessesData:
+    top: list[ProcessRow] = [
         {
             "pid": 100 + i,
             "name": n,

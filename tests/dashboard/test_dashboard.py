@@ -1149,7 +1149,7 @@ def test_extract_reads_the_agents_real_data():
     ],
 )
 def test_a_number_is_an_int_or_a_float_within_its_fields_bounds(value: object, expected: float | None):
-    assert extract.number(value, "health.temperature_c") == expected
+    assert extract.number(value, "health.battery.temperature_c") == expected
 
 
 def test_every_bound_formats_charts_and_averages_without_overflow():

@@ -25,13 +25,12 @@ from typing import Any, Literal
 
 import httpx
 
-from atlas.contract import LOG_MAX_BEFORE_BATCH, Keyring, format_timestamp, seal
+from atlas.contract import LOG_MAX_BEFORE_BATCH, WIDGET_LOGS_PATH, Keyring, format_timestamp, seal
 
 from .store import LocalStore
 
 log = logging.getLogger("atlas.agent")
 
-WIDGET_LOGS_PATH = "/api/fleet/widget-logs"
 DEFAULT_SEND_INTERVAL_S = 300
 MAX_LOGS_PER_BATCH = 1000
 """Logs sealed into one batch; the contract allows up to 5000."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +34,7 @@ def wire_safe(value: Any) -> Any:
     return value
 
 
-def _entry(widget_type: str, level: str, message: str, data: dict[str, Any]) -> LogEntry:
+def _entry(widget_type: str, level: str, message: str, data: Mapping[str, Any]) -> LogEntry:
     return {
         "timestamp": format_timestamp(datetime.now(UTC)),
         "level": level,

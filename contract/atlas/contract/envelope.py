@@ -35,6 +35,9 @@ AAD_LABEL = "atlas-widget-logs/v1"
 COMPRESSIONS = ("gzip", "none")
 """Allowed values of ``compression``."""
 
+WIDGET_LOGS_PATH = "/api/fleet/widget-logs"
+"""Where a sender POSTs a batch (docs/protocol.md, section 3)."""
+
 MAX_UTC_OFFSET = timedelta(hours=14)
 """Largest offset any time zone uses (Kiribati, +14:00); PostgreSQL refuses beyond ±15:59."""
 

@@ -117,6 +117,16 @@ class MachineInfo(BaseModel):
     agent_version: _text(64)
 
 
+MACHINE_FIELDS: tuple[str, ...] = tuple(MachineInfo.model_fields)
+"""The machine object's keys in wire order, ``machine_id`` first: the identity columns of ``machines``."""
+
+MACHINE_MAX_CHARS: dict[str, int] = {
+    name: next(m.max_length for m in info.metadata if hasattr(m, "max_length"))
+    for name, info in MachineInfo.model_fields.items()
+}
+"""The longest each machine field may be, in characters."""
+
+
 class LogEntry(BaseModel):
     """One widget log: when, how severe, which widget, what it said, and its data."""
 

@@ -23,7 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
+
+from atlas.contract import HealthData
 
 from .command import Runner, run_command
 
@@ -665,7 +667,8 @@ class HealthReading:
     unavailable: dict[str, str] = field(default_factory=dict)
     """Source name -> why it could not be read (missing command, not root, failure)."""
 
-    def as_data(self) -> dict[str, Any]:
+    def as_data(self) -> HealthData:
+        """JSON-safe dict for a widget log's ``data``; the sources not read are left out."""
         data: dict[str, Any] = {"psutil": self.psutil}
         for name in ("smc", "cpu_power", "thermal_limits", "battery"):
             value = getattr(self, name)
@@ -673,7 +676,7 @@ class HealthReading:
                 data[name] = asdict(value)
         if self.unavailable:
             data["unavailable"] = dict(self.unavailable)
-        return _json_safe(data)
+        return cast("HealthData", _json_safe(data))
 
 
 def _model_identifier(run: Runner) -> str | None:

@@ -20,25 +20,18 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from atlas.agent import __version__
+from atlas.contract import MACHINE_MAX_CHARS, MachineInfo
 
 from .command import Runner, run_command
 from .health import sp_text_entries
 
 FileReader = Callable[[str], str]
 """Returns a file's text; raises OSError when it is missing or unreadable."""
-
-# Bounds of contract/atlas/contract/schema.py MachineInfo.
-MAX_MACHINE_ID = 128
-MAX_SERIAL = 64
-MAX_HOSTNAME = 255
-MAX_MODEL = 128
-MAX_OS_VERSION = 128
-MAX_AGENT_VERSION = 64
 
 UNKNOWN_SERIAL = "unknown"
 
@@ -324,19 +317,11 @@ def cpu_brand(sysctl: dict[str, str]) -> str | None:
 # --------------------------------------------------------------------------- identity and runner
 
 
-@dataclass
-class MachineIdentity:
-    """The wire contract's machine object (``MachineInfo``), bounded to its limits."""
-
-    machine_id: str
-    serial_number: str
-    hostname: str
-    model: str
-    os_version: str
-    agent_version: str
+class MachineIdentity(MachineInfo):
+    """The wire contract's machine object (``MachineInfo``): its fields and bounds, built by ``build_identity``."""
 
     def as_machine(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 def _bounded(value: str | None, limit: int, default: str = "") -> str:
@@ -356,17 +341,18 @@ def build_identity(
 ) -> MachineIdentity:
     """Apply the machine_id rule (configured > serial lowercased > fallback_id > host-name) and bounds."""
     serial = clean_serial(serial_number)
-    host = _bounded(hostname, MAX_HOSTNAME)
+    host = _bounded(hostname, MACHINE_MAX_CHARS["hostname"])
     chosen = _clean(machine_id) or (serial.lower() if serial else None) or _clean(fallback_id)
     if not chosen:
         chosen = f"host-{host}" if host else UNKNOWN_SERIAL
+    bound = MACHINE_MAX_CHARS
     return MachineIdentity(
-        machine_id=_bounded(chosen, MAX_MACHINE_ID, UNKNOWN_SERIAL),
-        serial_number=_bounded(serial, MAX_SERIAL, UNKNOWN_SERIAL),
+        machine_id=_bounded(chosen, bound["machine_id"], UNKNOWN_SERIAL),
+        serial_number=_bounded(serial, bound["serial_number"], UNKNOWN_SERIAL),
         hostname=host,
-        model=_bounded(model, MAX_MODEL),
-        os_version=_bounded(os_version, MAX_OS_VERSION),
-        agent_version=_bounded(agent_version, MAX_AGENT_VERSION),
+        model=_bounded(model, bound["model"]),
+        os_version=_bounded(os_version, bound["os_version"]),
+        agent_version=_bounded(agent_version, bound["agent_version"]),
     )
 
 

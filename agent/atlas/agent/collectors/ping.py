@@ -14,8 +14,10 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import cast
 from urllib.parse import urlsplit
+
+from atlas.contract import PingData
 
 from . import command
 
@@ -100,9 +102,9 @@ class PingResult:
             if isinstance(value, str) and len(value) > MAX_TEXT:
                 object.__setattr__(self, name, value[:MAX_TEXT])
 
-    def as_data(self) -> dict[str, Any]:
+    def as_data(self) -> PingData:
         """JSON-safe dict (str/int/float/None only) for a widget log's ``data``."""
-        return asdict(self)
+        return cast("PingData", asdict(self))
 
 
 def _error(target: str, reason: str) -> PingResult:

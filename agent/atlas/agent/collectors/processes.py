@@ -39,9 +39,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import psutil
+
+from atlas.contract import ProcessesData, ProcessRow
 
 from .command import Runner, run_command
 
@@ -216,11 +218,11 @@ class ProcessInfo:
     start_time: str | None = None
     command: str | None = None
 
-    def as_data(self) -> dict[str, Any]:
+    def as_data(self) -> ProcessRow:
         """JSON-safe dict (str/int/float/None only); secret-looking arguments are redacted."""
-        data = asdict(self)
-        if data["command"]:
-            data["command"] = redact_arguments(data["command"])
+        data = cast("ProcessRow", asdict(self))
+        if self.command:
+            data["command"] = redact_arguments(self.command)
         return data
 
 
@@ -266,7 +268,7 @@ class ProcessesResult:
     unparsed_lines: int = 0
     reason: str | None = None
 
-    def as_data(self) -> dict[str, Any]:
+    def as_data(self) -> ProcessesData:
         """JSON-safe dict for a widget log's ``data``, kept under ``MAX_DATA_BYTES``.
 
         If very long (hostile) names would exceed the budget, commands are shortened,
@@ -281,7 +283,7 @@ class ProcessesResult:
                 break
             for row in (*data["top_cpu"], *data["top_memory"]):
                 row[key] = clean_text(row[key], limit) if limit and row[key] else None
-        return data
+        return cast("ProcessesData", data)
 
 
 def _json_size(data: dict[str, Any]) -> int:

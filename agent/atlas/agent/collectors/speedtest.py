@@ -62,10 +62,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import speedtest
+
+from atlas.contract import SpeedtestData
 
 __all__ = [
     "DEFAULT_INTERVAL_S",
@@ -161,9 +163,9 @@ class SpeedtestResult:
             if isinstance(value, str) and len(value) > MAX_TEXT:
                 object.__setattr__(self, f.name, value[:MAX_TEXT])
 
-    def as_data(self) -> dict[str, Any]:
+    def as_data(self) -> SpeedtestData:
         """JSON-safe dict (str/int/float/None only) for a widget log's ``data``."""
-        return asdict(self)
+        return cast("SpeedtestData", asdict(self))
 
 
 # --- helpers ---------------------------------------------------------------------

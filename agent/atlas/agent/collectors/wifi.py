@@ -19,7 +19,9 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, cast
+
+from atlas.contract import WifiData
 
 from .command import Runner, run_command
 
@@ -111,9 +113,9 @@ class WifiReading:
         if self.snr_db is None and self.rssi_dbm is not None and self.noise_dbm is not None:
             object.__setattr__(self, "snr_db", self.rssi_dbm - self.noise_dbm)
 
-    def as_data(self) -> dict[str, Any]:
+    def as_data(self) -> WifiData:
         """JSON-safe dict for a widget log's ``data``."""
-        return asdict(self)
+        return cast("WifiData", asdict(self))
 
 
 # --- small value helpers ----------------------------------------------------

@@ -45,6 +45,8 @@ QUEUE_FORMAT = 1
 
 
 class QueuedMachine(TypedDict):
+    """``MachineInfo`` as plain JSON: the keys of ``MACHINE_FIELDS``, in order (tests/core hold them equal)."""
+
     machine_id: str
     serial_number: str
     hostname: str

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from atlas.contract import WIDGET_DATA, key_paths
+
 MAX_TEXT_CHARS = 200
 """Longest agent-sent string shown in a table cell; the rest is cut off with an ellipsis."""
 
@@ -39,37 +41,13 @@ def decode_data(stored: Any) -> dict[str, Any]:
 
 
 BOUNDS: Mapping[str, tuple[float, float]] = {
-    # Wi-Fi
-    "wifi.rssi_dbm": (-120, 0),
-    "wifi.noise_dbm": (-120, 0),
-    "wifi.snr_db": (-50, 120),
-    "wifi.channel": (1, 233),
-    "wifi.channel_width_mhz": (5, 320),
-    "wifi.tx_rate_mbps": (0, 100_000),
-    # speed test
-    "speedtest.mbps": (0, 100_000),
-    "speedtest.ms": (0, 600_000),
-    "speedtest.loss_pct": (0, 100),
-    # ping
-    "ping.count": (0, 1_000_000),
-    "ping.loss_pct": (0, 100),
-    "ping.ms": (0, 600_000),
-    # health
-    "health.percent": (0, 100),
-    "health.bytes": (0, 2**60),
-    "health.load_average": (0, 1_000_000),
-    "health.uptime_seconds": (0, 200 * 365 * 86400),
-    "health.temperature_c": (-100, 250),
-    "health.fan_rpm": (0, 100_000),
-    "health.battery_capacity_pct": (0, 200),
-    "health.battery_cycles": (0, 1_000_000),
-    # processes
-    "processes.pid": (0, 2**32),
-    "processes.cpu_percent": (0, 100 * 4096),
-    "processes.memory_percent": (0, 100),
-    "processes.count": (0, 100_000_000),
+    ".".join((widget, *keys)): found.bounds
+    for widget, shape in WIDGET_DATA.items()
+    for keys, found in key_paths(shape)
+    if found.low is not None
 }
-"""Per field read from ``data``: the lowest and highest value shown (inclusive); anything outside is missing.
+"""Per number a widget's ``data`` holds, named ``widget.key[.key...]`` (``health.psutil.memory.percent``): the
+lowest and highest value shown (inclusive), from the contract's shapes; anything outside is missing.
 
 Generous bounds on what a Mac can report (a process's CPU share counts every core), tight enough that every
 value formats, charts and sums without overflow."""
@@ -77,6 +55,8 @@ value formats, charts and sums without overflow."""
 
 def number(value: Any, field: str) -> float | None:
     """``value`` as a float if it is an int or a float within ``BOUNDS[field]``; anything else is None.
+
+    KeyError for a ``field`` the contract's shapes do not have, so the dashboard reads only keys they define.
 
     The bounds are compared before any conversion: Python compares a huge int with a float exactly, so a
     400-digit integer is out of bounds instead of an OverflowError; NaN compares false and is refused too.
@@ -127,26 +107,48 @@ def first_number(data: Mapping[str, Any], field: str, *paths: Sequence[str]) -> 
 
 @dataclass(frozen=True)
 class NumberAt:
-    """A number read from ``data``: the first of ``paths`` holding a number within ``BOUNDS[field]``.
+    """A number read from ``data``: at ``field``'s keys, else at the first of ``older`` (older agents' keys,
+    also named in the contract's shapes) holding one; within ``BOUNDS[field]`` either way.
 
-    Called like a function on decoded data; ``timeline`` reads the same number in SQL from the same fields.
+    Called like a function on decoded data; ``timeline`` reads the same number in SQL from the same keys.
     """
 
     field: str
-    paths: tuple[tuple[str, ...], ...]
+    older: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in (self.field, *self.older):
+            if name not in BOUNDS:
+                raise KeyError(f"{name!r} is no number of the contract's widget data")
+
+    @property
+    def paths(self) -> tuple[tuple[str, ...], ...]:
+        """Each place read, as keys below ``data``."""
+        return tuple(tuple(name.split(".")[1:]) for name in (self.field, *self.older))
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return BOUNDS[self.field]
 
     def __call__(self, data: Mapping[str, Any]) -> float | None:
         return first_number(data, self.field, *self.paths)
 
 
-wifi_rssi = NumberAt("wifi.rssi_dbm", (("rssi_dbm",),))
-wifi_noise = NumberAt("wifi.noise_dbm", (("noise_dbm",),))
-speed_down = NumberAt("speedtest.mbps", (("download_mbps",),))
-speed_up = NumberAt("speedtest.mbps", (("upload_mbps",),))
-ping_latency = NumberAt("ping.ms", (("rtt_avg_ms",), ("rtt_ms", "avg")))
-ping_loss = NumberAt("ping.loss_pct", (("loss_pct",),))
-health_cpu = NumberAt("health.percent", (("psutil", "cpu_percent"), ("cpu_percent",)))
-health_memory = NumberAt("health.percent", (("psutil", "memory", "percent"), ("memory_percent",)))
+wifi_rssi = NumberAt("wifi.rssi_dbm")
+wifi_noise = NumberAt("wifi.noise_dbm")
+speed_down = NumberAt("speedtest.download_mbps")
+speed_up = NumberAt("speedtest.upload_mbps")
+ping_latency = NumberAt("ping.rtt_avg_ms", ("ping.rtt_ms.avg",))
+ping_fastest = NumberAt("ping.rtt_min_ms", ("ping.rtt_ms.min",))
+ping_slowest = NumberAt("ping.rtt_max_ms", ("ping.rtt_ms.max",))
+ping_loss = NumberAt("ping.loss_pct")
+health_cpu = NumberAt("health.psutil.cpu_percent", ("health.cpu_percent",))
+health_memory = NumberAt("health.psutil.memory.percent", ("health.memory_percent",))
+
+
+def at(data: Mapping[str, Any], field: str) -> float | None:
+    """The number at ``field``'s keys below ``data`` (``at(data, "wifi.snr_db")``), within its bounds."""
+    return number(path(data, *field.split(".")[1:]), field)
 
 
 # --- per widget: what the machine page shows ---------------------------------------------
@@ -188,12 +190,12 @@ def wifi_summary(data: Mapping[str, Any]) -> dict[str, Any]:
         "ssid": ssid,
         "rssi_dbm": wifi_rssi(data),
         "noise_dbm": wifi_noise(data),
-        "snr_db": number(data.get("snr_db"), "wifi.snr_db"),
-        "channel": number(data.get("channel"), "wifi.channel"),
+        "snr_db": at(data, "wifi.snr_db"),
+        "channel": at(data, "wifi.channel"),
         "band": text(data.get("band"), 16),
-        "channel_width_mhz": number(data.get("channel_width_mhz"), "wifi.channel_width_mhz"),
+        "channel_width_mhz": at(data, "wifi.channel_width_mhz"),
         "phy_mode": text(data.get("phy_mode"), 32),
-        "tx_rate_mbps": number(data.get("tx_rate_mbps"), "wifi.tx_rate_mbps"),
+        "tx_rate_mbps": at(data, "wifi.tx_rate_mbps"),
         "bssid": text(data.get("bssid"), 32),
         "security": text(data.get("security"), 64),
         "interface": text(data.get("interface"), 32),
@@ -206,9 +208,9 @@ def speed_summary(data: Mapping[str, Any]) -> dict[str, Any]:
         "status": text(data.get("status"), 16),
         "download_mbps": speed_down(data),
         "upload_mbps": speed_up(data),
-        "latency_ms": number(data.get("latency_ms"), "speedtest.ms"),
-        "jitter_ms": number(data.get("jitter_ms"), "speedtest.ms"),
-        "packet_loss_pct": number(data.get("packet_loss_pct"), "speedtest.loss_pct"),
+        "latency_ms": at(data, "speedtest.latency_ms"),
+        "jitter_ms": at(data, "speedtest.jitter_ms"),
+        "packet_loss_pct": at(data, "speedtest.packet_loss_pct"),
         "isp": text(data.get("isp")),
         "server": text(data.get("server_sponsor")) or text(data.get("server_name")),
         "server_name": text(data.get("server_name")),
@@ -223,12 +225,12 @@ def ping_summary(data: Mapping[str, Any]) -> dict[str, Any]:
         "target": text(data.get("target"), 128) or "?",
         "status": text(data.get("status"), 32),
         "address": text(data.get("address"), 64),
-        "sent": number(data.get("sent"), "ping.count"),
-        "received": number(data.get("received"), "ping.count"),
+        "sent": at(data, "ping.sent"),
+        "received": at(data, "ping.received"),
         "loss_pct": ping_loss(data),
-        "rtt_min_ms": first_number(data, "ping.ms", ("rtt_min_ms",), ("rtt_ms", "min")),
+        "rtt_min_ms": ping_fastest(data),
         "rtt_avg_ms": ping_latency(data),
-        "rtt_max_ms": first_number(data, "ping.ms", ("rtt_max_ms",), ("rtt_ms", "max")),
+        "rtt_max_ms": ping_slowest(data),
     }
 
 
@@ -252,23 +254,23 @@ def _disks(data: Mapping[str, Any]) -> list[Disk]:
             disks.append(
                 Disk(
                     text(mount, 128) or "?",
-                    number(usage.get("percent"), "health.percent"),
-                    number(usage.get("used"), "health.bytes"),
-                    number(usage.get("total"), "health.bytes"),
+                    number(usage.get("percent"), "health.psutil.disks.percent"),
+                    number(usage.get("used"), "health.psutil.disks.used"),
+                    number(usage.get("total"), "health.psutil.disks.total"),
                 )
             )
     for entry in items(data.get("disk"), 12):  # the flat shape of early agents
         entry = mapping(entry)
         disks.append(
-            Disk(text(entry.get("mount"), 128) or "?", number(entry.get("percent"), "health.percent"), None, None)
+            Disk(text(entry.get("mount"), 128) or "?", number(entry.get("percent"), "health.disk.percent"), None, None)
         )
     return disks
 
 
 def _temperatures(data: Mapping[str, Any]) -> list[Reading]:
     readings = []
-    for label, keys in (("CPU die", ("smc", "cpu_die_temp_c")), ("GPU die", ("smc", "gpu_die_temp_c"))):
-        value = number(path(data, *keys), "health.temperature_c")
+    for label, field in (("CPU die", "health.smc.cpu_die_temp_c"), ("GPU die", "health.smc.gpu_die_temp_c")):
+        value = at(data, field)
         if value is not None:
             readings.append(Reading(label, value, "°C"))
     chips = path(data, "psutil", "temperatures")
@@ -276,35 +278,35 @@ def _temperatures(data: Mapping[str, Any]) -> list[Reading]:
         for chip, sensors in list(chips.items())[:8]:
             for sensor in items(sensors, 8):
                 sensor = mapping(sensor)
-                value = number(sensor.get("current_c"), "health.temperature_c")
+                value = number(sensor.get("current_c"), "health.psutil.temperatures.current_c")
                 if value is not None:
                     label = text(sensor.get("label"), 64) or text(chip, 64) or "sensor"
                     readings.append(Reading(label, value, "°C"))
-    battery_temp = number(path(data, "battery", "temperature_c"), "health.temperature_c")
+    battery_temp = at(data, "health.battery.temperature_c")
     if battery_temp is not None:
         readings.append(Reading("Battery temperature", battery_temp, "°C"))
     return readings[:16]
 
 
 def _fans(data: Mapping[str, Any]) -> list[Reading]:
-    fans = [number(rpm, "health.fan_rpm") for rpm in items(path(data, "smc", "fans_rpm"), 8)]
+    fans = [number(rpm, "health.smc.fans_rpm") for rpm in items(path(data, "smc", "fans_rpm"), 8)]
     return [Reading(f"Fan {i}", rpm, "rpm") for i, rpm in enumerate(fans, 1) if rpm is not None]
 
 
 def _battery(data: Mapping[str, Any]) -> list[Reading]:
     plain, details = mapping(path(data, "psutil", "battery")), mapping(data.get("battery"))
     readings: list[Reading] = []
-    percent = number(plain.get("percent"), "health.percent")
+    percent = number(plain.get("percent"), "health.psutil.battery.percent")
     if percent is None:
-        percent = number(details.get("percent"), "health.percent")
+        percent = number(details.get("percent"), "health.battery.percent")
     if percent is not None:
         readings.append(Reading("Charge", percent, "%"))
     plugged = plain.get("power_plugged")
     if isinstance(plugged, bool):
         readings.append(Reading("Power", "plugged in" if plugged else "on battery"))
     for label, key, unit, field in (
-        ("Health", "max_capacity_pct", "%", "health.battery_capacity_pct"),
-        ("Cycles", "cycle_count", "", "health.battery_cycles"),
+        ("Health", "max_capacity_pct", "%", "health.battery.max_capacity_pct"),
+        ("Cycles", "cycle_count", "", "health.battery.cycle_count"),
     ):
         value = number(details.get(key), field)
         if value is not None:
@@ -324,10 +326,10 @@ def health_summary(data: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "cpu_percent": health_cpu(data),
         "memory_percent": health_memory(data),
-        "memory_used": number(path(data, "psutil", "memory", "used"), "health.bytes"),
-        "memory_total": number(path(data, "psutil", "memory", "total"), "health.bytes"),
-        "load_average": _numbers(path(data, "psutil", "load_average"), 3, "health.load_average"),
-        "uptime_seconds": number(path(data, "psutil", "uptime_seconds"), "health.uptime_seconds"),
+        "memory_used": at(data, "health.psutil.memory.used"),
+        "memory_total": at(data, "health.psutil.memory.total"),
+        "load_average": _numbers(path(data, "psutil", "load_average"), 3, "health.psutil.load_average"),
+        "uptime_seconds": at(data, "health.psutil.uptime_seconds"),
         "disks": _disks(data),
         "temperatures": _temperatures(data),
         "fans": _fans(data),
@@ -346,9 +348,9 @@ def top_processes(data: Mapping[str, Any], count: int = TOP_PROCESSES) -> list[P
         processes.append(
             Process(
                 text(entry.get("name"), 128),
-                number(entry.get("pid"), "processes.pid"),
-                number(entry.get("cpu_percent"), "processes.cpu_percent"),
-                number(entry.get("memory_percent"), "processes.memory_percent"),
+                number(entry.get("pid"), "processes.top_cpu.pid"),
+                number(entry.get("cpu_percent"), "processes.top_cpu.cpu_percent"),
+                number(entry.get("memory_percent"), "processes.top_cpu.memory_percent"),
                 text(entry.get("user"), 64),
             )
         )
@@ -357,4 +359,4 @@ def top_processes(data: Mapping[str, Any], count: int = TOP_PROCESSES) -> list[P
 
 
 def processes_summary(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {"process_count": number(data.get("process_count"), "processes.count"), "top": top_processes(data)}
+    return {"process_count": at(data, "processes.process_count"), "top": top_processes(data)}

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 import psycopg
 from psycopg import sql
 
-from atlas.contract import Keyring
+from atlas.contract import MACHINE_FIELDS, Keyring
 
 from . import extract
 from .machine import LogContent, content_columns
@@ -172,10 +172,9 @@ _COUNTS = sql.SQL(
     " count(*) FROM machines WHERE {}"
 )
 
-_PAGE = sql.SQL(
-    "SELECT machine_id, serial_number, hostname, model, os_version, agent_version, last_seen"
-    " FROM machines WHERE {where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s"
-)
+_PAGE = sql.SQL("SELECT {columns} FROM machines WHERE {where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s")
+_PAGE_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, (*MACHINE_FIELDS, "last_seen")))
+"""The machine fields and ``last_seen``: a ``FleetRow``'s first fields, in its order."""
 
 _LATEST = sql.SQL("""
 SELECT m.machine_id, w.*, s.*
@@ -220,7 +219,7 @@ def load_fleet(
     direction = sql.SQL("DESC" if query.descending else "ASC")
     order = sql.SQL("{} {}, machine_id {}").format(SORTS[query.sort], direction, direction)
     params.update(limit=PAGE_SIZE, offset=(query.page - 1) * PAGE_SIZE)
-    machines = conn.execute(_PAGE.format(where=where, order=order), params).fetchall()
+    machines = conn.execute(_PAGE.format(columns=_PAGE_COLUMNS, where=where, order=order), params).fetchall()
     rows = [
         FleetRow(*m, status=status_of(m[6], now, online_within, stale_within))  # type: ignore[misc]
         for m in machines

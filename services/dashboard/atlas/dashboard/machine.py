@@ -25,7 +25,7 @@ from markupsafe import Markup
 from psycopg import sql
 from starlette.exceptions import HTTPException
 
-from atlas.contract import LEVELS, Keyring
+from atlas.contract import LEVELS, MACHINE_FIELDS, Keyring
 from atlas.core.atrest import SETTING, AtRestError
 from atlas.core.content import ContentReader
 
@@ -177,16 +177,7 @@ class MachineView:
     charts: list[Markup] = field(default_factory=list)
 
 
-_IDENTITY_COLUMNS = (
-    "machine_id",
-    "serial_number",
-    "hostname",
-    "model",
-    "os_version",
-    "agent_version",
-    "first_seen",
-    "last_seen",
-)
+_IDENTITY_COLUMNS = (*MACHINE_FIELDS, "first_seen", "last_seen")
 
 _SUMMARIES: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "wifi": extract.wifi_summary,

@@ -35,7 +35,7 @@ def number_sql(number: extract.NumberAt) -> sql.Composable:
 
     Nested CASEs, so a string or an object is never cast (PostgreSQL does not promise the order of AND).
     """
-    low, high = extract.BOUNDS[number.field]
+    low, high = number.bounds
     reads = [
         sql.SQL(
             "CASE WHEN jsonb_typeof({at}) = 'number' THEN CASE WHEN {at}::numeric BETWEEN {low} AND {high}"

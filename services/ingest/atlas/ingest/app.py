@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from atlas.contract import ContractError, PayloadTooLargeError, SchemaError
+from atlas.contract import WIDGET_LOGS_PATH, ContractError, PayloadTooLargeError, SchemaError
 from atlas.core import metrics
 from atlas.core.config import Settings, get_settings
 from atlas.core.edge import add_health_routes, problem, retry_later, unavailable
@@ -39,8 +39,6 @@ INLINE_DECODE_BYTES = 64 * 1024
 """Bodies up to this size, whose plaintext is no larger either, are decoded in the event loop (an agent's
 batch: about half a millisecond, less than a thread hand-off costs). Anything more, a gzip bomb
 included, is decoded in the bounded decode pool, so the loop never inflates or parses more than this."""
-
-WIDGET_LOGS_PATH = "/api/fleet/widget-logs"
 
 
 _heap_frozen = False

@@ -10,21 +10,19 @@ connection drops.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 
 import psycopg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from atlas.contract import Key
+from atlas.contract import MACHINE_FIELDS, Key
 from atlas.core.atrest import epoch_micros, new_data_key, seal_log, wrap_data_key
 from atlas.core.queue import QueuedBatch
 
 log = logging.getLogger("atlas.worker")
 
 RECORD_KEY_ID = "INSERT INTO db_key_ids (kid) VALUES (%s) ON CONFLICT (kid) DO NOTHING"
-
-IDENTITY_COLUMNS = ("serial_number", "hostname", "model", "os_version", "agent_version")
 
 CLAIM_AND_UPSERT = """/* atlas: claim batches */
 WITH input AS (
@@ -124,10 +122,10 @@ def persist_batches(conn: psycopg.Connection, batches: list[QueuedBatch], db_key
     ordered = sorted((batches[i] for i in first.values()), key=lambda b: b["batch_id"])  # one lock order
     data_keys = {b["batch_id"]: new_data_key() for b in ordered} if db_key else {}
     wrapped = [wrap_data_key(db_key, b["batch_id"], data_keys[b["batch_id"]]) for b in ordered] if db_key else None
-    machines = [b["machine"] for b in ordered]
+    machines: list[Mapping[str, object]] = [b["machine"] for b in ordered]
     params = {
         "batch_id": [b["batch_id"] for b in ordered],
-        **{col: [m[col] for m in machines] for col in ("machine_id", *IDENTITY_COLUMNS)},
+        **{col: [m[col] for m in machines] for col in MACHINE_FIELDS},
         "created_at": [b["created_at"] for b in ordered],
         "received_at": [b["received_at"] for b in ordered],
         "log_count": [len(b["logs"]) for b in ordered],
