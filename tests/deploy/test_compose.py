@@ -217,7 +217,7 @@ def test_each_service_reads_its_settings_from_the_secrets(resolved, secrets_dir,
     command = service["command"][0]
     check_config(
         settings,
-        [command] if command != "check-config" else ["ingest", "dashboard"],
+        check_config_services() if command == "check-config" else [command],
         env=in_container(service, secrets_dir),
     )
     database = conninfo_to_dict(settings.database_url)

@@ -16,6 +16,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from redis import Redis
 
+from atlas.core.accounts import authenticate, bootstrap_admin
 from atlas.core.config import ConfigError, settings_from_mapping
 from atlas.core.db import connect
 from atlas.core.queue import redis_client
@@ -23,6 +24,7 @@ from atlas.server.cli import main
 
 from ..faults.harness import PrivatePostgres, wait_for
 from ..fix_processes import BIN, SCRUBBED_ENV, free_port, service_env
+from ..fix_services import own_database
 
 PASSWORD = "p/w@d:x%41?#&=+ 'q\"\\é"
 """Every character that breaks a URL pasted together by hand: / @ : % (with hex after it) ? # & = + and quotes."""
@@ -221,3 +223,13 @@ def test_check_config_runs_as_a_command(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr == "atlas-server: configuration error: ATLAS_ADMIN_PASSWORD: must be at least 12 characters\n"
+
+
+def test_the_first_admin_password_comes_from_its_file(tmp_path: Path) -> None:
+    """The compose dashboard gets ATLAS_ADMIN_PASSWORD_FILE (a secret), never the password itself."""
+    env = {"ATLAS_ADMIN_USERNAME": "first", "ATLAS_ADMIN_PASSWORD_FILE": secret_file(tmp_path, "admin", PASSWORD)}
+    with own_database("_admin_file") as url, connect(url, autocommit=True) as conn:
+        user = bootstrap_admin(conn, env)
+        assert user is not None
+        assert user.username == "first"
+        assert authenticate(conn, "first", PASSWORD) == user
