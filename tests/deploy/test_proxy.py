@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -328,6 +329,43 @@ def test_entrypoint_renews_its_certificate_near_the_end(tmp_path):
     done = generate(tmp_path, "fleet.example.com")
     assert "using the certificate" in done.stderr
     assert (tmp_path / "tls.crt").read_bytes() == renewed, "not renewed again while it has long to run"
+
+
+@pytest.mark.usefixtures("needs_openssl")
+def test_the_certificate_is_renewed_while_nginx_runs(tmp_path):
+    """The entrypoint's check every ATLAS_TLS_CHECK_SECONDS (here 1) renews a certificate that came near its
+    end while nginx ran, and has nginx reload (a stand-in nginx records the signal)."""
+    tls = tmp_path / "tls"
+    assert generate(tls, "fleet.example.com").returncode == 0
+    bin_dir, signals = tmp_path / "bin", tmp_path / "signals"
+    bin_dir.mkdir()
+    (bin_dir / "nginx").write_text(
+        f'#!/bin/sh\nif [ "$1" = -s ]; then echo "$2" >>{signals}; exit 0; fi\nexec sleep 60\n'
+    )
+    (bin_dir / "nginx").chmod(0o755)
+    env = {
+        **os.environ,
+        "ATLAS_TLS_DIR": str(tls),
+        "ATLAS_TLS_CHECK_SECONDS": "1",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+    env.pop("ATLAS_PUBLIC_HOST", None)
+    running = subprocess.Popen(["sh", str(ENTRYPOINT)], env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        assert not signals.exists(), "nothing to renew yet"
+        # A certificate from the same authority that ends in 10 days, as one would after 356 days.
+        assert generate(tls, ATLAS_TLS_DAYS="10", ATLAS_TLS_RENEW_DAYS="400").returncode == 0
+        assert lifetime_days(tls / "tls.crt") < 11
+        deadline = time.monotonic() + 15
+        while not signals.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert signals.read_text() == "reload\n"
+        assert lifetime_days(tls / "tls.crt") >= 365
+        assert verifies(tls)
+    finally:
+        os.killpg(running.pid, signal.SIGTERM)
+        running.wait(10)
 
 
 @pytest.mark.usefixtures("needs_openssl")
