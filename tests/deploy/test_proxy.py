@@ -16,6 +16,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -573,3 +574,10 @@ def test_live_proxy_healthcheck(live_proxy):
     conn.request("GET", "/proxy-healthz")
     assert conn.getresponse().status == 200
     conn.close()
+
+
+def test_entrypoint_passes_shellcheck_as_posix_sh():
+    """The proxy image runs it with busybox sh: POSIX only."""
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+    done = subprocess.run([shellcheck, "--shell=sh", str(ENTRYPOINT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
