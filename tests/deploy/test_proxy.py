@@ -12,9 +12,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -199,8 +201,8 @@ def needs_openssl() -> None:
     require("openssl")
 
 
-def generate(tls_dir: Path, host: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ATLAS_TLS_DIR": str(tls_dir)}
+def generate(tls_dir: Path, host: str | None = None, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ATLAS_TLS_DIR": str(tls_dir), **env}
     env.pop("ATLAS_PUBLIC_HOST", None)
     if host:
         env["ATLAS_PUBLIC_HOST"] = host
@@ -218,34 +220,78 @@ def describe(cert: Path) -> str:
     ).stdout
 
 
+def lifetime_days(cert: Path) -> float:
+    """How long ``cert`` is valid, notBefore to notAfter, in days."""
+    text = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-noout", "-startdate", "-enddate"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    dates = dict(line.split("=", 1) for line in text.splitlines())
+    parse = lambda value: ssl.cert_time_to_seconds(value.strip())  # noqa: E731
+    return (parse(dates["notAfter"]) - parse(dates["notBefore"])) / 86400
+
+
+def verifies(tls_dir: Path) -> bool:
+    done = subprocess.run(
+        ["openssl", "verify", "-x509_strict", "-CAfile", str(tls_dir / "ca.crt"), str(tls_dir / "tls.crt")],
+        capture_output=True,
+        text=True,
+    )
+    return done.returncode == 0
+
+
 @pytest.mark.usefixtures("needs_openssl")
 @pytest.mark.parametrize(
     ("host", "names"),
     [
-        (None, ["DNS:localhost", "IP Address:127.0.0.1"]),
-        ("fleet.example.com", ["DNS:fleet.example.com", "DNS:localhost"]),
+        ("fleet.example.com", ["DNS:fleet.example.com", "DNS:localhost", "IP Address:127.0.0.1"]),
         ("10.20.30.40", ["IP Address:10.20.30.40"]),
     ],
 )
-def test_entrypoint_generates_a_self_signed_certificate(tmp_path, host, names):
+def test_entrypoint_generates_a_certificate_signed_by_a_local_authority(tmp_path, host, names):
     tls = tmp_path / "tls"
     done = generate(tls, host)
     assert done.returncode == 0, done.stderr
-    assert "generated a self-signed certificate" in done.stderr
+    assert "generated a local certificate authority" in done.stderr
     text = describe(tls / "tls.crt")
-    assert re.search(rf"CN\s*=\s*{re.escape(host or 'localhost')}\b", text), text
+    assert re.search(rf"CN\s*=\s*{re.escape(host)}\b", text), text
     for name in names:
         assert name in text, text
     assert (tls / "tls.key").stat().st_mode & 0o077 == 0, "the key is readable by its owner only"
+    assert (tls / "ca.key").stat().st_mode & 0o077 == 0
+    assert verifies(tls)
+    assert 365 <= lifetime_days(tls / "tls.crt") <= 366, "Apple's limit for a TLS server certificate"
 
 
 @pytest.mark.usefixtures("needs_openssl")
-def test_agents_can_pin_the_generated_certificate(tmp_path):
-    """An agent with `ca_bundle:` pointing at the certificate verifies it, even with OpenSSL's strict checks."""
+def test_entrypoint_needs_the_public_host_name(tmp_path):
+    """Without ATLAS_PUBLIC_HOST there is no name a remote Mac could check, so no certificate is made."""
+    done = generate(tmp_path)
+    assert done.returncode == 1
+    assert "ATLAS_PUBLIC_HOST is not set" in done.stderr
+    assert not (tmp_path / "tls.crt").exists()
+    done = generate(tmp_path, "localhost")
+    assert done.returncode == 0
+    assert "accepted on this host only" in done.stderr
+
+
+@pytest.mark.usefixtures("needs_openssl")
+def test_entrypoint_refuses_a_certificate_longer_than_366_days(tmp_path):
+    done = generate(tmp_path, "fleet.example.com", ATLAS_TLS_DAYS="825")
+    assert done.returncode == 1
+    assert "1 to 366 days" in done.stderr
+    assert not (tmp_path / "tls.crt").exists()
+
+
+@pytest.mark.usefixtures("needs_openssl")
+def test_agents_can_pin_the_local_authority(tmp_path):
+    """An agent with `ca_bundle:` pointing at ca.crt verifies the server, even with OpenSSL's strict checks."""
     assert generate(tmp_path, "fleet.example.com").returncode == 0
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
-    client = ssl.create_default_context(cafile=str(tmp_path / "tls.crt"))
+    client = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
     client.verify_flags |= ssl.VERIFY_X509_STRICT
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
@@ -266,6 +312,64 @@ def test_agents_can_pin_the_generated_certificate(tmp_path):
 
 
 @pytest.mark.usefixtures("needs_openssl")
+def test_entrypoint_renews_its_certificate_near_the_end(tmp_path):
+    """A certificate it issued that ends within ATLAS_TLS_RENEW_DAYS (30) is issued anew from the same
+    authority, for the same name, so agents that trust ca.crt need nothing."""
+    assert generate(tmp_path, "fleet.example.com", ATLAS_TLS_DAYS="10").returncode == 0
+    authority = (tmp_path / "ca.crt").read_bytes()
+    short = (tmp_path / "tls.crt").read_bytes()
+    done = generate(tmp_path)  # a restart; the name comes from the certificate
+    assert done.returncode == 0, done.stderr
+    assert "issued a certificate for fleet.example.com" in done.stderr
+    assert (tmp_path / "tls.crt").read_bytes() != short
+    assert (tmp_path / "ca.crt").read_bytes() == authority
+    assert verifies(tmp_path)
+    assert "DNS:fleet.example.com" in describe(tmp_path / "tls.crt")
+    assert lifetime_days(tmp_path / "tls.crt") >= 365
+    renewed = (tmp_path / "tls.crt").read_bytes()
+    done = generate(tmp_path, "fleet.example.com")
+    assert "using the certificate" in done.stderr
+    assert (tmp_path / "tls.crt").read_bytes() == renewed, "not renewed again while it has long to run"
+
+
+@pytest.mark.usefixtures("needs_openssl")
+def test_the_certificate_is_renewed_while_nginx_runs(tmp_path):
+    """The entrypoint's check every ATLAS_TLS_CHECK_SECONDS (here 1) renews a certificate that came near its
+    end while nginx ran, and has nginx reload (a stand-in nginx records the signal)."""
+    tls = tmp_path / "tls"
+    assert generate(tls, "fleet.example.com").returncode == 0
+    bin_dir, signals = tmp_path / "bin", tmp_path / "signals"
+    bin_dir.mkdir()
+    (bin_dir / "nginx").write_text(
+        f'#!/bin/sh\nif [ "$1" = -s ]; then echo "$2" >>{signals}; exit 0; fi\nexec sleep 60\n'
+    )
+    (bin_dir / "nginx").chmod(0o755)
+    env = {
+        **os.environ,
+        "ATLAS_TLS_DIR": str(tls),
+        "ATLAS_TLS_CHECK_SECONDS": "1",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+    env.pop("ATLAS_PUBLIC_HOST", None)
+    running = subprocess.Popen(["sh", str(ENTRYPOINT)], env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        assert not signals.exists(), "nothing to renew yet"
+        # A certificate from the same authority that ends in 10 days, as one would after 356 days.
+        assert generate(tls, ATLAS_TLS_DAYS="10", ATLAS_TLS_RENEW_DAYS="400").returncode == 0
+        assert lifetime_days(tls / "tls.crt") < 11
+        deadline = time.monotonic() + 15
+        while not signals.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert signals.read_text() == "reload\n"
+        assert lifetime_days(tls / "tls.crt") >= 365
+        assert verifies(tls)
+    finally:
+        os.killpg(running.pid, signal.SIGTERM)
+        running.wait(10)
+
+
+@pytest.mark.usefixtures("needs_openssl")
 def test_entrypoint_keeps_an_existing_certificate(tmp_path):
     assert generate(tmp_path, "first.example.com").returncode == 0
     before = {name: (tmp_path / name).read_bytes() for name in ("tls.crt", "tls.key")}
@@ -276,9 +380,29 @@ def test_entrypoint_keeps_an_existing_certificate(tmp_path):
 
 
 @pytest.mark.usefixtures("needs_openssl")
+def test_entrypoint_never_replaces_a_certificate_you_provided(tmp_path):
+    """Yours ends soon: a warning, and the pair stays (even where the local authority exists)."""
+    assert generate(tmp_path, "fleet.example.com").returncode == 0  # the local authority is there too
+    key, cert = str(tmp_path / "tls.key"), str(tmp_path / "tls.crt")
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
+            *("-days", "5", "-subj", "/CN=fleet.example.com", "-keyout", key, "-out", cert),
+        ],
+        capture_output=True,
+        check=True,
+    )
+    provided = (tmp_path / "tls.crt").read_bytes()
+    done = generate(tmp_path, "fleet.example.com")
+    assert done.returncode == 0, done.stderr
+    assert "is yours: replace it" in done.stderr
+    assert (tmp_path / "tls.crt").read_bytes() == provided
+
+
+@pytest.mark.usefixtures("needs_openssl")
 def test_entrypoint_refuses_half_a_pair(tmp_path):
     (tmp_path / "tls.crt").write_text("provided\n")
-    done = generate(tmp_path)
+    done = generate(tmp_path, "fleet.example.com")
     assert done.returncode == 1
     assert "only one of" in done.stderr
     assert (tmp_path / "tls.crt").read_text() == "provided\n"
@@ -328,7 +452,7 @@ def live_proxy(tmp_path_factory):
     require("nginx")
     require("openssl")
     tmp = tmp_path_factory.mktemp("proxy")
-    assert generate(tmp / "tls").returncode == 0
+    assert generate(tmp / "tls", "localhost").returncode == 0
     stubs = {}
     for name in APPS:
         stub = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
@@ -362,7 +486,7 @@ def live_proxy(tmp_path_factory):
             assert process.poll() is None, (tmp / "error.log").read_text()
             assert time.monotonic() < deadline, "nginx did not start"
             time.sleep(0.1)
-        context = ssl.create_default_context(cafile=str(tmp / "tls" / "tls.crt"))
+        context = ssl.create_default_context(cafile=str(tmp / "tls" / "ca.crt"))
         yield {"port": port, "health": health, "context": context}
     finally:
         process.terminate()
@@ -450,3 +574,10 @@ def test_live_proxy_healthcheck(live_proxy):
     conn.request("GET", "/proxy-healthz")
     assert conn.getresponse().status == 200
     conn.close()
+
+
+def test_entrypoint_passes_shellcheck_as_posix_sh():
+    """The proxy image runs it with busybox sh: POSIX only."""
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+    done = subprocess.run([shellcheck, "--shell=sh", str(ENTRYPOINT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout

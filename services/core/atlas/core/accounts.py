@@ -20,6 +20,7 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from .config import resolve_secret_files
 from .errors import AccountError
 
 ROLES = ("viewer", "admin")
@@ -362,13 +363,37 @@ def signing_key(conn: psycopg.Connection, configured: str | None) -> str:
     return str(row[0])
 
 
+def admin_credentials(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """ATLAS_ADMIN_USERNAME and ATLAS_ADMIN_PASSWORD (or the file named by ATLAS_ADMIN_PASSWORD_FILE)."""
+    resolved = resolve_secret_files(env)
+    return resolved.get("ATLAS_ADMIN_USERNAME"), resolved.get("ATLAS_ADMIN_PASSWORD")
+
+
+def check_admin_credentials(env: Mapping[str, str]) -> None:
+    """AccountError naming the variable if the first admin's name or password would be refused."""
+    username, password = admin_credentials(env)
+    if not username and not password:
+        return
+    if not username or not password:
+        missing = "ATLAS_ADMIN_USERNAME" if not username else "ATLAS_ADMIN_PASSWORD"
+        raise AccountError(f"{missing}: not set, while the other of the pair is; set both or neither")
+    try:
+        validate_username(username)
+    except AccountError as exc:
+        raise AccountError(f"ATLAS_ADMIN_USERNAME: {exc}") from None
+    try:
+        validate_password(password)
+    except AccountError as exc:
+        raise AccountError(f"ATLAS_ADMIN_PASSWORD: {exc}") from None
+
+
 def bootstrap_admin(conn: psycopg.Connection, env: Mapping[str, str]) -> User | None:
     """At first start, create the admin named by ATLAS_ADMIN_USERNAME / ATLAS_ADMIN_PASSWORD.
 
     Does nothing once any user exists, so the variables can stay set. A
     password that is too short raises AccountError naming the variable.
     """
-    username, password = env.get("ATLAS_ADMIN_USERNAME"), env.get("ATLAS_ADMIN_PASSWORD")
+    username, password = admin_credentials(env)
     if not username or not password:
         return None
     conn.execute("SELECT pg_advisory_lock(%s)", (BOOTSTRAP_LOCK_ID,))

@@ -40,8 +40,10 @@
 
 Environment variables override the file: FLEET_API_KEY, FLEET_ENCRYPTION_KEY,
 FLEET_DB_ENCRYPTION_KEY, DATABASE_URL, REDIS_URL, ATLAS_REDIS_PREFIX, ATLAS_SECRET_KEY,
-FORWARDED_ALLOW_IPS (comma-separated, for server.forwarded_allow_ips). A bad setting raises ConfigError
-whose message is one line naming the setting and never showing a secret.
+FORWARDED_ALLOW_IPS (comma-separated, for server.forwarded_allow_ips). DATABASE_PASSWORD and REDIS_PASSWORD
+go into those URLs percent-encoded, so any character works. Each secret can come from a file instead
+(``NAME_FILE=/run/secrets/...``, e.g. a Compose or Kubernetes secret; see SECRET_FILE_VARIABLES). A bad setting
+raises ConfigError whose message is one line naming the setting and never showing a secret.
 """
 
 from __future__ import annotations
@@ -54,8 +56,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
+from psycopg.conninfo import make_conninfo
 
 from atlas.contract import Key, KeyFormatError, Keyring
 
@@ -115,6 +119,55 @@ PLACEHOLDER_SECRETS = frozenset(
     {"your-api-key", "changeme", "change-me", "secret", "password", "api-key", "your_api_key"}
 )
 """Example values from documentation that must never guard a real server."""
+
+
+SECRET_FILE_VARIABLES = (
+    "FLEET_API_KEY",
+    "FLEET_ENCRYPTION_KEY",
+    "FLEET_DB_ENCRYPTION_KEY",
+    "ATLAS_SECRET_KEY",
+    "DATABASE_PASSWORD",
+    "REDIS_PASSWORD",
+    "ATLAS_ADMIN_PASSWORD",
+)
+"""Secrets that may be read from the file named by ``NAME_FILE`` instead of the variable ``NAME``."""
+
+
+def resolve_secret_files(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with each ``NAME_FILE`` of SECRET_FILE_VARIABLES read into ``NAME`` (one trailing newline dropped)."""
+    resolved = dict(env)
+    for name in SECRET_FILE_VARIABLES:
+        path = env.get(f"{name}_FILE")
+        if not path:
+            continue
+        if env.get(name):
+            raise ConfigError(f"{name}_FILE: {name} is set too; set only one of the two")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{name}_FILE: {path} is not UTF-8 text") from None
+        value = text[:-1] if text.endswith("\n") else text
+        value = value[:-1] if value.endswith("\r") else value
+        if not value:
+            raise ConfigError(f"{name}_FILE: {path} is empty")
+        resolved[name] = value
+    return resolved
+
+
+def with_password(url: str, password: str | None, setting: str) -> str:
+    """``url`` with ``password`` put in percent-encoded, so ``/ @ : %`` and the like stay part of it."""
+    if not password:
+        return url
+    if "://" not in url:  # libpq's key=value form
+        return make_conninfo(url, password=password)
+    parts = urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    if ":" in userinfo:
+        raise ConfigError(f"{setting}: the URL it goes into has a password already; keep only one of the two")
+    netloc = f"{userinfo}:{quote(password, safe='')}@{hostport}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass(frozen=True)
@@ -336,7 +389,8 @@ def _db_keyring(server: Mapping[str, Any], env: Mapping[str, str], payload: Keyr
 
 
 def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
-    """Build Settings from a parsed config file and an environment."""
+    """Build Settings from a parsed config file and an environment (``NAME_FILE`` secrets read here)."""
+    env = resolve_secret_files(env)
     if not isinstance(data, Mapping):
         raise ConfigError("config: the file must hold a mapping with a `server:` section")
     server = _section(data, "server")
@@ -380,10 +434,18 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
         created_at_max_future=timedelta(
             seconds=_int(server, "created_at_max_future_seconds", 300, "server.created_at_max_future_seconds", 0)
         ),
-        database_url=env.get("DATABASE_URL") or str(database.get("url", DEFAULT_DATABASE_URL)),
+        database_url=with_password(
+            env.get("DATABASE_URL") or str(database.get("url", DEFAULT_DATABASE_URL)),
+            env.get("DATABASE_PASSWORD"),
+            "DATABASE_PASSWORD",
+        ),
         retention_days=_int(database, "retention_days", 0, "database.retention_days", 0),
         partitions_ahead_days=_int(database, "partitions_ahead_days", 14, "database.partitions_ahead_days"),
-        redis_url=env.get("REDIS_URL") or str(redis.get("url", DEFAULT_REDIS_URL)),
+        redis_url=with_password(
+            env.get("REDIS_URL") or str(redis.get("url", DEFAULT_REDIS_URL)),
+            env.get("REDIS_PASSWORD"),
+            "REDIS_PASSWORD",
+        ),
         redis_prefix=prefix,
         duplicate_window=timedelta(
             seconds=_int(server, "duplicate_window_seconds", 3600, "server.duplicate_window_seconds")

@@ -1,7 +1,8 @@
 """``atlas-server``: one command for every server process and operator task.
 
     atlas-server run                run the whole server stack here until Ctrl-C (--demo: and a local agent)
-    atlas-server migrate            create or upgrade the database schema
+    atlas-server migrate            create or upgrade the database schema (--wait: until PostgreSQL answers)
+    atlas-server check-config       check every setting of every service (or --service ...), one line per error
     atlas-server ingest             serve the ingest API
     atlas-server worker             persist queued batches
     atlas-server exporter           serve the export API (/api/exports/logs)
@@ -26,6 +27,7 @@ import logging
 import os
 import secrets
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -82,11 +84,63 @@ def _keygen_hpke(path: str, suite: str) -> int:
     return 0
 
 
+SERVICES = ("migrate", "ingest", "worker", "exporter", "dashboard")
+"""What check-config checks the settings of, by default all of them."""
+
+_NOT_RETRIED = ("password authentication failed", "no password supplied", "pg_hba.conf", "role ")
+"""PostgreSQL answers that waiting does not change: a wrong password or user stops migrate at once."""
+
+
+def check_config(settings: Settings, services: Sequence[str], env: dict[str, str] | None = None) -> None:
+    """ConfigError naming the first setting one of ``services`` would refuse at start."""
+    from atlas.core.accounts import AccountError, check_admin_credentials
+
+    if "ingest" in services:
+        settings.require_api_keys()
+    if "dashboard" in services:
+        try:
+            check_admin_credentials(os.environ if env is None else env)
+        except AccountError as exc:
+            raise ConfigError(str(exc).replace(": password: ", ": ").replace(": username: ", ": ")) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    services = args.service or list(SERVICES)
+    check_config(_settings(args), services)
+    print(f"Configuration OK for {', '.join(services)}")
+    return 0
+
+
+def wait_for_postgres(url: str, seconds: float) -> None:
+    """Return once PostgreSQL accepts a connection to ``url`` (or answers that the database is missing),
+    printing one line per try meanwhile; after ``seconds``, raise the last OperationalError."""
+    import psycopg
+
+    from atlas.core.db import connect
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with connect(url):
+                return
+        except psycopg.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            left = deadline - time.monotonic()
+            if "does not exist" in reason and "database" in reason:
+                return  # migrate creates it
+            if left <= 0 or any(text in reason for text in _NOT_RETRIED):
+                raise
+            print(f"Waiting for PostgreSQL: {reason} (retrying for {left:.0f} s more)", flush=True)
+            time.sleep(min(2.0, max(left, 0.1)))
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from atlas.core.db import connect, ensure_database, migrate
     from atlas.core.partitions import ensure_partitions
 
     settings = _settings(args)
+    if args.wait:
+        wait_for_postgres(settings.database_url, args.wait)
     if ensure_database(settings.database_url):
         print("Created database")
     with connect(settings.database_url) as conn:
@@ -369,7 +423,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="retry connecting to PostgreSQL this long before giving up (default 0: try once)",
+    )
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "check-config", parents=[common], help="check every setting the services read; one line naming a bad one"
+    )
+    p.add_argument(
+        "--service",
+        action="append",
+        choices=SERVICES,
+        help="check only the settings of this service (repeatable; default: all)",
+    )
+    p.set_defaults(func=cmd_check_config)
 
     served = argparse.ArgumentParser(add_help=False)
     served.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")

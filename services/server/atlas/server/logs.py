@@ -179,8 +179,14 @@ def secret_values(settings) -> list[str]:
     if settings.secret_key:
         values.append(settings.secret_key)
     values += _url_password(settings.database_url) + _url_password(settings.redis_url)
-    if os.environ.get("ATLAS_ADMIN_PASSWORD"):
-        values.append(os.environ["ATLAS_ADMIN_PASSWORD"])
+    from atlas.core.config import ConfigError, resolve_secret_files
+
+    try:
+        admin_password = resolve_secret_files(os.environ).get("ATLAS_ADMIN_PASSWORD")
+    except ConfigError:
+        admin_password = os.environ.get("ATLAS_ADMIN_PASSWORD")
+    if admin_password:
+        values.append(admin_password)
     return values
 
 

@@ -291,11 +291,18 @@ def ensure_first_admin(
     generated password, written to ``admin_file`` in the same transaction: if that file cannot be created
     (PrivateFileError), no admin is.
     """
-    from atlas.core.accounts import BOOTSTRAP_LOCK_ID, bootstrap_admin, count_users, create_user, generate_password
+    from atlas.core.accounts import (
+        BOOTSTRAP_LOCK_ID,
+        admin_credentials,
+        bootstrap_admin,
+        count_users,
+        create_user,
+        generate_password,
+    )
     from atlas.core.db import connect
 
     with connect(settings.database_url, autocommit=True) as conn:
-        if env.get("ATLAS_ADMIN_USERNAME") and env.get("ATLAS_ADMIN_PASSWORD"):
+        if all(admin_credentials(env)):
             user = bootstrap_admin(conn, env)
             return (user.username, False) if user else None
         with conn.transaction():
