@@ -7,7 +7,8 @@ through that table, the dataclass defaults are what an empty config.yaml gives, 
 renders the table as the README's config.yaml block (a test keeps the two the same).
 
 An environment variable that is set overrides the file; an empty one counts only for a list setting
-(``FORWARDED_ALLOW_IPS=`` trusts no proxy). A bad setting raises ConfigError whose message is one line
+(``FORWARDED_ALLOW_IPS=`` trusts no proxy). A key's variable (FLEET_API_KEY, ...) adds its key in front
+of the file's instead. A bad setting raises ConfigError whose message is one line
 naming the setting (the variable, when the value came from one) and never showing a secret.
 """
 
@@ -266,43 +267,40 @@ def _setting(key: str, default: Any, doc: str, read: Reader = _integer, *, hidde
     return field(default=value, repr=not hidden, metadata={"setting": spec})
 
 
+def _key_list(key: str, env: str, read: Reader, doc: str, older_doc: str, **options: Any) -> Any:
+    """A field of keys read from the environment's ``env``, then ``key``, then the list ``key`` + s."""
+    return _setting(
+        key, (), doc, read, hidden=True, env=env, also=f"{key}s", also_doc=older_doc, example='"..."', **options
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server processes read from configuration: the table of settings, in README order."""
 
     host: str = _setting("server.host", "0.0.0.0", "address the services listen on", _address)
     port: int = _setting("server.port", 8768, "ingest; agents are pointed at https://<host>:8768", maximum=65535)
-    api_keys: tuple[str, ...] = _setting(
+    api_keys: tuple[str, ...] = _key_list(
         "server.api_key",
-        (),
-        "atlas-server keygen --api-key",
+        "FLEET_API_KEY",
         _api_keys,
-        hidden=True,
+        "atlas-server keygen --api-key",
+        "more API keys, to rotate",
         minimum=16,
-        env="FLEET_API_KEY",
-        also="server.api_keys",
-        also_doc="more API keys accepted, to rotate",
-        example='"..."',
     )
-    keyring: Keyring = _setting(
+    keyring: Keyring = _key_list(
         "server.encryption_key",
-        (),
-        "atlas-server keygen; the same key goes to the agents",
+        "FLEET_ENCRYPTION_KEY",
         _payload_keys,
-        env="FLEET_ENCRYPTION_KEY",
-        also="server.encryption_keys",
-        also_doc="older payload keys still accepted while agents move over",
-        example='"..."',
+        "atlas-server keygen; the same key goes to the agents",
+        "older payload keys still accepted while agents move over",
     )
-    db_keyring: Keyring = _setting(
+    db_keyring: Keyring = _key_list(
         "server.db_encryption_key",
-        (),
-        "encrypts message and data at rest (a different key; see Encryption at rest)",
+        "FLEET_DB_ENCRYPTION_KEY",
         _db_keys,
-        env="FLEET_DB_ENCRYPTION_KEY",
-        also="server.db_encryption_keys",
-        also_doc="older database keys, read until rotate-db-key has moved everything",
-        example='"..."',
+        "encrypts message and data at rest (a different key; see Encryption at rest)",
+        "older database keys, read until rotate-db-key has moved everything",
     )
     allow_plaintext: bool = _setting(
         "server.allow_plaintext", False, "accept unencrypted batches even though a key is set", _boolean
