@@ -40,7 +40,7 @@ from atlas.contract import (
     parse_envelope,
     seal,
 )
-from atlas.core.config import DEFAULT_MAX_PLAINTEXT_BYTES, Settings
+from atlas.core.config import Settings
 from atlas.ingest.intake import read_batch
 
 from ..fix_services import API_KEY as SERVER_API_KEY
@@ -227,7 +227,7 @@ def test_salt_added_to_a_legacy_envelope_fails_authentication() -> None:
 
 
 def test_open_envelope_returns_the_plaintext(key: Key) -> None:
-    opened = open_envelope(parse_envelope(ENVELOPE), Keyring([key]), max_plaintext_bytes=DEFAULT_MAX_PLAINTEXT_BYTES)
+    opened = open_envelope(parse_envelope(ENVELOPE), Keyring([key]), max_plaintext_bytes=Settings.max_plaintext_bytes)
     assert opened == PLAINTEXT
     content = decode_content(opened)
     assert content.machine.machine_id == "7D3F9A2E-5B1C-4E8A-9F60-2C4D8B1A3E57"
@@ -263,7 +263,7 @@ def test_any_change_fails_authentication(key: Key, field: str, value: str) -> No
         key.aead().decrypt(envelope.nonce, envelope.ciphertext, envelope.associated_data())
     if field != "kid":
         with pytest.raises(DecryptionError):
-            open_envelope(envelope, Keyring([key]), max_plaintext_bytes=DEFAULT_MAX_PLAINTEXT_BYTES)
+            open_envelope(envelope, Keyring([key]), max_plaintext_bytes=Settings.max_plaintext_bytes)
 
 
 # --- the document, compared with the vector ----------------------------------------------------

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
 from atlas.contract import generate_encryption_key, key_id, parse_key
-from atlas.core.config import ConfigError, load_settings, settings_from_mapping
+from atlas.core.config import SETTINGS, ConfigError, Settings, load_settings, reference, settings_from_mapping
 
 from ..fix_processes import BIN, free_port, service_env
 
 API_KEY = "an-api-key-of-enough-length"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def atlas_server(*args: object, **env: str) -> subprocess.CompletedProcess:
@@ -101,6 +105,11 @@ def test_no_key_means_plaintext_accepted():
         ({"body_timeout_seconds": 2.5}, {}, "server.body_timeout_seconds: must be an integer >= 1"),
         ({"keepalive_timeout_seconds": "5"}, {}, "server.keepalive_timeout_seconds: must be an integer >= 1"),
         ({"max_connections": -1}, {}, "server.max_connections: must be an integer >= 1"),
+        ({"port": 65536}, {}, "server.port: must be at most 65535"),
+        ({"host": ""}, {}, "server.host: must be an address such as 0.0.0.0 or 127.0.0.1"),
+        ({"api_keys": ["short"]}, {}, "server.api_keys: must be at least 16 characters"),
+        ({}, {"ATLAS_REDIS_PREFIX": "a b"}, "ATLAS_REDIS_PREFIX: letters, digits, - and _ only"),
+        ({}, {"ATLAS_SECRET_KEY": "short"}, "ATLAS_SECRET_KEY: must be a string of at least 32 characters"),
     ],
 )
 def test_invalid_settings_name_the_setting(server, env, message):
@@ -160,3 +169,86 @@ def test_unreachable_database_is_one_line(tmp_path):
     assert result.stderr.strip().startswith("atlas-server: cannot reach PostgreSQL:")
     assert len(result.stderr.strip().splitlines()) == 1
     assert "sekrit-pw-123" not in result.stderr
+
+
+def _config_block(text: str) -> str:
+    """The config.yaml block of the README's Configuration section."""
+    section = text[text.index("## Configuration") :]
+    return section[section.index("```yaml\n") + len("```yaml\n") : section.index("```\n", section.index("```yaml"))]
+
+
+def _comparable(settings: Settings) -> dict[str, object]:
+    """Every field, keyrings by their kids (a Keyring has no equality of its own)."""
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    return {name: [k.kid for k in v] if name.endswith("keyring") else v for name, v in values.items()}
+
+
+def test_readme_config_block_is_the_settings_table():
+    """Each setting is documented once, in the table: the README shows what reference() renders."""
+    assert _config_block((ROOT / "README.md").read_text(encoding="utf-8")) == reference(), (
+        "README.md's config.yaml block differs from the settings table; paste the output of "
+        '`.venv/bin/python -c "from atlas.core.config import reference; print(reference(), end=str())"`'
+    )
+
+
+def test_the_reference_reads_back_as_the_defaults():
+    """Read as a config.yaml, the reference (its secret placeholders aside) gives every default."""
+    shown = yaml.safe_load(reference())
+    placeholders = {
+        f"{section}.{name}" for section, keys in shown.items() for name, v in keys.items() if v in ("...", ["..."])
+    }
+    assert placeholders == {key for _, spec in SETTINGS if spec.example for key in (spec.key, spec.also) if key}
+    documented = {
+        section: {name: v for name, v in keys.items() if f"{section}.{name}" not in placeholders}
+        for section, keys in shown.items()
+    }
+    assert _comparable(settings_from_mapping(documented, env={})) == _comparable(Settings())
+
+
+def test_dataclass_defaults_are_an_empty_config():
+    assert _comparable(settings_from_mapping({}, env={})) == _comparable(Settings())
+    keys = [spec.key for _, spec in SETTINGS] + [spec.also for _, spec in SETTINGS if spec.also]
+    assert len(keys) == len(set(keys))
+
+
+def test_environment_variables_in_the_readme_name_their_setting():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for _, spec in SETTINGS:
+        if spec.env is not None:
+            row = re.search(rf"^\| `{spec.env}` *\|(.*)$", text, re.MULTILINE)
+            assert row is not None, spec.env
+            assert f"`{spec.key}`" in row.group(1), spec.env
+
+
+def test_protocol_doc_defaults_are_the_table_defaults():
+    text = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([a-z]+\.[a-z_]+)` \| `([^`]+)`", text, re.MULTILINE))
+    defaults = {spec.key: spec.default for _, spec in SETTINGS}
+    assert rows
+    for key, shown in rows.items():
+        assert yaml.safe_load(shown) == defaults[key], key
+
+
+def test_metrics_host_defaults_to_the_server_host():
+    server = {"host": "127.0.0.1"}
+    assert settings_from_mapping({"server": server}, env={}).worker_metrics_host == "127.0.0.1"
+    chosen = settings_from_mapping({"server": server, "worker": {"metrics_host": "10.0.0.2"}}, env={})
+    assert chosen.worker_metrics_host == "10.0.0.2"
+
+
+def test_stale_must_follow_online():
+    with pytest.raises(ConfigError, match=r"^dashboard\.stale_seconds: must be more than dashboard\.online_seconds$"):
+        settings_from_mapping({"dashboard": {"online_seconds": 600, "stale_seconds": 600}}, env={})
+
+
+INTEGER_SETTINGS = [spec for _, spec in SETTINGS if type(spec.default) is int]
+
+
+@pytest.mark.parametrize("spec", INTEGER_SETTINGS, ids=[spec.key for spec in INTEGER_SETTINGS])
+def test_every_integer_bound_is_enforced_and_named(spec):
+    with pytest.raises(ConfigError) as exc:
+        settings_from_mapping({spec.section: {spec.name: spec.minimum - 1}}, env={})
+    assert str(exc.value) == f"{spec.key}: must be an integer >= {spec.minimum}"
+    if spec.maximum is not None:
+        with pytest.raises(ConfigError, match=rf"^{re.escape(spec.key)}: must be at most {spec.maximum}$"):
+            settings_from_mapping({spec.section: {spec.name: spec.maximum + 1}}, env={})

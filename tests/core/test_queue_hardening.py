@@ -202,7 +202,7 @@ def test_a_sealed_job_opens_only_as_sealed():
 
 def test_a_failed_attempt_logs_batch_ids_not_batches(own_settings: Settings, drain, caplog):
     """rq logs a failed job's arguments as extras, which the JSON log format writes out: not here."""
-    settings = Settings(**{**own_settings.__dict__, "job_retries": 1, "job_retry_intervals": (0,)})
+    settings = Settings(**{**own_settings.__dict__, "worker_retries": 1, "job_retry_intervals": (0,)})
     queue = batch_queue(redis_client(settings.redis_url), settings)
     batch = queued()
     secret = f"plaintext-{uuid.uuid4().hex}"

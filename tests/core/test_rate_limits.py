@@ -166,8 +166,8 @@ def test_a_check_costs_about_a_microsecond() -> None:
 def test_settings_defaults_and_validation() -> None:
     base = {"server": {"api_key": API_KEY}}
     settings = settings_from_mapping(base, env={})
-    assert (settings.rate_per_key, settings.burst_per_key) == (2000, 20000)
-    assert (settings.rate_per_address, settings.burst_per_address) == (100, 1000)
+    assert (settings.rate_limit_per_key, settings.rate_limit_per_key_burst) == (2000, 20000)
+    assert (settings.rate_limit_per_address, settings.rate_limit_per_address_burst) == (100, 1000)
     assert settings.rate_limit_exempt == ("127.0.0.0/8", "::1/128")
     assert (settings.login_attempts_per_minute, settings.lockout_failures) == (10, 5)
     assert settings.lockout_duration.total_seconds() == 900

@@ -565,7 +565,7 @@ def test_export_limit_settings() -> None:
 
     base = {"server": {"api_key": "x" * 24}}
     settings = settings_from_mapping(base, {})
-    assert (settings.max_exports_per_principal, settings.export_send_timeout) == (2, 60)
+    assert (settings.max_exports_per_principal, settings.exporter_send_timeout) == (2, 60)
     for key in ("max_exports_per_principal", "send_timeout_seconds"):
         with pytest.raises(ConfigError, match=f"exporter.{key}: must be an integer >= 1"):
             settings_from_mapping({**base, "exporter": {key: 0}}, {})

@@ -24,7 +24,7 @@ from ..worker.test_worker import queued
 @pytest.fixture
 def own_queue(server_config, settings: Settings):
     """Settings with a Redis prefix (so a queue) of this test's own, and that queue."""
-    prefix = f"{settings.redis_prefix}-grouping-{uuid.uuid4().hex[:8]}"
+    prefix = f"{settings.redis_key_prefix}-grouping-{uuid.uuid4().hex[:8]}"
     config = {**server_config, "redis": {**server_config["redis"], "key_prefix": prefix}}
     own = settings_from_mapping(config, env={})
     queue = batch_queue(redis_client(own.redis_url), own)

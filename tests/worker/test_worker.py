@@ -120,7 +120,7 @@ def test_worker_killed_mid_batch_loses_nothing(
     """
     import yaml
 
-    prefix = f"{settings.redis_prefix}-kill"  # a queue of its own: no other test's job in the way
+    prefix = f"{settings.redis_key_prefix}-kill"  # a queue of its own: no other test's job in the way
     config = {**server_config, "redis": {**server_config["redis"], "key_prefix": prefix}}
     config_path = tmp_path / "worker.yaml"
     config_path.write_text(yaml.safe_dump(config))

@@ -224,14 +224,14 @@ def batch_queue(connection: Redis, settings: Settings) -> Queue:
     return Queue(
         settings.queue_name,
         connection=connection,
-        default_timeout=settings.job_timeout,
+        default_timeout=settings.worker_job_timeout,
         job_class=BatchJob,
         serializer=SERIALIZER,
     )
 
 
 def accepted_marker(settings: Settings, batch_id: str) -> str:
-    return f"{settings.redis_prefix}:accepted:{batch_id.lower()}"
+    return f"{settings.redis_key_prefix}:accepted:{batch_id.lower()}"
 
 
 def retry_policy(settings: Settings) -> Retry:
@@ -240,7 +240,7 @@ def retry_policy(settings: Settings) -> Retry:
     rq pairs the *last* intervals with the last retries, so the list is cut to
     the number of retries; past its end the last interval repeats.
     """
-    count = settings.job_retries
+    count = settings.worker_retries
     intervals = list(settings.job_retry_intervals[:count])
     intervals += [intervals[-1]] * (count - len(intervals))
     return Retry(max=count, interval=intervals)
@@ -285,7 +285,7 @@ def enqueue_batches(queue: Queue, batches: list[QueuedBatch], settings: Settings
                 job = queue.create_job(
                     PERSIST_JOB,
                     args=(job_payload(group, settings.db_keyring.current),),
-                    timeout=settings.job_timeout,
+                    timeout=settings.worker_job_timeout,
                     result_ttl=0,
                     failure_ttl=-1,
                     retry=retry_policy(settings),

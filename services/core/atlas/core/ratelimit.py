@@ -205,14 +205,14 @@ class IngestLimits:
 
     def __init__(self, settings: Settings) -> None:
         self.per_address = RateLimiter(
-            settings.rate_per_address,
-            settings.burst_per_address,
+            settings.rate_limit_per_address,
+            settings.rate_limit_per_address_burst,
             max_keys=settings.rate_limit_max_addresses,
             exempt=settings.rate_limit_exempt,
         )
         self._logged_at = -math.inf
         self.per_key = RateLimiter(
-            settings.rate_per_key, settings.burst_per_key, max_keys=max(64, len(settings.api_keys))
+            settings.rate_limit_per_key, settings.rate_limit_per_key_burst, max_keys=max(64, len(settings.api_keys))
         )
 
     def check_address(self, request: HTTPConnection) -> JSONResponse | None:

@@ -144,7 +144,7 @@ class Export:
             try:
                 source = self._lines(conn)
                 try:
-                    out = chunked(frame(source, self.fmt), self.web.settings.export_chunk_bytes)
+                    out = chunked(frame(source, self.fmt), self.web.settings.exporter_chunk_bytes)
                     yield from gzipped(out) if gzip else out
                 finally:
                     source.close()  # cancels the COPY if it did not run to the end
@@ -302,7 +302,7 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
             _drain(chunks, first),
             media_type=MEDIA_TYPES[fmt],
             headers=headers,
-            send_timeout=web.settings.export_send_timeout,
+            send_timeout=web.settings.exporter_send_timeout,
             what=f"Export {export.audit_id}",
         )
 
