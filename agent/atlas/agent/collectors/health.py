@@ -299,9 +299,9 @@ def parse_powermetrics_cpu(text: str) -> CpuPower:
             elif what == "idle residency":
                 cluster.idle_residency_pct = _num(value)
         elif m := _CPU_FREQ.match(line):
-            value = _num(m.group(2))
-            if value is not None:
-                out.cpu_frequency_mhz[m.group(1)] = value
+            mhz = _num(m.group(2))
+            if mhz is not None:
+                out.cpu_frequency_mhz[m.group(1)] = mhz
         elif m := _GPU_FREQ.match(line):
             out.gpu_frequency_mhz = _num(m.group(1))
         elif m := _POWER.match(line):
@@ -673,7 +673,8 @@ class HealthReading:
                 data[name] = asdict(value)
         if self.unavailable:
             data["unavailable"] = dict(self.unavailable)
-        return _json_safe(data)
+        safe: dict[str, Any] = _json_safe(data)
+        return safe
 
 
 def _model_identifier(run: Runner) -> str | None:
