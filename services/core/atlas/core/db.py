@@ -22,7 +22,7 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
     params = conninfo_to_dict(url)
     params.setdefault("connect_timeout", 5)
     params.setdefault("application_name", "atlas")
-    return psycopg.connect(make_conninfo(**params), autocommit=autocommit)
+    return psycopg.connect(make_conninfo("", **params), autocommit=autocommit)
 
 
 def ensure_database(url: str) -> bool:
@@ -40,7 +40,7 @@ def ensure_database(url: str) -> bool:
     admin = make_conninfo(url, dbname="postgres")
     with connect(admin, autocommit=True) as conn:
         try:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
         except psycopg.errors.DuplicateDatabase:
             return False
     return True
