@@ -239,7 +239,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 " OVER (PARTITION BY machine_id) AS latest FROM batches) b GROUP BY 1 ORDER BY 1"
             )
         }
-        stored = dict(
+        stored: dict[str, int] = dict(
             conn.execute("SELECT coalesce(dek_kid, '(clear)'), count(*) FROM batches GROUP BY 1 ORDER BY 1").fetchall()
         )
     print("Payload keys (server.encryption_key, then server.encryption_keys):")
@@ -461,7 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"atlas-server: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except ConfigError as exc:
         print(f"atlas-server: configuration error: {exc}", file=sys.stderr)
         return 2

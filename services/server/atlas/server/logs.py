@@ -28,8 +28,11 @@ import logging.config
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, unquote_plus, urlsplit
+
+if TYPE_CHECKING:
+    from atlas.core.config import Settings
 
 LOG_FORMATS = ("text", "json")
 
@@ -171,7 +174,7 @@ def _url_password(url: str) -> list[str]:
     return [password, unquote(password)] if password else []
 
 
-def secret_values(settings) -> list[str]:
+def secret_values(settings: Settings) -> list[str]:
     """Every secret a Settings holds, as it could appear in text."""
     values = list(settings.api_keys)
     for key in (*settings.keyring, *settings.db_keyring):

@@ -182,7 +182,7 @@ class Supervisor:
             return time.monotonic() - child.started >= WORKER_SETTLE
         try:
             with _NO_PROXY.open(child.ready_url, timeout=2) as response:
-                return response.status == 200
+                return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
 
