@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import cached_property
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
+from rq import Queue
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -62,7 +65,7 @@ class BodyTooLarge(Exception):
     pass
 
 
-def problem(status: int, detail: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+def problem(status: int, detail: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
 
 
@@ -89,7 +92,7 @@ class Ingest:
         self._decoding = 0  # bodies in the decode pool or waiting for it; touched only by the event loop
 
     @cached_property
-    def queue(self):
+    def queue(self) -> Queue:
         return batch_queue(redis_client(self.settings.redis_url), self.settings)
 
     @cached_property
@@ -212,7 +215,7 @@ class Ingest:
             return False
 
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {
         "model": Problem,
         "description": "Malformed body or envelope field, unknown kid, failed tag, "
@@ -235,7 +238,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limits = IngestLimits(settings)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.keyring:
             log.warning("No encryption key configured: accepting PLAINTEXT widget-log batches")
         elif settings.allow_plaintext:
@@ -277,7 +280,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
         summary="Submit one batch of widget logs",
     )
-    async def widget_logs(request: Request):
+    async def widget_logs(request: Request) -> Response:
         if refused := limits.check_address(request):  # before the key and the body: floods are cheap to refuse
             return refused
         api_key = presented_key(request.headers)
@@ -299,17 +302,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem(408, "body: the client went away before sending all of it", "body")
         return await ingest.accept(body)
 
-    @app.get("/healthz", summary="The process is alive")
-    async def healthz():
+    @app.get("/healthz", summary="The process is alive", response_model=None)
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Redis is reachable", responses={503: {"model": Problem}})
-    async def readyz():
+    @app.get("/readyz", summary="Redis is reachable", responses={503: {"model": Problem}}, response_model=None)
+    async def readyz() -> dict[str, str] | JSONResponse:
         if await run_in_threadpool(ingest.ready):
             return {"status": "ready"}
         return problem(503, "redis unreachable", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
-    def openapi():
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         from fastapi.openapi.utils import get_openapi
