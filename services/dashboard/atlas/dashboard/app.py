@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     web = WebState(settings, name="dashboard")
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         web.open()
         await run_in_threadpool(_bootstrap, web)
         yield
@@ -93,12 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_export_routes(app, web, browser.export_refusal)
     metrics.add_metrics(app, "dashboard")  # outermost middleware: counts every answer, pages and exports
 
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz():
+    @app.get("/healthz", include_in_schema=False, response_model=None)
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz():
+    @app.get("/readyz", include_in_schema=False, response_model=None)
+    async def readyz() -> dict[str, str] | JSONResponse:
         if await run_in_threadpool(web.ready):
             return {"status": "ready"}
         return JSONResponse(
@@ -146,7 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"detail": "the request holds characters that cannot be stored"}, status_code=400)
         return render("error.html", status=400, title="Bad request", detail="The request holds unusable characters.")
 
-    app.add_exception_handler(ContentLocked, content_locked)
+    # Starlette types a handler as taking any Exception; it calls this one with ContentLocked only.
+    app.add_exception_handler(ContentLocked, content_locked)  # type: ignore[arg-type]
     app.add_exception_handler(psycopg.DataError, unusable_input)
     app.add_exception_handler(psycopg.OperationalError, database_down)
     app.add_exception_handler(PoolTimeout, database_down)

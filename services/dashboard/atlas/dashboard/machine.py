@@ -211,7 +211,7 @@ def load_conflicts(conn: psycopg.Connection, machine_id: str) -> Conflicts:
         "SELECT count(*), count(DISTINCT serial_number), coalesce(sum(log_count), 0), max(received_at)"
         " FROM identity_conflicts WHERE machine_id = %s",
         (machine_id,),
-    ).fetchone()
+    ).fetchone() or (0, 0, 0, None)
     if not count:
         return Conflicts()
     rows = conn.execute(
