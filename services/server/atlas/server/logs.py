@@ -168,7 +168,8 @@ def _url_password(url: str) -> list[str]:
         try:
             from psycopg.conninfo import conninfo_to_dict
 
-            password = conninfo_to_dict(url).get("password")  # type: ignore[assignment]
+            value = conninfo_to_dict(url).get("password")
+            password = None if value is None else str(value)
         except Exception:
             password = None
     return [password, unquote(password)] if password else []
