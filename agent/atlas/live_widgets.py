@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 
 from atlas.agent.config import AgentConfigError, load_agent_config
 from atlas.agent.daemon import Agent
@@ -36,13 +37,13 @@ class LiveWidgetServer:
     url: str
     _stop: threading.Event
     _thread: threading.Thread
-    _http: object
+    _http: ThreadingHTTPServer
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self._http.shutdown()  # type: ignore[attr-defined]
-        self._http.server_close()  # type: ignore[attr-defined]
+        self._http.shutdown()
+        self._http.server_close()
 
 
 def start_live_widget_server(

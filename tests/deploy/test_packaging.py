@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import plistlib
 import re
@@ -85,6 +86,22 @@ def wheelset(*args: str) -> str:
 def runtime_lock() -> dict[str, list[str]]:
     lines = (MACOS / "runtime.lock").read_text().splitlines()
     return {parts[0]: parts[1:] for parts in (line.split() for line in lines) if parts and parts[0][0] != "#"}
+
+
+def test_type_checker_covers_every_product_package():
+    """mypy (run by scripts/test) checks every folder holding an ``atlas`` package, and resolves each import."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "mypy.ini")
+    files = {f.strip() for f in config["mypy"]["files"].split(",")}
+    path = {p.strip() for p in config["mypy"]["mypy_path"].split(",")}
+    found = {
+        str(d.relative_to(ROOT))
+        for pattern in ("contract/atlas", "agent/atlas", "services/*/atlas")
+        for d in ROOT.glob(pattern)
+    }
+    assert files == found
+    assert path == {str(Path(f).parent) for f in found}
+    assert "mypy" in (ROOT / "scripts" / "test").read_text()
 
 
 def test_mac_runtime_lock_pins_one_python_for_both_architectures():

@@ -150,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except (AgentConfigError, SenderConfigError) as exc:
         print(f"atlas-agent: configuration error: {exc}", file=sys.stderr)
         return 2

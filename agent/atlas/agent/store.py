@@ -96,7 +96,7 @@ class PendingBatch:
     attempts: int
 
 
-def _within_span(rows: list[tuple]) -> int:
+def _within_span(rows: list[tuple[Any, ...]]) -> int:
     """How many of ``rows`` (their second column a timestamp) span at most LOG_MAX_BEFORE_BATCH; at least 1."""
     low = high = datetime.fromisoformat(rows[0][1])
     for count, row in enumerate(rows[1:], 1):
@@ -111,7 +111,7 @@ LOG_FRAME_BYTES = 128
 """What one log adds to a batch's JSON beyond its stored body: its keys, timestamp, level and type."""
 
 
-def _within_bytes(rows: list[tuple], max_bytes: int) -> int:
+def _within_bytes(rows: list[tuple[Any, ...]], max_bytes: int) -> int:
     """How many of ``rows`` (their sixth column the stored body) fit in ``max_bytes`` of batch; at least 1."""
     total = 0
     for count, row in enumerate(rows):
@@ -311,15 +311,15 @@ class LocalStore:
             try:
                 victims: dict[int, str] = {}  # log id -> its batch's state
 
-                def take(row: tuple) -> int:
+                def take(row: tuple[Any, ...]) -> int:
                     """Mark a log (with its whole batch, if sealed and unsent) as a victim; bytes freed."""
                     log_id, size, state, batch_id, body_size = row
                     if log_id in victims:
                         return 0
                     if state in ("sent", "unbatched"):
                         victims[log_id] = state
-                        return size
-                    freed = body_size
+                        return int(size)
+                    freed = int(body_size)
                     for other_id, other_size in conn.execute(
                         "SELECT id, size FROM logs WHERE batch_id = ?", (batch_id,)
                     ).fetchall():
@@ -363,7 +363,7 @@ class LocalStore:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def _decode(self, row: tuple) -> StoredLog:
+    def _decode(self, row: tuple[Any, ...]) -> StoredLog:
         """A row (id, timestamp, level, widget_type, kid, body, salt[, batch_id]) decrypted."""
         log_id, timestamp, level, widget_type, kid, body, salt = row[:7]
         batch_id = row[7] if len(row) > 7 else None

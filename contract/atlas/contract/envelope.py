@@ -16,6 +16,7 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -140,7 +141,7 @@ def _human(delta: timedelta) -> str:
     return f"{seconds} seconds"
 
 
-def parse_body(body: bytes) -> dict:
+def parse_body(body: bytes) -> dict[str, Any]:
     """Parse a request body into a JSON object, or raise EnvelopeError."""
     try:
         obj = json.loads(body)
@@ -151,12 +152,12 @@ def parse_body(body: bytes) -> dict:
     return obj
 
 
-def is_encrypted_body(obj: dict) -> bool:
+def is_encrypted_body(obj: dict[str, Any]) -> bool:
     """True when a body is meant as an envelope rather than a plaintext batch."""
     return "ciphertext" in obj or "alg" in obj or "nonce" in obj or "kid" in obj
 
 
-def _b64(obj: dict, field: str) -> bytes:
+def _b64(obj: dict[str, Any], field: str) -> bytes:
     value = obj.get(field)
     if not isinstance(value, str):
         raise EnvelopeError(field, "must be a base64 string")
@@ -166,7 +167,7 @@ def _b64(obj: dict, field: str) -> bytes:
         raise EnvelopeError(field, "is not valid standard base64") from None
 
 
-def _check_fields(obj: dict, expected: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+def _check_fields(obj: dict[str, Any], expected: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
     missing = [f for f in expected if f not in obj]
     if missing:
         raise EnvelopeError(missing[0], "is required")
@@ -175,7 +176,7 @@ def _check_fields(obj: dict, expected: tuple[str, ...], optional: tuple[str, ...
         raise EnvelopeError(extra[0], "is not a field of contract v1")
 
 
-def parse_envelope(obj: dict) -> Envelope:
+def parse_envelope(obj: dict[str, Any]) -> Envelope:
     """Check an encrypted body's fields and decode its base64; no decryption yet."""
     check_version(obj.get("v"))
     _check_fields(obj, ENVELOPE_FIELDS, OPTIONAL_ENVELOPE_FIELDS)
@@ -208,7 +209,7 @@ def parse_envelope(obj: dict) -> Envelope:
     return Envelope(kid, batch_id, created_at, compression, nonce, ciphertext, salt)
 
 
-def parse_plaintext_header(obj: dict) -> tuple[str, datetime]:
+def parse_plaintext_header(obj: dict[str, Any]) -> tuple[str, datetime]:
     """Check an unencrypted body's fields; return its batch_id (as sent) and created_at."""
     check_version(obj.get("v"))
     _check_fields(obj, PLAINTEXT_BODY_FIELDS)
@@ -276,7 +277,7 @@ def seal(
     nonce: bytes | None = None,
     salt: bytes | None = None,
     legacy: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """Encrypt a plaintext batch (JSON bytes) into a v1 envelope dict.
 
     The batch is sealed under its own key, derived from ``key`` over a fresh

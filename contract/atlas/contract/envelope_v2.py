@@ -13,6 +13,7 @@ import gzip
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
@@ -92,14 +93,14 @@ def parse_device_id(value: object) -> str:
     return value
 
 
-def _short_str(obj: dict, name: str) -> str:
+def _short_str(obj: dict[str, Any], name: str) -> str:
     value = obj[name]
     if not isinstance(value, str) or len(value) > _MAX_HEADER_CHARS:
         raise EnvelopeError(name, f"must be a string of at most {_MAX_HEADER_CHARS} characters")
     return value
 
 
-def _b64_field(obj: dict, name: str, max_bytes: int) -> bytes:
+def _b64_field(obj: dict[str, Any], name: str, max_bytes: int) -> bytes:
     value = obj[name]
     if not isinstance(value, str):
         raise EnvelopeError(name, "must be a base64 string")
@@ -157,7 +158,7 @@ def seal_v2(
     created_at: str,
     compression: str = "gzip",
     max_plaintext_bytes: int = DEFAULT_MAX_PLAINTEXT_BYTES,
-) -> dict:
+) -> dict[str, Any]:
     """Seal a plaintext batch (JSON bytes) to the server's public key for ``device_id``: a v2 envelope dict.
 
     The suite is the public key's. Every seal draws a fresh HPKE ephemeral key, so sealing twice never gives
@@ -197,7 +198,7 @@ def seal_v2(
 
 def open_v2(
     keyring: HpkeKeyring,
-    envelope: EnvelopeV2 | dict,
+    envelope: EnvelopeV2 | dict[str, Any],
     *,
     device_id: str,
     max_plaintext_bytes: int = DEFAULT_MAX_PLAINTEXT_BYTES,

@@ -68,12 +68,7 @@ def _no_nul(value: str) -> str:
     return value
 
 
-def _text(max_len: int, min_len: int = 0) -> Any:
-    return Annotated[
-        str,
-        StringConstraints(min_length=min_len, max_length=max_len),
-        BeforeValidator(lambda v: _no_nul(v) if isinstance(v, str) else v),
-    ]
+_NO_NUL = BeforeValidator(lambda v: _no_nul(v) if isinstance(v, str) else v)
 
 
 def _rfc3339(value: object) -> datetime:
@@ -109,12 +104,12 @@ class MachineInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    machine_id: _text(128, 1)
-    serial_number: _text(64, 1)
-    hostname: _text(255)
-    model: _text(128)
-    os_version: _text(128)
-    agent_version: _text(64)
+    machine_id: Annotated[str, StringConstraints(min_length=1, max_length=128), _NO_NUL]
+    serial_number: Annotated[str, StringConstraints(min_length=1, max_length=64), _NO_NUL]
+    hostname: Annotated[str, StringConstraints(max_length=255), _NO_NUL]
+    model: Annotated[str, StringConstraints(max_length=128), _NO_NUL]
+    os_version: Annotated[str, StringConstraints(max_length=128), _NO_NUL]
+    agent_version: Annotated[str, StringConstraints(max_length=64), _NO_NUL]
 
 
 MACHINE_FIELDS: tuple[str, ...] = tuple(MachineInfo.model_fields)
@@ -135,7 +130,7 @@ class LogEntry(BaseModel):
     timestamp: Annotated[datetime, BeforeValidator(_rfc3339)]
     level: Level
     widget_type: WidgetType
-    message: _text(MAX_MESSAGE_CHARS)
+    message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS), _NO_NUL]
     data: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("timestamp", mode="after")
@@ -269,7 +264,7 @@ def decode_content(
 
 
 def validate_content(
-    obj: dict, *, max_logs: int = MAX_LOGS_PER_BATCH, created_at: datetime | None = None
+    obj: dict[str, Any], *, max_logs: int = MAX_LOGS_PER_BATCH, created_at: datetime | None = None
 ) -> BatchContent:
     """Validate the machine and logs of an already-parsed unencrypted body (``created_at``: as decode_content)."""
     try:

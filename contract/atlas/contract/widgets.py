@@ -362,7 +362,7 @@ def _is_shape(hint: Any) -> bool:
 def _inner_shape(hint: Any) -> type | None:
     """The TypedDict a key's values are (directly, optional, in a list, or as a mapping's values)."""
     if _is_shape(hint):
-        return hint
+        return typing.cast(type, hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType) and len(args) == 1:

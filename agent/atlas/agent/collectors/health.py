@@ -301,9 +301,9 @@ def parse_powermetrics_cpu(text: str) -> CpuPower:
             elif what == "idle residency":
                 cluster.idle_residency_pct = _num(value)
         elif m := _CPU_FREQ.match(line):
-            value = _num(m.group(2))
-            if value is not None:
-                out.cpu_frequency_mhz[m.group(1)] = value
+            mhz = _num(m.group(2))
+            if mhz is not None:
+                out.cpu_frequency_mhz[m.group(1)] = mhz
         elif m := _GPU_FREQ.match(line):
             out.gpu_frequency_mhz = _num(m.group(1))
         elif m := _POWER.match(line):

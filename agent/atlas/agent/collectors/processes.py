@@ -486,20 +486,20 @@ def _status(stat: str | None) -> str | None:
 def _parse_row(line: str, columns: list[tuple[str, int]], now: datetime | None) -> ProcessInfo | None:
     values: dict[str, str] = {}
     rest = line
-    for i, (name, start) in enumerate(columns):
+    for i, (column, start) in enumerate(columns):
         rest = rest.lstrip()
         last = i == len(columns) - 1
         if last:
-            values[name] = rest.rstrip("\r\n")
+            values[column] = rest.rstrip("\r\n")
             break
-        if name == "comm":
+        if column == "comm":
             width = columns[i + 1][1] - start
-            values[name], rest = rest[:width].rstrip(), rest[width:]
+            values[column], rest = rest[:width].rstrip(), rest[width:]
             continue
         token, _, rest = rest.partition(" ")
         if not token:
             return None
-        values[name] = token
+        values[column] = token
     pid = _int_text(values.get("pid"))
     if pid is None:
         return None
@@ -673,7 +673,9 @@ class ProcessSampler:
     def _prime(self) -> None:
         for listed in self._process_iter(["pid", "create_time"]):
             info = getattr(listed, "info", None)
-            pid = _nonneg_int(info.get("pid") if isinstance(info, dict) else None)
+            if not isinstance(info, dict):
+                continue
+            pid = _nonneg_int(info.get("pid"))
             if pid is None:
                 continue
             try:
@@ -702,7 +704,9 @@ class ProcessSampler:
         vanished = unmeasured = limited = 0
         for listed in self._process_iter(list(PSUTIL_ATTRS), ad_value=None):
             info = getattr(listed, "info", None)
-            pid = _nonneg_int(info.get("pid") if isinstance(info, dict) else None)
+            if not isinstance(info, dict):
+                continue
+            pid = _nonneg_int(info.get("pid"))
             if pid is None:
                 continue
             try:

@@ -516,8 +516,10 @@ def _parse_text(text: str) -> SpeedtestResult:
         result = replace(result, latency_ms=_finite(m.group(1)))
     for m in _RATE.finditer(text):
         mbps = float(m.group(2)) * _UNIT[m.group("unit")] * (8 if m.group("what") == "byte" else 1)
-        key = "download_mbps" if m.group("kind") == "Download" else "upload_mbps"
-        result = replace(result, **{key: _finite(mbps)})
+        if m.group("kind") == "Download":
+            result = replace(result, download_mbps=_finite(mbps))
+        else:
+            result = replace(result, upload_mbps=_finite(mbps))
 
     if error := _ERROR.search(text):
         cannot = _CANNOT.search(text)

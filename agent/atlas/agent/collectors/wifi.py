@@ -187,10 +187,10 @@ def _text(value: Any) -> str | None:
     """A plain value; empty, ``None`` and redaction placeholders -> None."""
     if not isinstance(value, str):
         return None
-    value = value.strip()
-    if not value or value == "None" or _is_redacted(value):
+    text = value.strip()
+    if not text or text == "None" or _is_redacted(text):
         return None
-    return value
+    return text
 
 
 def _phy_mode(value: Any) -> str | None:

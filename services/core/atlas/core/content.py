@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from atlas.contract import Keyring
 
-from .atrest import AtRestError, epoch_micros, open_log, unwrap_data_key
+from .atrest import epoch_micros, open_log, unwrap_data_key
+from .errors import AtRestError
 
 CACHED_KEYS = 4096
 """Unwrapped data keys kept per reader (one per batch; rows of a batch are stored together)."""

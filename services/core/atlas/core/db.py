@@ -22,7 +22,7 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
     params = conninfo_to_dict(url)
     params.setdefault("connect_timeout", 5)
     params.setdefault("application_name", "atlas")
-    return psycopg.connect(make_conninfo(**params), autocommit=autocommit)
+    return psycopg.connect(make_conninfo("", **params), autocommit=autocommit)
 
 
 def ensure_database(url: str) -> bool:
@@ -52,7 +52,7 @@ def ensure_database(url: str) -> bool:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             raise refused  # it exists: the server is unreachable, or refused us for another reason
         try:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
         except psycopg.errors.DuplicateDatabase:
             return False
     return True

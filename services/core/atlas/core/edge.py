@@ -73,7 +73,9 @@ def add_health_routes(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    responses = {503: {"model": unready_model}} if unready_model is not None else None
+    responses: dict[int | str, dict[str, Any]] | None = (
+        {503: {"model": unready_model}} if unready_model is not None else None
+    )
 
     @app.get(
         "/readyz",

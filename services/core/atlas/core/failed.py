@@ -12,7 +12,7 @@ from rq.job import Job
 
 from atlas.contract import Keyring
 
-from .atrest import AtRestError
+from .errors import AtRestError
 from .queue import open_payload, payload_batch_ids, refusal
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -43,11 +44,20 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from fastapi import FastAPI
+    from rq import Queue
+
+    from atlas.core.config import Settings
+
 log = logging.getLogger("atlas.metrics")
 
 METRICS_PATH = "/metrics"
 
-disable_created_metrics()  # no *_created series: they double the output and Atlas graphs rates, not ages
+# No *_created series: they double the output and Atlas graphs rates, not ages.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 """This process's metrics (the counters below); each service's exposition adds its own collectors."""
@@ -179,11 +189,11 @@ class QueueCollector(Collector):
     and leaves the Redis gauges out rather than showing a stale or zero depth.
     """
 
-    def __init__(self, settings) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._queue = None
+        self._queue: Queue | None = None
 
-    def _open(self):
+    def _open(self) -> Queue:
         if self._queue is None:
             from atlas.core.queue import batch_queue, redis_client
 
@@ -228,12 +238,14 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily("atlas_retrying_jobs", "Jobs waiting for their next retry", value=retrying)
 
 
-def service_registry(settings=None, *, queue: bool = False) -> CollectorRegistry:
+def service_registry(settings: Settings | None = None, *, queue: bool = False) -> CollectorRegistry:
     """What one service exposes: this process's counters, process statistics, and the queue gauges if asked."""
     registry = CollectorRegistry(auto_describe=False)
     for collector in (REGISTRY, PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         registry.register(collector)
     if queue:
+        if settings is None:
+            raise ValueError("the queue gauges need the settings")
         registry.register(QueueCollector(settings))
     return registry
 
@@ -289,7 +301,7 @@ class MetricsMiddleware:
             HTTP_DURATION.labels(self.service, route).observe(time.perf_counter() - started)
 
 
-def add_metrics(app, service: str, settings=None, *, queue: bool = False) -> None:
+def add_metrics(app: FastAPI, service: str, settings: Settings | None = None, *, queue: bool = False) -> None:
     """Count ``app``'s requests and serve ``GET /metrics`` (Prometheus text format, no authentication)."""
     from fastapi.responses import Response
     from starlette.concurrency import run_in_threadpool
@@ -305,7 +317,7 @@ def add_metrics(app, service: str, settings=None, *, queue: bool = False) -> Non
     app.add_middleware(MetricsMiddleware, service=service)
 
 
-def start_metrics_server(port: int, addr: str, registry: CollectorRegistry):
+def start_metrics_server(port: int, addr: str, registry: CollectorRegistry) -> WSGIServer:
     """Serve ``/metrics`` from a background thread (the worker's); returns the server, for ``shutdown()``."""
     from prometheus_client import start_http_server
 

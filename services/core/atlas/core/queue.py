@@ -14,22 +14,23 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from redis import Redis
 from redis.exceptions import WatchError
 from rq import Queue, Retry
 from rq.exceptions import DeserializationError
 from rq.executions import Execution, ExecutionRegistry
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from atlas.contract import BatchContent, Key, Keyring
 
-from .atrest import AtRestError, open_job, seal_job
+from .atrest import open_job, seal_job
 from .config import Settings
-from .errors import RefusedJobError
+from .errors import AtRestError, RefusedJobError
 
 PERSIST_JOB = "atlas.worker.jobs.persist_batches"
 """Dotted path of the job function the worker runs for each group of batches."""
@@ -121,7 +122,8 @@ def open_payload(payload: object, keyring: Keyring) -> list[QueuedBatch]:
         sealed = base64.b64decode(payload["sealed"], validate=True)
     except (binascii.Error, TypeError, ValueError):
         raise AtRestError("a sealed queued job is not base64") from None
-    return json.loads(open_job(keyring, kid, batch_ids, sealed))
+    batches: list[QueuedBatch] = json.loads(open_job(keyring, kid, batch_ids, sealed))
+    return batches
 
 
 def queued_batch(
@@ -189,11 +191,12 @@ class BatchJob(Job):
     """
 
     @property
-    def func(self):
+    def func(self) -> Callable[..., Any]:
         reason = refusal(self)
         if reason is not None:
             raise RefusedJobError(reason)
-        return super().func
+        func: Callable[..., Any] = super().func
+        return func
 
     @property
     def success_callback(self) -> None:
@@ -207,7 +210,7 @@ class BatchJob(Job):
     def stopped_callback(self) -> None:
         return None
 
-    def send_webhooks(self, status, *, exc_string: str | None = None) -> None:
+    def send_webhooks(self, status: str | JobStatus, *, exc_string: str | None = None) -> None:
         return None
 
     @property
@@ -264,7 +267,7 @@ def enqueue_batches(queue: Queue, batches: list[QueuedBatch], settings: Settings
     with queue.connection.pipeline() as pipe:
         for _ in range(MAX_WATCH_RETRIES):
             try:
-                pipe.watch(*markers)
+                pipe.watch(*markers)  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.watch unannotated
                 seen = set()
                 for marker, value in zip(markers, pipe.mget(markers), strict=True):
                     if value is not None:

@@ -130,11 +130,10 @@ class RateLimiter:
 
     def _bucket(self, key: str, now: float) -> _Bucket | None:
         """The bucket of ``key`` (None: exempt), made if new; under the lock."""
-        bucket = self._buckets.get(key, False)
-        if bucket is False:
+        if key not in self._buckets:
             return self._add(key, now)
         self._buckets.move_to_end(key)
-        return bucket
+        return self._buckets[key]
 
     def _add(self, key: str, now: float) -> _Bucket | None:
         buckets = self._buckets

@@ -17,7 +17,6 @@ from fastapi.responses import RedirectResponse, Response
 
 from atlas.core.accounts import (
     ROLES,
-    AccountError,
     User,
     admin_count,
     create_token,
@@ -31,6 +30,7 @@ from atlas.core.accounts import (
     set_password,
     set_role,
 )
+from atlas.core.errors import AccountError
 from atlas.core.web import Principal
 
 from .auth import AdminForm, AdminUser, web_state

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     web = WebState(settings, name="dashboard")
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         web.open()
         await run_in_threadpool(_bootstrap, web)
         yield
@@ -148,7 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         raise exc  # a bug: the server error middleware logs it and answers 500
 
-    app.add_exception_handler(ContentLocked, content_locked)
+    # Starlette types a handler as taking any Exception; it calls this one with ContentLocked only.
+    app.add_exception_handler(ContentLocked, content_locked)  # type: ignore[arg-type]
     for failure in store_failures():
         app.add_exception_handler(failure, store_failed)
     return app

@@ -84,7 +84,8 @@ class LoginRequired(Exception):
 
 
 def web_state(request: Request) -> WebState:
-    return request.app.state.web
+    web: WebState = request.app.state.web
+    return web
 
 
 def login_url(next_path: str) -> str:

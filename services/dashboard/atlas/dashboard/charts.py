@@ -29,8 +29,8 @@ _ANCHOR = datetime(2000, 1, 3, tzinfo=UTC)  # a Monday at midnight UTC
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _DAY = 1440
 _SHORT_STEPS = (1, 2, 3, 5, 10, 15, 30, 60, 120, 180, 240, 360, 480, 720, _DAY)  # minutes, spans <= 2 days
-_LONG_STEPS = (720, _DAY, 2 * _DAY, 3 * _DAY, 4 * _DAY, 7 * _DAY, 14 * _DAY, 28 * _DAY, 56 * _DAY, 91 * _DAY)
-_LONG_STEPS += (182 * _DAY, 364 * _DAY, 728 * _DAY)
+_LONG_STEPS: tuple[int, ...] = (720, _DAY, 2 * _DAY, 3 * _DAY, 4 * _DAY, 7 * _DAY, 14 * _DAY, 28 * _DAY)
+_LONG_STEPS += (56 * _DAY, 91 * _DAY, 182 * _DAY, 364 * _DAY, 728 * _DAY)
 _MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 56, 20, 20, 24
 EMPTY_TEXT = "No data in this period"
 

@@ -146,7 +146,9 @@ class FleetPage:
         return max(1, math.ceil(self.total / PAGE_SIZE))
 
 
-def _conditions(query: FleetQuery, now: datetime, online: timedelta, stale: timedelta) -> tuple[sql.Composable, dict]:
+def _conditions(
+    query: FleetQuery, now: datetime, online: timedelta, stale: timedelta
+) -> tuple[sql.Composable, dict[str, Any]]:
     """The WHERE clause of the search alone (without the status filter), and its parameters."""
     params: dict[str, Any] = {"online_since": now - online, "stale_since": now - stale}
     if not query.q:

@@ -26,8 +26,9 @@ from psycopg import sql
 from starlette.exceptions import HTTPException
 
 from atlas.contract import LEVELS, MACHINE_FIELDS, Keyring
-from atlas.core.atrest import SETTING, AtRestError
+from atlas.core.atrest import SETTING
 from atlas.core.content import ContentReader
+from atlas.core.errors import AtRestError
 
 from . import extract, timeline
 from .charts import Series, bucket_average, line_chart
@@ -202,7 +203,7 @@ def load_conflicts(conn: psycopg.Connection, machine_id: str) -> Conflicts:
         "SELECT count(*), count(DISTINCT serial_number), coalesce(sum(log_count), 0), max(received_at)"
         " FROM identity_conflicts WHERE machine_id = %s",
         (machine_id,),
-    ).fetchone()
+    ).fetchone() or (0, 0, 0, None)
     if not count:
         return Conflicts()
     rows = conn.execute(

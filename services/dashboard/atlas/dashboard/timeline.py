@@ -81,7 +81,7 @@ def _window(buckets: Buckets, machine_id: str, *, sealed: bool) -> tuple[sql.Com
     return where, {"id": machine_id, "start": buckets.start, "end": buckets.end, "types": types, "width": buckets.width}
 
 
-def clear_query(buckets: Buckets, machine_id: str) -> tuple[sql.Composable, dict[str, Any]]:
+def clear_query(buckets: Buckets, machine_id: str) -> tuple[sql.Composed, dict[str, Any]]:
     """One row per bucket: its start, then the sum and count of each line's values among the clear logs.
 
     ``OFFSET 0`` keeps the subquery apart, so each row is reduced to its bucket and numbers before grouping: a
@@ -111,7 +111,7 @@ def add_clear(buckets: Buckets, rows: Sequence[Sequence[Any]]) -> None:
             buckets.add(line, bucket, total or 0.0, count)
 
 
-def sealed_query(buckets: Buckets, machine_id: str, columns: sql.Composable) -> tuple[sql.Composable, dict[str, Any]]:
+def sealed_query(buckets: Buckets, machine_id: str, columns: sql.Composable) -> tuple[sql.Composed, dict[str, Any]]:
     """``columns`` of the first ``SEALED_PER_BUCKET`` sealed logs of each widget type in each bucket."""
     where, params = _window(buckets, machine_id, sealed=True)
     query = sql.SQL(

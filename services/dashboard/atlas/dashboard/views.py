@@ -15,7 +15,8 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
 from atlas.contract import LEVELS
-from atlas.core.accounts import AccountError, authenticate, create_session, set_password
+from atlas.core.accounts import authenticate, create_session, set_password
+from atlas.core.errors import AccountError
 
 from .auth import FormUser, SessionUser, set_session_cookie, web_state
 from .fleet import FleetQuery, load_fleet, status_of

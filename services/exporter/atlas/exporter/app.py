@@ -19,30 +19,40 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import psycopg
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from psycopg.abc import Buffer
 from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
 from atlas.core import metrics
-from atlas.core.atrest import SETTING, AtRestError
+from atlas.core.atrest import SETTING
 from atlas.core.config import Settings, get_settings
 from atlas.core.content import require_keys
 from atlas.core.edge import Problem, add_health_routes, retry_later, unavailable
-from atlas.core.errors import DatabaseUnavailable, Unavailable, store_error, store_failures
+from atlas.core.errors import AtRestError, DatabaseUnavailable, Unavailable, store_error, store_failures
 from atlas.core.web import EXPORT_CONNECTIONS, Principal, WebState
 
 from .audit import finish_export, recent_exports, start_export
 from .decrypted import decrypted_lines
 from .limits import ExportSlots, TimedStreamingResponse
-from .query import MEDIA_TYPES, FilterError, accepts_gzip, copy_statement, export_filename, parse_filters
+from .query import (
+    MEDIA_TYPES,
+    ExportFilters,
+    ExportFormat,
+    FilterError,
+    accepts_gzip,
+    copy_statement,
+    export_filename,
+    parse_filters,
+)
 from .stream import RowCount, chunked, copy_out, frame, gzipped
 
 log = logging.getLogger("atlas.exporter")
@@ -84,8 +94,8 @@ class Export:
         web: WebState,
         principal: Principal,
         client: str | None,
-        fmt: str,
-        filters,
+        fmt: ExportFormat,
+        filters: ExportFilters,
         release: Callable[[], None] = lambda: None,
     ) -> None:
         self.web = web
@@ -123,17 +133,17 @@ class Export:
                 return row[0] if row else None
         return None
 
-    def _lines(self, conn: psycopg.Connection) -> Iterator[bytes]:
+    def _lines(self, conn: psycopg.Connection) -> Generator[Buffer, None, None]:
         """PostgreSQL's COPY writes JSON and NDJSON unless some stored content is sealed; Python writes the rest.
 
         Every CSV goes through Python, clear or sealed, so that one writer quotes and neutralises it.
         """
         if self.sealed or self.fmt == "csv":
             return decrypted_lines(conn, self.fmt, self.filters, self.web.settings.db_keyring, self.count)
-        statement, params = copy_statement(self.fmt, self.filters)  # type: ignore[arg-type]
+        statement, params = copy_statement(self.fmt, self.filters)
         return copy_out(conn, statement, params, self.count)
 
-    def chunks(self, gzip: bool) -> Iterator[bytes]:
+    def chunks(self, gzip: bool) -> Generator[bytes, None, None]:
         """The export's bytes; the audit row is finished however the iteration ends."""
         status, error = "aborted", None
         try:
@@ -192,7 +202,7 @@ class Export:
                     log.warning("Could not finish audit row %s: %s", self.audit_id, type(exc).__name__)
 
 
-async def _drain(chunks: Iterator[bytes], first: bytes) -> AsyncIterator[bytes]:
+async def _drain(chunks: Generator[bytes, None, None], first: bytes) -> AsyncIterator[bytes]:
     """Iterate a blocking iterator from worker threads, closing it promptly if the client goes away."""
     try:
         if first:
@@ -204,7 +214,7 @@ async def _drain(chunks: Iterator[bytes], first: bytes) -> AsyncIterator[bytes]:
             yield chunk  # type: ignore[misc]
     finally:
         with anyio.CancelScope(shield=True):
-            await run_in_threadpool(chunks.close)  # type: ignore[attr-defined]
+            await run_in_threadpool(chunks.close)
 
 
 def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal) -> None:
@@ -237,7 +247,7 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
         level: Annotated[str | None, Query(description="DEBUG, INFO, WARNING or ERROR")] = None,
         since: Annotated[str | None, Query(description="ISO 8601, inclusive; no offset means UTC")] = None,
         until: Annotated[str | None, Query(description="ISO 8601, exclusive; no offset means UTC")] = None,
-    ):
+    ) -> Response:
         try:
             principal = await run_in_threadpool(web.principal, request)
         except store_failures() as exc:
@@ -310,15 +320,18 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
         AUDIT_PATH,
         summary="The latest exports (admins only)",
         responses={401: {"description": "Not signed in"}, 403: {"description": "Not an admin"}},
+        response_model=None,
     )
-    async def export_audit(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 200):
+    async def export_audit(
+        request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+    ) -> dict[str, Any] | Response:
         principal = await run_in_threadpool(web.principal, request)
         if principal is None:
             return refuse(request, None, UNAUTHENTICATED_PROBLEM)
         if not principal.user.is_admin:
             return refuse(request, principal, Problem(403, "admins only"))
 
-        def read() -> list[dict]:
+        def read() -> list[dict[str, Any]]:
             with web.pool.connection() as conn:
                 return recent_exports(conn, limit)
 
@@ -335,7 +348,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     web = WebState(settings, name="exporter")
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         web.open()
         yield
         web.close()

@@ -13,7 +13,7 @@ wraps both sources alike.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import psycopg
 from psycopg import sql
@@ -37,7 +37,7 @@ _dumps = json.JSONEncoder(ensure_ascii=False).encode
 
 def decrypted_lines(
     conn: psycopg.Connection, fmt: str, filters: ExportFilters, keyring: Keyring, count: RowCount
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The export's lines (CSV with its header, or one JSON object a line), decrypted."""
     where, params = where_clause(filters)
     reader = ContentReader(conn, keyring)

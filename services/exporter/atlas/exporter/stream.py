@@ -8,10 +8,12 @@ iterates them through ``run_in_threadpool``), never on the event loop.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
+from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Buffer
 
 GZIP_LEVEL = 3
 """zlib level for gzip responses: most of level 6's ratio on log text at about twice its speed."""
@@ -24,8 +26,10 @@ class RowCount:
         self.rows = 0
 
 
-def copy_out(conn: psycopg.Connection, statement: sql.Composed, params: dict, count: RowCount) -> Iterator[bytes]:
-    """The rows of a ``COPY ... TO STDOUT``, one line each, as PostgreSQL wrote them.
+def copy_out(
+    conn: psycopg.Connection, statement: sql.Composed, params: dict[str, Any], count: RowCount
+) -> Generator[Buffer, None, None]:
+    """The rows of a ``COPY ... TO STDOUT``, one line each, as PostgreSQL wrote them (psycopg's memoryviews).
 
     Stopped early (the client went away, or a later step failed), the COPY is
     cancelled on the server: otherwise PostgreSQL would go on writing rows
@@ -41,7 +45,7 @@ def copy_out(conn: psycopg.Connection, statement: sql.Composed, params: dict, co
             raise
 
 
-def frame(rows: Iterator[bytes], fmt: str) -> Iterator[bytes]:
+def frame(rows: Iterable[Buffer], fmt: str) -> Iterator[Buffer]:
     """Wrap export lines as the format: CSV (its header first) and NDJSON as they are, JSON as an array."""
     if fmt == "json":
         separator = b"[\n"
@@ -54,9 +58,9 @@ def frame(rows: Iterator[bytes], fmt: str) -> Iterator[bytes]:
         yield from rows
 
 
-def chunked(parts: Iterable[bytes], size: int) -> Iterator[bytes]:
+def chunked(parts: Iterable[Buffer], size: int) -> Iterator[bytes]:
     """Join small pieces into chunks of about ``size`` bytes (fewer, larger writes to the socket)."""
-    buffer: list[bytes] = []
+    buffer: list[Buffer] = []
     held = 0
     for part in parts:
         buffer.append(part)

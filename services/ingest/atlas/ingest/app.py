@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import cached_property
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from rq import Queue
 from starlette.requests import ClientDisconnect
 
 from atlas.contract import WIDGET_LOGS_PATH, ContractError, PayloadTooLargeError, SchemaError
@@ -80,7 +83,7 @@ class Ingest:
         self._decoding = 0  # bodies in the decode pool or waiting for it; touched only by the event loop
 
     @cached_property
-    def queue(self):
+    def queue(self) -> Queue:
         return batch_queue(redis_client(self.settings.redis_url), self.settings)
 
     @cached_property
@@ -206,7 +209,7 @@ class Ingest:
             raise
 
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {
         "model": Problem,
         "description": "Malformed body or envelope field, unknown kid, failed tag, "
@@ -229,7 +232,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limits = IngestLimits(settings)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.keyring:
             log.warning("No encryption key configured: accepting PLAINTEXT widget-log batches")
         elif settings.allow_plaintext:
@@ -271,7 +274,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
         summary="Submit one batch of widget logs",
     )
-    async def widget_logs(request: Request):
+    async def widget_logs(request: Request) -> Response:
         if refused := limits.check_address(request):  # before the key and the body: floods are cheap to refuse
             return refused
         api_key = presented_key(request.headers)
@@ -295,7 +298,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     add_health_routes(app, ingest.ready, needs="Redis", unready="redis unreachable", unready_model=Problem)
 
-    def openapi():
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         from fastapi.openapi.utils import get_openapi

@@ -39,8 +39,8 @@ from atlas.contract import (
     KeyFormatError,
     generate_encryption_key,
 )
-from atlas.core.config import ConfigError, Settings, load_settings
-from atlas.core.errors import DatabaseUnavailable, QueueUnavailable, store_error
+from atlas.core.config import Settings, load_settings
+from atlas.core.errors import ConfigError, DatabaseUnavailable, QueueUnavailable, store_error
 
 from .logs import LOG_FORMATS, configure_logging, secret_values
 
@@ -93,7 +93,8 @@ _NOT_RETRIED = ("password authentication failed", "no password supplied", "pg_hb
 
 def check_config(settings: Settings, services: Sequence[str], env: dict[str, str] | None = None) -> None:
     """ConfigError naming the first setting one of ``services`` would refuse at start."""
-    from atlas.core.accounts import AccountError, check_admin_credentials
+    from atlas.core.accounts import check_admin_credentials
+    from atlas.core.errors import AccountError
 
     if "ingest" in services:
         settings.require_api_keys()
@@ -222,8 +223,9 @@ def password_file_path(args: argparse.Namespace) -> str:
 
 def cmd_create_user(args: argparse.Namespace, role: str | None = None) -> int:
     """Create a user (or reset a password); a generated password goes to a new mode-600 file, never to stdout."""
-    from atlas.core.accounts import AccountError, count_users, create_user, find_user, set_password
+    from atlas.core.accounts import count_users, create_user, find_user, set_password
     from atlas.core.db import connect
+    from atlas.core.errors import AccountError
 
     from .privatefile import PrivateFileError, create_private_file
 
@@ -323,7 +325,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 " OVER (PARTITION BY machine_id) AS latest FROM batches) b GROUP BY 1 ORDER BY 1"
             )
         }
-        stored = dict(
+        stored: dict[str, int] = dict(
             conn.execute("SELECT coalesce(dek_kid, '(clear)'), count(*) FROM batches GROUP BY 1 ORDER BY 1").fetchall()
         )
     print("Payload keys (server.encryption_key, then server.encryption_keys):")
@@ -344,8 +346,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_create_token(args: argparse.Namespace) -> int:
-    from atlas.core.accounts import AccountError, create_token, find_user
+    from atlas.core.accounts import create_token, find_user
     from atlas.core.db import connect
+    from atlas.core.errors import AccountError
 
     settings = _settings(args)
     with connect(settings.database_url, autocommit=True) as conn:
@@ -578,7 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"atlas-server: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except ConfigError as exc:
         print(f"atlas-server: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -28,8 +28,11 @@ import logging.config
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, unquote_plus, urlsplit
+
+if TYPE_CHECKING:
+    from atlas.core.config import Settings
 
 LOG_FORMATS = ("text", "json")
 
@@ -165,13 +168,14 @@ def _url_password(url: str) -> list[str]:
         try:
             from psycopg.conninfo import conninfo_to_dict
 
-            password = conninfo_to_dict(url).get("password")  # type: ignore[assignment]
+            value = conninfo_to_dict(url).get("password")
+            password = None if value is None else str(value)
         except Exception:
             password = None
     return [password, unquote(password)] if password else []
 
 
-def secret_values(settings) -> list[str]:
+def secret_values(settings: Settings) -> list[str]:
     """Every secret a Settings holds, as it could appear in text."""
     values = list(settings.api_keys)
     for key in (*settings.keyring, *settings.db_keyring):
@@ -179,7 +183,8 @@ def secret_values(settings) -> list[str]:
     if settings.secret_key:
         values.append(settings.secret_key)
     values += _url_password(settings.database_url) + _url_password(settings.redis_url)
-    from atlas.core.config import ConfigError, resolve_secret_files
+    from atlas.core.config import resolve_secret_files
+    from atlas.core.errors import ConfigError
 
     try:
         admin_password = resolve_secret_files(os.environ).get("ATLAS_ADMIN_PASSWORD")

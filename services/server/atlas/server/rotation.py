@@ -136,7 +136,7 @@ def rotate(
     keyring: Keyring,
     *,
     chunk: int = 500,
-    progress: Callable[[int], None] = lambda done: None,
+    progress: Callable[[int], object] = lambda done: None,
 ) -> list[str]:
     """Do all the work left; ``progress`` is called with the batches done per chunk. Returns retired key ids."""
     current = keyring.current
@@ -144,7 +144,7 @@ def rotate(
         raise ValueError("no current database key")
     conn.autocommit = True
     zero = "00000000-0000-0000-0000-000000000000"
-    steps = (
+    steps: tuple[Callable[[str], tuple[int, str]], ...] = (
         lambda after: rewrap_chunk(conn, keyring, current, after, chunk),
         lambda after: encrypt_chunk(conn, current, after, chunk),
     )

@@ -182,7 +182,7 @@ class Supervisor:
             return time.monotonic() - child.started >= WORKER_SETTLE
         try:
             with _NO_PROXY.open(child.ready_url, timeout=2) as response:
-                return response.status == 200
+                return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
 
@@ -359,7 +359,7 @@ def run(
     out: IO[str] | None = None,
 ) -> int:
     """``atlas-server run``; see the module docstring."""
-    from atlas.core.accounts import AccountError
+    from atlas.core.errors import AccountError
 
     settings.require_api_keys()  # ingest would refuse to start anyway: say it before anything runs
     if demo and find_spec("atlas.agent") is None:

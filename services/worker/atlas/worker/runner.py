@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
+from redis.client import Pipeline
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
@@ -11,18 +14,14 @@ from rq.job_lifecycle import format_exc_info
 from rq.utils import now
 
 from atlas.core import metrics
-from atlas.core.config import ConfigError, Settings
-from atlas.core.queue import (
-    SERIALIZER,
-    BatchJob,
-    RefusedJobError,
-    batch_queue,
-    payload_batch_ids,
-    redis_client,
-    refusal,
-)
+from atlas.core.config import Settings
+from atlas.core.errors import ConfigError, RefusedJobError
+from atlas.core.queue import SERIALIZER, BatchJob, batch_queue, payload_batch_ids, redis_client, refusal
 
 from .jobs import WorkerContext, running
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger("atlas.worker")
 
@@ -47,7 +46,7 @@ class BatchWorker(SimpleWorker):
     written to Redis by someone else, goes to the failed registry unrun.
     """
 
-    def __init__(self, *args, context: WorkerContext, **kwargs) -> None:
+    def __init__(self, *args: Any, context: WorkerContext, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.context = context  # lent to each job it runs
 
@@ -72,14 +71,14 @@ class BatchWorker(SimpleWorker):
             execution=execution,
         )
 
-    def handle_exception(self, job: Job, *exc_info) -> None:
+    def handle_exception(self, job: Job, *exc_info: type[BaseException] | BaseException | TracebackType | None) -> None:
         """rq's error line for a failed attempt, naming the batch_ids instead of the job's arguments.
 
         rq passes the arguments (the batches, clear without a database key) as
         log extras, which the JSON log format writes out.
         """
         reason = refusal(job)
-        extra = {"queue": job.origin, "job_id": job.id}
+        extra: dict[str, Any] = {"queue": job.origin, "job_id": job.id}
         if reason is None:
             extra["batch_ids"] = payload_batch_ids(job.args[0])
         self.log.error(
@@ -90,7 +89,7 @@ class BatchWorker(SimpleWorker):
             extra=extra,
         )
 
-    def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         """rq's heartbeat (three commands), sent as one pipeline when rq gives none.
 
         rq beats before every dequeue and around every job; on its own each of its
@@ -105,7 +104,7 @@ class BatchWorker(SimpleWorker):
 
     def run_maintenance_tasks(self) -> None:
         """rq's maintenance, then widget_logs' partitions: days ahead made, expired ones dropped (hourly)."""
-        super().run_maintenance_tasks()
+        super().run_maintenance_tasks()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
         self.context.maintain_partitions()
 
 
@@ -126,7 +125,7 @@ def build_worker(settings: Settings, *, name: str | None = None) -> BatchWorker:
     )
 
 
-def start_metrics(settings: Settings):
+def start_metrics(settings: Settings) -> WSGIServer | None:
     """Serve this process's ``/metrics`` on ``worker.metrics_port`` from a thread; None when it is 0 (off).
 
     The worker has no web app, so prometheus_client's own small HTTP server

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -97,7 +98,7 @@ COPY_SEALED_LOGS = (
 )
 
 
-def _sealed_rows(batch: QueuedBatch, data_key: bytes) -> Iterator[tuple]:
+def _sealed_rows(batch: QueuedBatch, data_key: bytes) -> Iterator[tuple[Any, ...]]:
     """A batch's COPY rows with message and data sealed under its data key."""
     aead = AESGCM(data_key)
     machine_id, serial = batch["machine"]["machine_id"], batch["machine"]["serial_number"]
@@ -123,7 +124,7 @@ def persist_batches(conn: psycopg.Connection, batches: list[QueuedBatch], db_key
     data_keys = {b["batch_id"]: new_data_key() for b in ordered} if db_key else {}
     wrapped = [wrap_data_key(db_key, b["batch_id"], data_keys[b["batch_id"]]) for b in ordered] if db_key else None
     machines: list[Mapping[str, object]] = [b["machine"] for b in ordered]
-    params = {
+    params: dict[str, Any] = {
         "batch_id": [b["batch_id"] for b in ordered],
         **{col: [m[col] for m in machines] for col in MACHINE_FIELDS},
         "created_at": [b["created_at"] for b in ordered],
