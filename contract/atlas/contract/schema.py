@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 import orjson
 from pydantic import (
@@ -110,6 +110,17 @@ class MachineInfo(BaseModel):
     model: Annotated[str, StringConstraints(max_length=128), _NO_NUL]
     os_version: Annotated[str, StringConstraints(max_length=128), _NO_NUL]
     agent_version: Annotated[str, StringConstraints(max_length=64), _NO_NUL]
+
+
+class MachineFields(TypedDict):
+    """``MachineInfo`` as plain JSON (the job payload, a fleet row): its keys, in order (a test holds them equal)."""
+
+    machine_id: str
+    serial_number: str
+    hostname: str
+    model: str
+    os_version: str
+    agent_version: str
 
 
 MACHINE_FIELDS: tuple[str, ...] = tuple(MachineInfo.model_fields)

@@ -26,7 +26,7 @@ from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from atlas.contract import BatchContent, Key, Keyring
+from atlas.contract import BatchContent, Key, Keyring, MachineFields
 
 from .atrest import open_job, seal_job
 from .config import Settings
@@ -45,17 +45,6 @@ QUEUE_FORMAT = 1
 """Version of the job payload below, in case it ever has to change under a live queue."""
 
 
-class QueuedMachine(TypedDict):
-    """``MachineInfo`` as plain JSON: the keys of ``MACHINE_FIELDS``, in order (tests/core hold them equal)."""
-
-    machine_id: str
-    serial_number: str
-    hostname: str
-    model: str
-    os_version: str
-    agent_version: str
-
-
 class QueuedBatch(TypedDict):
     """A validated batch as the job payload: plain JSON types.
 
@@ -67,7 +56,7 @@ class QueuedBatch(TypedDict):
     created_at: str
     received_at: str
     kid: str | None
-    machine: QueuedMachine
+    machine: MachineFields
     logs: list[tuple[str, str, str, str, str]]
 
 

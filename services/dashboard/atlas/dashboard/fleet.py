@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 import psycopg
 from psycopg import sql
 
-from atlas.contract import MACHINE_FIELDS, Keyring
+from atlas.contract import MACHINE_FIELDS, Keyring, MachineFields
 
 from . import extract
 from .machine import LogContent, content_columns
@@ -116,12 +116,7 @@ class FleetQuery:
 
 @dataclass
 class FleetRow:
-    machine_id: str
-    serial_number: str
-    hostname: str
-    model: str
-    os_version: str
-    agent_version: str
+    machine: MachineFields
     last_seen: datetime
     status: str
     ssid: str | None = None
@@ -176,7 +171,7 @@ _COUNTS = sql.SQL(
 
 _PAGE = sql.SQL("SELECT {columns} FROM machines WHERE {where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s")
 _PAGE_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, (*MACHINE_FIELDS, "last_seen")))
-"""The machine fields and ``last_seen``: a ``FleetRow``'s first fields, in its order."""
+"""The machine fields, then ``last_seen``."""
 
 _LATEST = sql.SQL("""
 SELECT m.machine_id, w.*, s.*
@@ -223,17 +218,25 @@ def load_fleet(
     params.update(limit=PAGE_SIZE, offset=(query.page - 1) * PAGE_SIZE)
     machines = conn.execute(_PAGE.format(columns=_PAGE_COLUMNS, where=where, order=order), params).fetchall()
     rows = [
-        FleetRow(*m, status=status_of(m[6], now, online_within, stale_within))  # type: ignore[misc]
+        FleetRow(
+            MachineFields(**dict(zip(MACHINE_FIELDS, m[:-1], strict=True))),  # type: ignore[typeddict-item]
+            m[-1],
+            status=status_of(m[-1], now, online_within, stale_within),
+        )
         for m in machines
     ]
     if rows:
         latest = conn.execute(
             _LATEST,
-            {"ids": [r.machine_id for r in rows], "seen": [r.last_seen for r in rows], "lookback": LATEST_LOOKBACK},
+            {
+                "ids": [r.machine["machine_id"] for r in rows],
+                "seen": [r.last_seen for r in rows],
+                "lookback": LATEST_LOOKBACK,
+            },
         ).fetchall()
         by_id = _latest_data(LogContent(conn, Keyring() if keyring is None else keyring), latest)
         for r in rows:
-            wifi, speed = by_id.get(r.machine_id, (None, None))
+            wifi, speed = by_id.get(r.machine["machine_id"], (None, None))
             add_latest(r, wifi, speed)
     return FleetPage(query, rows, total, counts, matching)
 
