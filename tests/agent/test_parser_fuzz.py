@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atlas.agent import widgets
-from atlas.agent.collectors import health, identity, ping, processes, speedtest, wifi
+from atlas.agent.collectors import health, identity, ookla, ping, processes, speedtest, wifi
 from atlas.contract.schema import LogEntry, MachineInfo
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -220,6 +220,20 @@ def test_speedtest_text_parser_never_raises_and_gives_valid_logs(text: str) -> N
     valid_log(widgets.speedtest_log(result))
 
 
+OOKLA = fixtures("speedtest/ookla_json_*", "speedtest/ookla_error_*")
+
+
+@FUZZ
+@given(text=mutated(OOKLA))
+def test_ookla_json_parser_never_raises_and_gives_valid_logs(text: str) -> None:
+    result = ookla._parse(text)  # the inner parser, not parse_ookla_json's safety net
+    assert isinstance(result, ookla.OoklaResult)
+    assert result.status in ("ok", "error")
+    assert result == ookla.parse_ookla_json(text)
+    json.dumps(result.as_data(), allow_nan=False)
+    valid_log(widgets.speedtest_log(result.as_speedtest_result()))
+
+
 # --------------------------------------------------------------------------- health
 
 HEALTH_PARSERS: list[tuple[str, Callable[[str], Any], str, list[str]]] = [
@@ -295,6 +309,7 @@ EVERY_PARSER: list[Callable[[str], Any]] = [
     lambda t: ping._parse(t, "1.1.1.1"),
     lambda t: processes._parse_ps(t, NOW),
     speedtest._parse_text,
+    ookla._parse,
     identity.parse_ioreg_platform,
     identity.parse_sp_hardware_json,
     identity.parse_sp_hardware_text,
