@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atlas.agent import widgets
-from atlas.agent.collectors import health, identity, ookla, ping, processes, speedtest, wifi
+from atlas.agent.collectors import health, identity, ookla, ping, processes, smc, speedtest, wifi
 from atlas.contract.schema import LogEntry, MachineInfo
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -267,6 +267,23 @@ def test_pmset_thermlog_parser_never_raises(text: str) -> None:
     json.dumps([asdict(e) for e in events], allow_nan=False)
 
 
+SMC_DUMPS = fixtures("smc/*")
+
+
+@FUZZ
+@given(text=mutated(SMC_DUMPS))
+def test_smc_dump_parser_never_raises_and_gives_valid_logs(text: str) -> None:
+    result = smc._parse(text)  # the inner parser, not parse_smc_dump's safety net
+    assert isinstance(result, smc.SmcTemperatures)
+    assert result == smc.parse_smc_dump(text)
+    data = result.as_data()
+    json.dumps(data, allow_nan=False)
+    for value in (result.cpu_die_max_c, result.gpu_die_max_c, result.battery_c, result.ssd_c):
+        assert value is None or smc.TEMP_MIN_C < value < smc.TEMP_MAX_C
+    assert all(f.rpm is None or 0 <= f.rpm <= smc.FAN_MAX_RPM for f in result.fans)
+    valid_log(widgets.agent_log("INFO", "smc", data))
+
+
 # --------------------------------------------------------------------------- identity
 
 
@@ -310,6 +327,7 @@ EVERY_PARSER: list[Callable[[str], Any]] = [
     lambda t: processes._parse_ps(t, NOW),
     speedtest._parse_text,
     ookla._parse,
+    smc._parse,
     identity.parse_ioreg_platform,
     identity.parse_sp_hardware_json,
     identity.parse_sp_hardware_text,
