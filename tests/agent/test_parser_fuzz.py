@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import plistlib
 import re
 from collections.abc import Callable
 from dataclasses import asdict
@@ -29,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atlas.agent import widgets
-from atlas.agent.collectors import health, identity, ookla, ping, processes, smc, speedtest, wifi
+from atlas.agent.collectors import health, identity, known_networks, ookla, ping, processes, smc, speedtest, wifi
 from atlas.contract.schema import LogEntry, MachineInfo
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -284,6 +285,51 @@ def test_smc_dump_parser_never_raises_and_gives_valid_logs(text: str) -> None:
     valid_log(widgets.agent_log("INFO", "smc", data))
 
 
+# --------------------------------------------------------------------------- known networks (plist bytes)
+
+PLIST_FILES = sorted((FIXTURES / "known_networks").glob("*.plist"))
+PLISTS = [p.read_bytes() for p in PLIST_FILES]
+PLISTS += [  # the same real data in the other encoding, so both plistlib readers are fuzzed
+    plistlib.dumps(plistlib.loads(data), fmt=fmt) for data in PLISTS for fmt in (plistlib.FMT_XML, plistlib.FMT_BINARY)
+]
+
+
+@st.composite
+def mutated_bytes(draw: st.DrawFn, blobs: list[bytes]) -> bytes:
+    """One of ``blobs`` with one to five byte-level edits."""
+    data = bytearray(draw(st.sampled_from(blobs)))
+    for _ in range(draw(st.integers(1, 5))):
+        op = draw(st.sampled_from(["truncate", "flip", "insert", "delete", "duplicate", "set"]))
+        at = draw(st.integers(0, len(data)))
+        if op == "truncate":
+            del data[at:]
+        elif op == "flip" and data:
+            i = draw(st.integers(0, len(data) - 1))
+            data[i] ^= draw(st.integers(1, 255))
+        elif op == "insert":
+            data[at:at] = draw(st.binary(max_size=16))
+        elif op == "delete":
+            del data[at : at + draw(st.integers(1, 64))]
+        elif op == "duplicate":
+            data[at:at] = data[at : at + draw(st.integers(1, 256))] * draw(st.integers(1, 50))
+        elif op == "set" and data:  # offsets, counts and lengths in a binary plist: extreme values
+            i = draw(st.integers(0, len(data) - 1))
+            data[i] = draw(st.sampled_from([0x00, 0x0F, 0x7F, 0x80, 0xFF]))
+    return bytes(data)
+
+
+@FUZZ
+@given(
+    data=mutated_bytes(PLISTS) | mutated([p.decode("utf-8") for p in PLISTS if p.startswith(b"<?xml")]).map(str.encode)
+)
+def test_known_networks_parser_never_raises_and_gives_valid_logs(data: bytes) -> None:
+    result = known_networks.parse_known_networks(data)
+    assert isinstance(result, known_networks.KnownNetworks)
+    assert result.status in known_networks.STATUSES
+    assert (result.last_joined is not None) <= (result.status == "ok")
+    valid_log(widgets.agent_log("INFO", "known networks", result.as_data()))
+
+
 # --------------------------------------------------------------------------- identity
 
 
@@ -328,6 +374,7 @@ EVERY_PARSER: list[Callable[[str], Any]] = [
     speedtest._parse_text,
     ookla._parse,
     smc._parse,
+    lambda t: known_networks.parse_known_networks(t.encode("utf-8", errors="surrogatepass")),
     identity.parse_ioreg_platform,
     identity.parse_sp_hardware_json,
     identity.parse_sp_hardware_text,
