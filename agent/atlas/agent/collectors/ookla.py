@@ -11,6 +11,9 @@ after ``[timestamp] [error] ...`` lines on stderr. When both streams are capture
 holds those lines and then the object (compact or pretty-printed), so the parser looks for JSON
 objects anywhere in the text and takes the result if there is one, else the last error log.
 
+Only the CLI 1.0/1.1 result layout has real captures here; the 1.2 additions (idle latency
+low/high, per-phase loaded latency) are not read until one is found.
+
 ``parse_ookla_json`` is pure and never raises: garbled text is a result with ``status="error"``.
 """
 
@@ -56,8 +59,6 @@ class OoklaResult:
     upload_elapsed_ms: int | None = None
     latency_ms: float | None = None
     jitter_ms: float | None = None
-    latency_low_ms: float | None = None
-    latency_high_ms: float | None = None
     packet_loss_pct: float | None = None
     isp: str | None = None
     interface: str | None = None
@@ -217,8 +218,6 @@ def _from_result(data: dict[str, Any]) -> OoklaResult:
         upload_elapsed_ms=_count(upload.get("elapsed")),
         latency_ms=_number(ping.get("latency")),
         jitter_ms=_number(ping.get("jitter")),
-        latency_low_ms=_number(ping.get("low")),
-        latency_high_ms=_number(ping.get("high")),
         packet_loss_pct=loss if loss is not None and loss <= 100 else None,
         isp=_text(data.get("isp")),
         interface=_text(interface.get("name")),
