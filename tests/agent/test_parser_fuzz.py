@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import plistlib
 import re
 from collections.abc import Callable
 from dataclasses import asdict
@@ -29,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atlas.agent import widgets
-from atlas.agent.collectors import health, identity, ping, processes, speedtest, wifi
+from atlas.agent.collectors import health, identity, known_networks, ookla, ping, processes, smc, speedtest, wifi
 from atlas.contract.schema import LogEntry, MachineInfo
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -220,6 +221,20 @@ def test_speedtest_text_parser_never_raises_and_gives_valid_logs(text: str) -> N
     valid_log(widgets.speedtest_log(result))
 
 
+OOKLA = fixtures("speedtest/ookla_json_*", "speedtest/ookla_error_*")
+
+
+@FUZZ
+@given(text=mutated(OOKLA))
+def test_ookla_json_parser_never_raises_and_gives_valid_logs(text: str) -> None:
+    result = ookla._parse(text)  # the inner parser, not parse_ookla_json's safety net
+    assert isinstance(result, ookla.OoklaResult)
+    assert result.status in ("ok", "error")
+    assert result == ookla.parse_ookla_json(text)
+    json.dumps(result.as_data(), allow_nan=False)
+    valid_log(widgets.speedtest_log(result.as_speedtest_result()))
+
+
 # --------------------------------------------------------------------------- health
 
 HEALTH_PARSERS: list[tuple[str, Callable[[str], Any], str, list[str]]] = [
@@ -251,6 +266,68 @@ def test_pmset_thermlog_parser_never_raises(text: str) -> None:
     events = health.parse_pmset_thermlog(text)
     assert isinstance(events, list)
     json.dumps([asdict(e) for e in events], allow_nan=False)
+
+
+SMC_DUMPS = fixtures("smc/*")
+
+
+@FUZZ
+@given(text=mutated(SMC_DUMPS))
+def test_smc_dump_parser_never_raises_and_gives_valid_logs(text: str) -> None:
+    result = smc._parse(text)  # the inner parser, not parse_smc_dump's safety net
+    assert isinstance(result, smc.SmcTemperatures)
+    assert result == smc.parse_smc_dump(text)
+    data = result.as_data()
+    json.dumps(data, allow_nan=False)
+    for value in (result.cpu_die_max_c, result.gpu_die_max_c, result.battery_c, result.ssd_c):
+        assert value is None or smc.TEMP_MIN_C < value < smc.TEMP_MAX_C
+    assert all(f.rpm is None or 0 <= f.rpm <= smc.FAN_MAX_RPM for f in result.fans)
+    valid_log(widgets.agent_log("INFO", "smc", data))
+
+
+# --------------------------------------------------------------------------- known networks (plist bytes)
+
+PLIST_FILES = sorted((FIXTURES / "known_networks").glob("*.plist"))
+PLISTS = [p.read_bytes() for p in PLIST_FILES]
+PLISTS += [  # the same real data in the other encoding, so both plistlib readers are fuzzed
+    plistlib.dumps(plistlib.loads(data), fmt=fmt) for data in PLISTS for fmt in (plistlib.FMT_XML, plistlib.FMT_BINARY)
+]
+
+
+@st.composite
+def mutated_bytes(draw: st.DrawFn, blobs: list[bytes]) -> bytes:
+    """One of ``blobs`` with one to five byte-level edits."""
+    data = bytearray(draw(st.sampled_from(blobs)))
+    for _ in range(draw(st.integers(1, 5))):
+        op = draw(st.sampled_from(["truncate", "flip", "insert", "delete", "duplicate", "set"]))
+        at = draw(st.integers(0, len(data)))
+        if op == "truncate":
+            del data[at:]
+        elif op == "flip" and data:
+            i = draw(st.integers(0, len(data) - 1))
+            data[i] ^= draw(st.integers(1, 255))
+        elif op == "insert":
+            data[at:at] = draw(st.binary(max_size=16))
+        elif op == "delete":
+            del data[at : at + draw(st.integers(1, 64))]
+        elif op == "duplicate":
+            data[at:at] = data[at : at + draw(st.integers(1, 256))] * draw(st.integers(1, 50))
+        elif op == "set" and data:  # offsets, counts and lengths in a binary plist: extreme values
+            i = draw(st.integers(0, len(data) - 1))
+            data[i] = draw(st.sampled_from([0x00, 0x0F, 0x7F, 0x80, 0xFF]))
+    return bytes(data)
+
+
+@FUZZ
+@given(
+    data=mutated_bytes(PLISTS) | mutated([p.decode("utf-8") for p in PLISTS if p.startswith(b"<?xml")]).map(str.encode)
+)
+def test_known_networks_parser_never_raises_and_gives_valid_logs(data: bytes) -> None:
+    result = known_networks.parse_known_networks(data)
+    assert isinstance(result, known_networks.KnownNetworks)
+    assert result.status in known_networks.STATUSES
+    assert (result.last_joined is not None) <= (result.status == "ok")
+    valid_log(widgets.agent_log("INFO", "known networks", result.as_data()))
 
 
 # --------------------------------------------------------------------------- identity
@@ -295,6 +372,9 @@ EVERY_PARSER: list[Callable[[str], Any]] = [
     lambda t: ping._parse(t, "1.1.1.1"),
     lambda t: processes._parse_ps(t, NOW),
     speedtest._parse_text,
+    ookla._parse,
+    smc._parse,
+    lambda t: known_networks.parse_known_networks(t.encode("utf-8", errors="surrogatepass")),
     identity.parse_ioreg_platform,
     identity.parse_sp_hardware_json,
     identity.parse_sp_hardware_text,
