@@ -155,8 +155,8 @@ def _parse(root: Any) -> KnownNetworks:
         return KnownNetworks(
             status="error", source="airport_preferences", reason="KnownNetworks layout is not supported"
         )
-    entries = [_known(key, e) for key, e in root.items() if isinstance(key, str) and key.startswith(SSID_PREFIX)]
-    entries = [e for e in entries if e is not None]
+    found = [_known(key, e) for key, e in root.items() if isinstance(key, str) and key.startswith(SSID_PREFIX)]
+    entries = [e for e in found if e is not None]
     if not entries and root:
         return KnownNetworks(status="error", reason="no known-networks entries in plist")
     return _result("known_networks", entries)

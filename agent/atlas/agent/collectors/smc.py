@@ -120,7 +120,8 @@ def _decode(smc_type: str, raw: bytes) -> float | None:
     """The value of ``raw`` for the types whose encoding is known, else None."""
     try:
         if smc_type == "flt" and len(raw) == 4:
-            return struct.unpack("<f", raw)[0]
+            value: float = struct.unpack("<f", raw)[0]
+            return value
         if smc_type == "ioft" and len(raw) == 8:
             return int.from_bytes(raw, "little", signed=True) / 65536
         if smc_type == "sp78" and len(raw) == 2:
