@@ -9,6 +9,8 @@ from pathlib import Path
 from atlas.contract import parse_key
 
 from ..fix_processes import service_env
+from ..fix_services import API_KEY
+from .test_agent_daemon import write_config
 
 SEED_KEY_SNIPPET = (
     "import sys; sys.path.insert(0, '.'); "
@@ -40,3 +42,59 @@ def test_the_guides_key_snippet_prints_a_new_key(tmp_path: Path) -> None:
     assert first.stdout == key + "\n"
     assert len(parse_key(key)) == 32
     assert second.stdout.strip() != key
+
+
+LIVE_SCRIPT = """
+import sys, time
+from atlas.live_widgets import start_live_widget_server
+
+server = start_live_widget_server(
+    port=0, fleet_server=sys.argv[1], machine_id="my-mac-01", api_key=sys.argv[2], encryption_key=sys.argv[3],
+    config=sys.argv[4], block=False,
+)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and not server.agent.store.status()["sent_batches"]:
+    time.sleep(0.2)
+server.stop()
+"""
+"""Step 3 of the guide, programmatic: a script that configures no logging of its own."""
+
+
+def test_start_live_widget_server_prints_its_start_up_lines_without_logging_set_up(
+    tmp_path: Path, ingest, keys
+) -> None:
+    config = write_config(tmp_path, send_interval_seconds=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", LIVE_SCRIPT, ingest.url, API_KEY, keys["current"], str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=service_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert f"Widget log collector initialized (sends every 5 minutes to {ingest.url})" in lines
+    assert "Widget log encryption enabled (AES-256-GCM)" in lines
+    assert any(line.startswith("Live widgets on http://127.0.0.1:") for line in lines)
+    assert any(line.startswith("Sent ") and line.endswith(" widget logs to fleet server") for line in lines)
+    assert keys["current"] not in proc.stderr + proc.stdout
+    assert API_KEY not in proc.stderr + proc.stdout
+
+
+def test_logging_the_caller_configured_is_left_alone(tmp_path: Path, keys) -> None:
+    script = (
+        "import logging, sys; logging.basicConfig(level=logging.WARNING, format='configured: %(message)s'); "
+        "from atlas.live_widgets import start_live_widget_server; "
+        "start_live_widget_server(port=0, encryption_key=sys.argv[1], config=sys.argv[2], block=False).stop()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, keys["current"], str(write_config(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=service_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Live widgets on" not in proc.stderr
