@@ -101,7 +101,10 @@ def start_live_widget_server(
     try:
         agent = Agent(settings)
         if agent.sender is None:
-            log.info("No fleet server set: showing live data only, nothing is sent")
+            log.info(
+                "No fleet server set: showing live data only, nothing is sent "
+                "(to send, pass --fleet-server https://HOST:8768 and --api-key)"
+            )
         http = serve(agent, settings.live_host, settings.live_port)
     except BaseException:
         restore_logging()

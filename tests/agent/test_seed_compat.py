@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from atlas.contract import generate_encryption_key, parse_key
+from atlas.agent.store import LocalStore
+from atlas.contract import Keyring, generate_encryption_key, parse_key
 from atlas.contract.export import CSV_COLUMNS
 
 from ..fix_processes import BIN, free_port, service_env
@@ -178,3 +179,82 @@ def test_a_failed_export_leaves_the_previous_file_as_it_was(tmp_path: Path, keys
     assert failed.returncode == 1
     assert out.read_text() == "the export of yesterday\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".logs.json")) == []
+
+
+STEP_2_CONFIG = """server:
+  encryption_key: "{key}"
+"""
+"""Step 2 of the guide, verbatim but for the key: the server's config.yaml, with only the payload key."""
+
+
+def run_live_widgets(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "atlas.live_widgets", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=service_env(),
+    )
+
+
+def test_the_guides_step_2_config_given_to_the_agent_says_what_the_agent_needs(tmp_path: Path, keys) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(STEP_2_CONFIG.format(key=keys["current"]))
+    for result in (run_agent("run", "--config", str(config)), run_live_widgets("--config", str(config))):
+        assert result.returncode == 2, result.stderr
+        message = result.stderr.strip()
+        assert message.endswith(
+            f"configuration error: --config: {config} has a server: section, so it is the fleet server's "
+            "config.yaml (atlas-server), not the agent's. The agent reads these settings at the top level of its "
+            "own file: fleet_server (the server's address, https://HOST:8768), api_key (one of the server's "
+            "server.api_key; make one on the server with `atlas-server keygen --api-key`) and encryption_key "
+            "(the same key as the server's server.encryption_key, made with `atlas-server keygen`)"
+        )
+        assert keys["current"] not in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_fleet_server_without_an_api_key_names_the_key_and_the_command(tmp_path: Path, ingest, keys) -> None:
+    config = write_config(tmp_path, fleet_server=ingest.url, encryption_key=keys["current"])
+    for result in (run_agent("run", "--config", str(config)), run_live_widgets("--config", str(config))):
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().endswith(
+            "configuration error: api_key: not set; sending to a fleet server needs one of its API keys "
+            "(its config.yaml's server.api_key, made on the server with `atlas-server keygen --api-key`): "
+            "set api_key, or pass --api-key"
+        )
+
+
+def test_a_fleet_server_without_an_encryption_key_names_the_key_and_the_command(tmp_path: Path, ingest) -> None:
+    config = write_config(tmp_path, fleet_server=ingest.url, api_key=API_KEY)
+    result = run_live_widgets("--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "encryption_key: not set" in result.stderr
+    assert "server.encryption_key, made with `atlas-server keygen`" in result.stderr
+    assert API_KEY not in result.stderr
+
+
+def test_atlas_agent_run_without_a_fleet_server_says_nothing_is_sent(tmp_path: Path, keys) -> None:
+    config = write_config(tmp_path, encryption_key=keys["current"])
+    proc = subprocess.Popen(
+        [BIN / "atlas-agent", "run", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=service_env(),
+    )
+    store = tmp_path / "data" / "atlas-agent.db"
+    try:
+        deadline = time.monotonic() + 60  # the line comes before the first collection is stored
+        while time.monotonic() < deadline and not (
+            store.exists() and LocalStore(store, Keyring.from_base64([keys["current"]])).status()["unbatched_logs"]
+        ):
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[1]
+    assert (
+        "No fleet_server set: logs are kept in the local store and nothing is sent "
+        f"(set fleet_server: https://HOST:8768 and api_key in {config})"
+    ) in output

@@ -44,6 +44,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     agent = Agent(config)
+    if agent.sender is None:
+        logging.getLogger("atlas.agent").warning(
+            "No fleet_server set: logs are kept in the local store and nothing is sent "
+            "(set fleet_server: https://HOST:8768 and api_key in %s)",
+            args.config or "agent.yaml",
+        )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
