@@ -70,7 +70,7 @@ def test_the_live_page_shows_readable_cards_from_the_running_agent(tmp_path: Pat
     assert "source: ping" in ping
 
     processes = widgets["processes"]["data"]
-    assert f"<dt>Processes</dt><dd>{processes['process_count']} running</dd>" in shown["processes"][0]
+    assert f"<dt>Processes</dt><dd>{number(processes['process_count'], 'running', 0)}</dd>" in shown["processes"][0]
     assert f"source: {processes['source']}" in shown["processes"][0]
     assert f"source: {widgets['wifi']['data']['source']}" in shown["wifi"][0]
 
