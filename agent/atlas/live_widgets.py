@@ -7,7 +7,9 @@
     start_live_widget_server(port=8767, fleet_server=..., machine_id=..., api_key=..., encryption_key=...)
 
 With a fleet server it also collects into the local store and sends batches;
-without one it only shows live data.
+without one it only shows live data. Its start-up lines (the page's address,
+"Widget log encryption enabled (AES-256-GCM)", ...) go to standard error even
+when the caller configured no logging.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 
 from atlas.agent.config import AgentConfigError, load_agent_config
@@ -27,6 +29,8 @@ from atlas.agent.live import serve
 from atlas.agent.sender import SenderConfigError
 
 __all__ = ["LiveWidgetServer", "main", "start_live_widget_server"]
+
+log = logging.getLogger("atlas.agent")
 
 
 @dataclass
@@ -38,12 +42,37 @@ class LiveWidgetServer:
     _stop: threading.Event
     _thread: threading.Thread
     _http: ThreadingHTTPServer
+    _restore_logging: Callable[[], None] = field(default=lambda: None)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
         self._http.shutdown()
         self._http.server_close()
+        self._restore_logging()
+
+
+def _print_logs_unless_configured() -> Callable[[], None]:
+    """If no handler would show the agent's INFO lines, print them on stderr; returns what undoes that.
+
+    Python's logging shows nothing below WARNING until someone configures it, so a script that only
+    calls ``start_live_widget_server()`` would never see the lines the set-up guide tells it to check.
+    """
+    logger = logging.getLogger("atlas")
+    if logger.hasHandlers():  # the caller (or main()) configured logging: leave it as it is
+        return lambda: None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    return restore
 
 
 def start_live_widget_server(
@@ -69,13 +98,23 @@ def start_live_widget_server(
         encryption_key=encryption_key,
         live_host=host,
     )
-    agent = Agent(settings)
+    restore_logging = _print_logs_unless_configured()
+    try:
+        agent = Agent(settings)
+        if agent.sender is None:
+            log.info(
+                "No fleet server set: showing live data only, nothing is sent "
+                "(to send, pass --fleet-server https://HOST:8768 and --api-key)"
+            )
+        http = serve(agent, settings.live_host, settings.live_port)
+    except BaseException:
+        restore_logging()
+        raise
     stop = threading.Event()
-    http = serve(agent, settings.live_host, settings.live_port)
     url = f"http://{settings.live_host}:{http.server_address[1]}/"
     thread = threading.Thread(target=agent.run, args=(stop,), name="atlas-agent", daemon=True)
     thread.start()
-    server = LiveWidgetServer(agent, url, stop, thread, http)
+    server = LiveWidgetServer(agent, url, stop, thread, http, restore_logging)
     if block:
         try:
             stop.wait()

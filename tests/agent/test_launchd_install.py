@@ -9,6 +9,7 @@ through a symlink and ``--skip-venv``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -687,3 +688,13 @@ def test_lock_runtime_pins_the_release_checksums(tmp_path: Path):
     assert [line for line in lock.read_text().splitlines() if line.startswith("#")] == [
         line for line in text.splitlines() if line.startswith("#")
     ]
+
+
+def test_installed_agent_keeps_the_earlier_key_snippet(installed: Run, tmp_path: Path):
+    """The guide's ``from fleet_agent.encryption import generate_encryption_key`` works from the installed venv."""
+    from .test_seed_compat import run_seed_key_snippet
+
+    proc = run_seed_key_snippet(installed.root / VENV_REL / "bin" / "python", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.split()) == 1
+    assert len(base64.b64decode(proc.stdout.strip(), validate=True)) == 32

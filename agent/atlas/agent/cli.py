@@ -3,7 +3,10 @@
 atlas-agent run [--config agent.yaml]
 atlas-agent status [--config agent.yaml]
 atlas-agent collect --once [--config agent.yaml]
-atlas-agent export --format csv|json [--type wifi] [--since T] [--until T] [-o FILE]
+atlas-agent export --format csv|json [--type wifi] [--since T] [--until T] [--encryption-key KEY] [-o FILE]
+
+``export -o FILE`` writes a temporary file next to FILE and renames it over FILE only once every log is
+written: an export that fails (a key missing, the store unreadable) leaves FILE as it was.
 """
 
 from __future__ import annotations
@@ -11,18 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TextIO
 
 from atlas.contract import csv_lines, record
 
 from .config import AgentConfig, AgentConfigError, load_agent_config
 from .sender import SenderConfigError
-from .store import LocalStore, StoreError
+from .store import LocalStore, StoreError, StoreKeyError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 WIDGET_TYPES = ("wifi", "speedtest", "ping", "health", "processes", "agent")
@@ -38,6 +44,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     agent = Agent(config)
+    if agent.sender is None:
+        logging.getLogger("atlas.agent").warning(
+            "No fleet_server set: logs are kept in the local store and nothing is sent "
+            "(set fleet_server: https://HOST:8768 and api_key in %s)",
+            args.config or "agent.yaml",
+        )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -105,19 +117,46 @@ def _write(out: TextIO, records: Iterable[dict[str, Any]], fmt: str) -> int:
     return count
 
 
+KEY_HINT = (
+    "export with the key the agent or live widget server was started with: "
+    "atlas-agent export --encryption-key KEY (or encryption_key in --config)"
+)
+
+
+def _write_file(path: Path, records: Iterable[dict[str, Any]], fmt: str) -> int:
+    """Write ``records`` to a temporary file beside ``path``, then rename it to ``path``; on error, remove it."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            count = _write(out, records, fmt)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return count
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .collectors.identity import collect_identity
 
-    config = _config(args)
+    config = _config(args).with_overrides(encryption_key=args.encryption_key)
     store = LocalStore(config.store_path, config.keyring())
     serial = collect_identity(machine_id=config.machine_id).serial_number
-    if args.output:
-        with open(args.output, "w", encoding="utf-8", newline="") as out:
-            count = _write(out, _records(store, serial, args), args.format)
-        print(f"Exported {count} logs to {args.output}", file=sys.stderr)
-    else:
-        count = _write(sys.stdout, _records(store, serial, args), args.format)
-        print(f"Exported {count} logs", file=sys.stderr)
+    try:
+        if args.output:
+            count = _write_file(Path(args.output), _records(store, serial, args), args.format)
+            print(f"Exported {count} logs to {args.output}", file=sys.stderr)
+        else:
+            count = _write(sys.stdout, _records(store, serial, args), args.format)
+            print(f"Exported {count} logs", file=sys.stderr)
+    except StoreKeyError as exc:
+        raise StoreKeyError(f"{exc}; {KEY_HINT}") from None
+    except OSError as exc:
+        if not args.output:
+            raise
+        raise StoreError(f"cannot write {args.output}: {exc.strerror}") from None
     return 0
 
 
@@ -141,7 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", choices=WIDGET_TYPES, help="only this widget type")
     p.add_argument("--since", help="RFC 3339 time, inclusive (e.g. 2026-11-28T00:00:00Z)")
     p.add_argument("--until", help="RFC 3339 time, exclusive")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    p.add_argument(
+        "--encryption-key",
+        metavar="KEY",
+        help="the key the agent or live widget server was started with (base64), on top of --config's",
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write here (only once complete) instead of standard output")
     p.set_defaults(func=cmd_export)
     return parser
 

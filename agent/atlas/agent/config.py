@@ -77,6 +77,15 @@ class AgentConfig:
         return replace(self, **given)
 
 
+SERVER_CONFIG = (
+    "--config: {path} has a server: section, so it is the fleet server's config.yaml (atlas-server), "
+    "not the agent's. The agent reads these settings at the top level of its own file: "
+    "fleet_server (the server's address, https://HOST:8768), "
+    "api_key (one of the server's server.api_key; make one on the server with `atlas-server keygen --api-key`) "
+    "and encryption_key (the same key as the server's server.encryption_key, made with `atlas-server keygen`)"
+)
+"""The message for the set-up guide's server config (``server: {encryption_key: ...}``) given to the agent."""
+
 _INT_KEYS = (
     "send_interval_seconds",
     "collect_interval_seconds",
@@ -99,6 +108,8 @@ def load_agent_config(path: str | os.PathLike[str] | None) -> AgentConfig:
         raise AgentConfigError(f"--config: {path} is not valid YAML") from None
     if not isinstance(data, dict):
         raise AgentConfigError(f"--config: {path} must hold a mapping")
+    if isinstance(data.get("server"), dict):
+        raise AgentConfigError(SERVER_CONFIG.format(path=path))
     values: dict[str, Any] = {}
     for key in ("fleet_server", "api_key", "machine_id", "ca_bundle", "live_host"):
         if data.get(key) is not None:

@@ -46,6 +46,17 @@ RETRYABLE_4XX = frozenset({408, 429})
 Outcome = Literal["sent", "retry", "quarantine"]
 
 
+MISSING_API_KEY = (
+    "api_key: not set; sending to a fleet server needs one of its API keys (its config.yaml's server.api_key, "
+    "made on the server with `atlas-server keygen --api-key`): set api_key, or pass --api-key"
+)
+MISSING_ENCRYPTION_KEY = (
+    "encryption_key: not set; refusing to send widget logs in plaintext (set encryption_key, or pass "
+    "--encryption-key, to the server's server.encryption_key, made with `atlas-server keygen`; "
+    "or allow_plaintext: true for a server that accepts plaintext)"
+)
+
+
 class SenderConfigError(ValueError):
     """The sender cannot run as configured (for example: no key and plaintext not allowed)."""
 
@@ -115,11 +126,10 @@ class Sender:
         backoff_base_s: float = BACKOFF_BASE_S,
         backoff_cap_s: float = BACKOFF_CAP_S,
     ) -> None:
+        if not api_key:
+            raise SenderConfigError(MISSING_API_KEY)
         if not keyring and not allow_plaintext:
-            raise SenderConfigError(
-                "encryption_key: not set; refusing to send widget logs in plaintext (set encryption_key, "
-                "or allow_plaintext: true for a server that accepts plaintext)"
-            )
+            raise SenderConfigError(MISSING_ENCRYPTION_KEY)
         self.store = store
         self.url = fleet_server.rstrip("/") + WIDGET_LOGS_PATH
         self.keyring = keyring
