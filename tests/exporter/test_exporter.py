@@ -352,9 +352,11 @@ def test_each_export_is_recorded_in_the_audit_log(exporter, accounts, db) -> Non
 EXPORTING_BACKENDS = (
     "SELECT pid FROM pg_stat_activity"
     " WHERE application_name = 'atlas-exporter' AND (query LIKE 'COPY%%' OR query LIKE '%%atlas_export%%')"
-    " AND pid <> pg_backend_pid() AND datname = current_database()"
+    " AND state <> 'idle' AND pid <> pg_backend_pid() AND datname = current_database()"
 )
-"""The exporter's backends streaming an export: a COPY (JSON), or the server-side cursor (CSV)."""
+"""The exporter's backends streaming an export now: a COPY (JSON), or the server-side cursor (CSV). An idle pooled
+connection keeps its last query in pg_stat_activity, hence ``state <> 'idle'`` (a CSV cursor waits between
+fetches idle in transaction)."""
 
 
 def _exporting_backends(db: psycopg.Connection) -> set[int]:
@@ -569,3 +571,15 @@ def test_export_limit_settings() -> None:
     for key in ("max_exports_per_principal", "send_timeout_seconds"):
         with pytest.raises(ConfigError, match=f"exporter.{key}: must be an integer >= 1"):
             settings_from_mapping({**base, "exporter": {key: 0}}, {})
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [("/api/exports/audit", "limit=5&limit=6"), ("/api/exports/logs", "format=csv&format=json")],
+)
+def test_a_parameter_given_twice_is_refused(exporter, accounts, path: str, query: str) -> None:
+    answer = httpx.get(
+        f"{exporter.url}{path}?{query}", headers={"Authorization": f"Bearer {accounts['admin_token']}"}, timeout=30
+    )
+    assert answer.status_code == 400, answer.text
+    assert "given more than once" in answer.json()["detail"]

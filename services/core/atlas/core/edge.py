@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -47,6 +47,15 @@ class Problem:
     def response(self) -> JSONResponse:
         """The JSON problem body API clients get."""
         return problem(self.status, self.detail, self.field, self.headers)
+
+
+def one_value_per_query_parameter(request: Request) -> None:
+    """A route dependency: a parameter given twice is refused (400), not silently reduced to its last value."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name in seen:
+            raise HTTPException(400, f"query parameter {name!r} given more than once")
+        seen.add(name)
 
 
 def unavailable(down: Unavailable) -> Problem:

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 import anyio
 import psycopg
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from psycopg.abc import Buffer
 from psycopg_pool import PoolTimeout
@@ -36,7 +36,7 @@ from atlas.core import metrics
 from atlas.core.atrest import SETTING
 from atlas.core.config import Settings, get_settings
 from atlas.core.content import require_keys
-from atlas.core.edge import Problem, add_health_routes, retry_later, unavailable
+from atlas.core.edge import Problem, add_health_routes, one_value_per_query_parameter, retry_later, unavailable
 from atlas.core.errors import AtRestError, DatabaseUnavailable, Unavailable, store_error, store_failures
 from atlas.core.web import EXPORT_CONNECTIONS, Principal, WebState
 
@@ -223,6 +223,7 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
 
     @app.get(
         EXPORT_PATH,
+        dependencies=[Depends(one_value_per_query_parameter)],
         summary="Export widget logs as CSV, JSON or NDJSON",
         response_class=StreamingResponse,
         responses={
@@ -318,6 +319,7 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
 
     @app.get(
         AUDIT_PATH,
+        dependencies=[Depends(one_value_per_query_parameter)],
         summary="The latest exports (admins only)",
         responses={401: {"description": "Not signed in"}, 403: {"description": "Not an admin"}},
         response_model=None,
