@@ -16,6 +16,9 @@
       keepalive_timeout_seconds: 5  # an idle kept-alive connection is closed after this
       max_connections: 1000         # per process; requests beyond it get 503
       forwarded_allow_ips: []   # proxies whose X-Forwarded-For/-Proto are believed; empty: none
+      hpke_keyring: atlas-hpke-keyring.json  # contract v2 (enrolled devices) on; unset: v2 off
+      accept_v1: true           # false: refuse v1 batches (shared keys) once every Mac sends v2
+      rate_limit_per_device: 10 # v2 batches/s per enrolled device per ingest process (and _burst)
     database:
       url: postgresql://...
     redis:
@@ -170,6 +173,10 @@ class Settings:
     body_timeout_seconds: int = 30
     keepalive_timeout_seconds: int = 5
     max_connections: int = 1000
+    hpke_keyring_path: str | None = None
+    accept_v1: bool = True
+    rate_per_device: int = 10
+    burst_per_device: int = 100
 
     @property
     def queue_name(self) -> str:
@@ -348,6 +355,12 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
     allow_plaintext = server.get("allow_plaintext", False)
     if not isinstance(allow_plaintext, bool):
         raise ConfigError("server.allow_plaintext: must be true or false")
+    accept_v1 = server.get("accept_v1", True)
+    if not isinstance(accept_v1, bool):
+        raise ConfigError("server.accept_v1: must be true or false")
+    hpke_keyring = server.get("hpke_keyring")
+    if hpke_keyring is not None and (not isinstance(hpke_keyring, str) or not hpke_keyring):
+        raise ConfigError("server.hpke_keyring: must be the path of a keyring file (atlas-server keygen --hpke)")
     port = _port(server, DEFAULT_PORT, "server.port")
     metrics_host = worker.get("metrics_host", str(server.get("host", "0.0.0.0")))
     if not isinstance(metrics_host, str) or not metrics_host:
@@ -429,6 +442,10 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Se
         body_timeout_seconds=_int(server, "body_timeout_seconds", 30, "server.body_timeout_seconds"),
         keepalive_timeout_seconds=_int(server, "keepalive_timeout_seconds", 5, "server.keepalive_timeout_seconds"),
         max_connections=_int(server, "max_connections", 1000, "server.max_connections"),
+        hpke_keyring_path=hpke_keyring,
+        accept_v1=accept_v1,
+        rate_per_device=_int(server, "rate_limit_per_device", 10, "server.rate_limit_per_device", 0),
+        burst_per_device=_int(server, "rate_limit_per_device_burst", 100, "server.rate_limit_per_device_burst"),
     )
 
 
