@@ -300,6 +300,25 @@ def test_v1_and_v2_side_by_side(v2_ingest, mac, keys, db, drain) -> None:
     assert len(stored(db, envelope["batch_id"])) == 2
 
 
+def test_each_machine_records_the_protocol_it_last_spoke(v2_ingest, secret, keys, db, drain) -> None:
+    mac = Mac()
+    v1_batch = batches.sealed(
+        {"machine": batches.machine(mac.machine_id, serial_number=mac.serial_number), "logs": batches.logs(1)},
+        keys["current"],
+    )
+    assert v2_ingest.post(v1_batch).status_code == 202
+    other = batches.content(1)
+    assert v2_ingest.post(batches.sealed(other, keys["current"])).status_code == 202
+    drain()
+    protocol = "SELECT protocol FROM machines WHERE machine_id = %s"
+    assert db.execute(protocol, (mac.machine_id,)).fetchone() == (1,)
+    assert mac.enroll(v2_ingest, secret).status_code == 201  # the Mac moves to v2
+    assert mac.send(v2_ingest, mac.batch(1)).status_code == 202
+    drain()
+    assert db.execute(protocol, (mac.machine_id,)).fetchone() == (2,)
+    assert db.execute(protocol, (other["machine"]["machine_id"],)).fetchone() == (1,)
+
+
 def test_accept_v1_false_refuses_v1_with_a_reason(start_ingest, v2_config, keys, db, drain) -> None:
     config = {name: dict(values) for name, values in v2_config.items()}
     config["server"]["accept_v1"] = False

@@ -15,7 +15,7 @@ import base64
 import binascii
 import json
 from datetime import UTC, datetime
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from redis import Redis
 from redis.exceptions import WatchError
@@ -66,6 +66,8 @@ class QueuedBatch(TypedDict):
     kid: str | None
     machine: QueuedMachine
     logs: list[tuple[str, str, str, str, str]]
+    protocol: NotRequired[int]
+    """The wire contract the batch came in (1 or 2); absent in jobs queued before it was kept: 1."""
 
 
 class SealedGroup(TypedDict):
@@ -123,7 +125,13 @@ def open_payload(payload: object, keyring: Keyring) -> list[QueuedBatch]:
 
 
 def queued_batch(
-    content: BatchContent, *, batch_id: str, created_at: datetime, received_at: datetime, kid: str | None
+    content: BatchContent,
+    *,
+    batch_id: str,
+    created_at: datetime,
+    received_at: datetime,
+    kid: str | None,
+    protocol: int = 1,
 ) -> QueuedBatch:
     """Flatten a validated batch into the job payload."""
     return {
@@ -137,6 +145,7 @@ def queued_batch(
             (log.timestamp.astimezone(UTC).isoformat(), log.level, log.widget_type, log.message, log.data_json)
             for log in content.logs
         ],
+        "protocol": protocol,
     }
 
 

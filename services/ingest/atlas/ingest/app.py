@@ -186,6 +186,7 @@ class Ingest:
             created_at=accepted.created_at,
             received_at=received_at,
             kid=accepted.kid,
+            protocol=accepted.protocol,
         )
 
     def accepted_before(self, batch_id: str) -> bool:

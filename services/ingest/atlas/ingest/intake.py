@@ -41,6 +41,8 @@ class Accepted:
     content: BatchContent
     legacy_key: bool = False
     """Sealed directly under the shared payload key (no salt): it used up one of that key's 2^32 seals."""
+    protocol: int = 1
+    """The wire contract it came in: 1, or 2 (an enrolled device's HPKE envelope)."""
 
     @property
     def encrypted(self) -> bool:
@@ -120,7 +122,7 @@ def read_batch_v2(
         raise DeviceMismatchError("machine.machine_id", "is not the machine this device enrolled as")
     if content.machine.serial_number != device.serial_number:
         raise DeviceMismatchError("machine.serial_number", "is not the serial number this device enrolled with")
-    return Accepted(batch_id, created_at, envelope.kid, content)
+    return Accepted(batch_id, created_at, envelope.kid, content, protocol=2)
 
 
 def _check_window(created_at: datetime, settings: Settings, now: datetime) -> None:
