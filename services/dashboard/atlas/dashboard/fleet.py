@@ -43,6 +43,7 @@ SORTS: Mapping[str, sql.Composable] = {
     "model": sql.SQL("model"),
     "os": sql.SQL("os_version"),
     "last_seen": sql.SQL("last_seen"),
+    "protocol": sql.SQL("coalesce(protocol, 1)"),
 }
 """Sort keys a request may name, and the column each sorts by."""
 
@@ -130,6 +131,8 @@ class FleetRow:
     download_mbps: float | None = None
     upload_mbps: float | None = None
     speedtest_status: str | None = None
+    protocol: int | None = None
+    """The wire contract of its newest batch: 1 (shared keys) or 2 (an enrolled device); None: not yet known."""
 
 
 @dataclass
@@ -173,7 +176,7 @@ _COUNTS = sql.SQL(
 )
 
 _PAGE = sql.SQL(
-    "SELECT machine_id, serial_number, hostname, model, os_version, agent_version, last_seen"
+    "SELECT machine_id, serial_number, hostname, model, os_version, agent_version, last_seen, protocol"
     " FROM machines WHERE {where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s"
 )
 
@@ -222,7 +225,7 @@ def load_fleet(
     params.update(limit=PAGE_SIZE, offset=(query.page - 1) * PAGE_SIZE)
     machines = conn.execute(_PAGE.format(where=where, order=order), params).fetchall()
     rows = [
-        FleetRow(*m, status=status_of(m[6], now, online_within, stale_within))  # type: ignore[misc]
+        FleetRow(*m[:7], status=status_of(m[6], now, online_within, stale_within), protocol=m[7])  # type: ignore[misc]
         for m in machines
     ]
     if rows:
