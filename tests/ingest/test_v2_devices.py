@@ -7,6 +7,7 @@ signed with the contract's own ``sign_request``, as an agent signs them.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -353,3 +354,30 @@ def test_rate_limits_are_per_device(start_ingest, v2_config, db) -> None:
     assert codes[:2] == [202, 202]
     assert 429 in codes[2:]
     assert quiet.send(server, quiet.batch()).status_code == 202
+
+
+def test_an_admin_sees_re_enrollment_and_revokes_a_device_on_the_dashboard(v2_ingest, secret, admin, viewer) -> None:
+    mac = Mac()
+    assert mac.enroll(v2_ingest, secret).status_code == 201
+    old_id = mac.device_id
+    mac.key = DeviceKey.generate()
+    assert mac.enroll(v2_ingest, secret).status_code == 201  # reinstalled
+    assert mac.send(v2_ingest, mac.batch()).status_code == 202  # cached in ingest now
+    assert viewer.get("/admin/devices").status_code == 403
+    listed = admin.get("/admin/devices")
+    assert listed.status_code == 200, listed.text[-2000:]
+    page = listed.text
+    rows = dict(re.findall(r'data-device-id="([^"]+)".*?<td class="state">(.*?)</td>', page, re.DOTALL))
+    assert rows[mac.device_id] == "live"
+    assert rows[old_id].startswith("replaced by re-enrollment")
+    assert mac.device_id in rows[old_id]
+    token = admin.csrf("/admin/devices")
+    done = admin.post(f"/admin/devices/{mac.device_id}/revoke", {"csrf_token": token})
+    assert done.status_code == 303
+    assert done.headers["location"].endswith("done=device-revoked")
+    deadline = time.monotonic() + 0.5
+    while (response := mac.send(v2_ingest, mac.batch())).status_code == 202 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert response.status_code == 401
+    again = admin.post(f"/admin/devices/{mac.device_id}/revoke", {"csrf_token": token})
+    assert again.headers["location"].endswith("done=device-not-revoked")
