@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import yaml
 
 from atlas.contract import (
     SUITE_X25519,
@@ -32,7 +34,7 @@ from atlas.contract import (
 from atlas.core.devices import create_enroll_secret, revoke_device
 
 from .. import batches
-from ..fix_processes import IngestServer
+from ..fix_processes import BIN, IngestServer, service_env
 
 V2_PATH = "/api/fleet/v2/widget-logs"
 
@@ -381,3 +383,23 @@ def test_an_admin_sees_re_enrollment_and_revokes_a_device_on_the_dashboard(v2_in
     assert response.status_code == 401
     again = admin.post(f"/admin/devices/{mac.device_id}/revoke", {"csrf_token": token})
     assert again.headers["location"].endswith("done=device-not-revoked")
+
+
+def test_an_unreadable_keyring_stops_ingest_with_one_line(v2_config, tmp_path) -> None:
+    config = {name: dict(values) for name, values in v2_config.items()}
+    config["server"]["hpke_keyring"] = str(tmp_path / "missing.json")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [BIN / "atlas-server", "ingest", "--config", path, "--host", "127.0.0.1", "--port", "1"],
+        capture_output=True,
+        text=True,
+        env=service_env(),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"atlas-server: configuration error: server.hpke_keyring: {tmp_path / 'missing.json'}: cannot read the"
+        " keyring: No such file or directory"
+    ]
