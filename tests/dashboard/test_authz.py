@@ -19,8 +19,10 @@ import psycopg
 import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 
+from atlas.contract import DeviceKey
 from atlas.core.accounts import authenticate, create_token, create_user
 from atlas.core.config import Settings
+from atlas.core.devices import create_enroll_secret, enroll_device
 from atlas.core.web import SESSION_COOKIE
 from atlas.dashboard.app import create_app as create_dashboard
 from atlas.dashboard.auth import require_admin, require_admin_form
@@ -93,12 +95,21 @@ def marked_machine(database_url: str) -> tuple[Machine, str]:
 
 @pytest.fixture(scope="module")
 def target(database_url: str) -> dict[str, Any]:
-    """An admin with a live token: what the viewer's attempts aim at."""
+    """An admin with a live token, and a live enrolled device: what the viewer's attempts aim at."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         user = create_user(conn, unique("target-admin"), PASSWORD, "admin")
         create_token(conn, user, "target")
         token_id = conn.execute("SELECT id FROM api_tokens WHERE user_id = %s", (user.id,)).fetchone()[0]
-    return {"user": user, "token_id": token_id}
+        device, _ = enroll_device(
+            conn,
+            create_enroll_secret(conn)[0],
+            hardware_uuid=unique("hw"),
+            serial_number=unique("SER"),
+            machine_id=unique("mac"),
+            hostname="",
+            public_key=DeviceKey.generate().public_raw,
+        )
+    return {"user": user, "token_id": token_id, "device_id": device.device_id}
 
 
 def fill(path: str, values: dict[str, str]) -> str:
@@ -124,7 +135,7 @@ def test_a_viewer_gets_403_on_every_admin_route_and_nothing_changes(
     dashboard_routes, viewer: Browserless, target: dict[str, Any], db: psycopg.Connection
 ) -> None:
     user = target["user"]
-    values = {"user_id": str(user.id), "token_id": str(target["token_id"])}
+    values = {"user_id": str(user.id), "token_id": str(target["token_id"]), "device_id": target["device_id"]}
     form = {
         "csrf_token": viewer.csrf(),
         "username": unique("sneaky"),
@@ -152,6 +163,8 @@ def test_a_viewer_gets_403_on_every_admin_route_and_nothing_changes(
     assert authenticate(db, user.username, PASSWORD) is not None  # password unchanged
     revoked = db.execute("SELECT revoked_at FROM api_tokens WHERE id = %s", (target["token_id"],)).fetchone()
     assert revoked == (None,)
+    device = db.execute("SELECT revoked_at FROM devices WHERE device_id = %s", (target["device_id"],)).fetchone()
+    assert device == (None,)
 
 
 def test_api_tokens_open_no_page_and_a_viewer_token_no_admin_api(
@@ -162,7 +175,12 @@ def test_api_tokens_open_no_page_and_a_viewer_token_no_admin_api(
         viewer = create_user(conn, unique("token-viewer"), PASSWORD, "viewer")
         admin = create_user(conn, unique("token-admin"), PASSWORD, "admin")
         tokens = {"viewer": create_token(conn, viewer, "t"), "admin": create_token(conn, admin, "t")}
-    values = {"user_id": str(target["user"].id), "token_id": str(target["token_id"]), "machine_id": machine.machine_id}
+    values = {
+        "user_id": str(target["user"].id),
+        "token_id": str(target["token_id"]),
+        "device_id": target["device_id"],
+        "machine_id": machine.machine_id,
+    }
     for role, token in tokens.items():
         headers = {"Authorization": f"Bearer {token}"}
         for method, path, _ in dashboard_routes:
@@ -195,7 +213,12 @@ def test_no_dashboard_route_shows_data_without_a_session(
     dashboard_routes, dashboard: ServerProcess, marked_machine, target: dict[str, Any], credentials: dict[str, str]
 ) -> None:
     machine, marker = marked_machine
-    values = {"user_id": str(target["user"].id), "token_id": str(target["token_id"]), "machine_id": machine.machine_id}
+    values = {
+        "user_id": str(target["user"].id),
+        "token_id": str(target["token_id"]),
+        "device_id": target["device_id"],
+        "machine_id": machine.machine_id,
+    }
     params = {"machine_id": machine.machine_id, "q": marker}
     for method, path, _ in dashboard_routes:
         answer = httpx.request(

@@ -1229,3 +1229,16 @@ def test_a_nul_byte_is_a_bad_request_not_a_server_error(browserless, make_user, 
     assert refused.status_code in (400, 401)
     assert client.get("/").status_code == 200  # the same connection goes on working
     assert "Traceback" not in dashboard.logs()
+
+
+def test_the_fleet_list_shows_which_machines_still_speak_v1(viewer: Browserless, db: psycopg.Connection):
+    tag = unique("proto")
+    machines = {p: insert_machine(db, hostname=f"{tag}-{p}.local") for p in (1, 2, None)}
+    for protocol, machine in machines.items():
+        db.execute("UPDATE machines SET protocol = %s WHERE machine_id = %s", (protocol, machine.machine_id))
+    page = viewer.get(f"/?q={tag}&sort=protocol")
+    assert page.status_code == 200
+    cells = dict(re.findall(r'data-machine-id="([^"]+)".*?<td class="protocol">(.*?)</td>', page.text, re.DOTALL))
+    assert re.sub(r"<[^>]+>", "", cells[machines[1].machine_id]) == "v1"
+    assert cells[machines[2].machine_id] == "v2"
+    assert cells[machines[None].machine_id] not in ("v1", "v2")

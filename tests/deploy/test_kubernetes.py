@@ -334,10 +334,14 @@ def test_only_the_ingress_controller_reaches_the_services_and_only_the_services_
         (container,) = pod_spec(named("Deployment", TRIAL)[f"atlas-{app}"])["containers"]
         assert [port["name"] for port in container["ports"]] == ["http"]
     trial = named("StatefulSet", TRIAL)
-    # Redis: ingest queues, the worker dequeues. PostgreSQL: everything but ingest.
+    # Redis: ingest queues, the worker dequeues. PostgreSQL: every Atlas service (ingest for enrolled devices).
     wanted = {
         "redis-from-atlas": ("redis", 6379, {pods["ingest"], pods["worker"]}),
-        "postgres-from-atlas": ("postgres", 5432, {pods[c] for c in ("migrate", "worker", "exporter", "dashboard")}),
+        "postgres-from-atlas": (
+            "postgres",
+            5432,
+            {pods[c] for c in ("migrate", "ingest", "worker", "exporter", "dashboard")},
+        ),
     }
     for name, (target, port, allowed) in wanted.items():
         policy = policies[name]

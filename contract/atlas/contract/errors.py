@@ -9,6 +9,7 @@ content::
      │    ├── UnknownKeyError     400: no key in the keyring has this kid
      │    ├── DecryptionError     400: the GCM tag did not verify
      │    └── DeviceMismatchError 403: a v2 envelope names another device than the authenticated one
+     ├── DeviceAuthError          401: a v2 request's device credential is missing, malformed, stale or wrong
      ├── PayloadTooLargeError     413: a size bound was crossed
      └── SchemaError              422: the plaintext violates the record schema
 
@@ -65,6 +66,12 @@ class DeviceMismatchError(EnvelopeError):
     """A v2 envelope was sealed for another device than the one that sent it."""
 
     status = 403
+
+
+class DeviceAuthError(ContractError):
+    """A v2 request is not authenticated as a device: headers missing or malformed, clock skew, bad signature."""
+
+    status = 401
 
 
 class PayloadTooLargeError(ContractError):

@@ -205,6 +205,14 @@ def _text(spec: Spec, value: Any, earlier: Mapping[str, Any]) -> str:
     return str(value)
 
 
+def _keyring_path(spec: Spec, value: Any, earlier: Mapping[str, Any]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _Invalid("must be the path of a keyring file (atlas-server keygen --hpke)")
+    return value
+
+
 def _address(spec: Spec, value: Any, earlier: Mapping[str, Any]) -> str:
     if not isinstance(value, str) or not value:
         raise _Invalid("must be an address such as 0.0.0.0 or 127.0.0.1")
@@ -395,6 +403,19 @@ class Settings:
         minimum=0,
     )
     rate_limit_per_address_burst: int = _setting("server.rate_limit_per_address_burst", 1000, "... taken at once")
+    rate_limit_per_device: int = _setting(
+        "server.rate_limit_per_device", 10, "v2 batches/s per enrolled device per ingest process", minimum=0
+    )
+    rate_limit_per_device_burst: int = _setting("server.rate_limit_per_device_burst", 100, "... taken at once")
+    hpke_keyring_path: str | None = _setting(
+        "server.hpke_keyring",
+        None,
+        "contract v2 (enrolled devices) on with this keyring (atlas-server keygen --hpke); unset: v2 off",
+        _keyring_path,
+    )
+    accept_v1: bool = _setting(
+        "server.accept_v1", True, "false: refuse v1 batches (shared keys) once every Mac sends v2", _boolean
+    )
     rate_limit_exempt: tuple[str, ...] = _setting(
         "server.rate_limit_exempt", ("127.0.0.0/8", "::1/128"), "addresses without a per-address limit", _networks
     )

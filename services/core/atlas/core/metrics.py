@@ -79,7 +79,9 @@ REJECTION_REASONS = (
     "schema",  # 422: the plaintext breaks the record schema
     "queue_unavailable",  # 503: Redis down, nothing queued
     "decode_busy",  # 503: every decode thread and backlog slot taken by large bodies
-    "rate_limited",  # 429: over the per-address or per-API-key rate limit, refused before the body is read
+    "rate_limited",  # 429: over the per-address, per-API-key or per-device rate limit
+    "device_mismatch",  # 403: a v2 batch names another device, machine_id or serial than its credential
+    "v1_refused",  # 403: a v1 batch while server.accept_v1 is false
 )
 """Every value of ``atlas_batches_rejected_total{reason}``."""
 
@@ -163,12 +165,23 @@ def rejection_reason(exc: Exception) -> str:
     their field and the fixed wording of the contract's own checks (pinned by
     tests/core/test_metrics.py against the real errors).
     """
-    from atlas.contract import DecryptionError, PayloadTooLargeError, SchemaError, UnknownKeyError
+    from atlas.contract import (
+        DecryptionError,
+        DeviceAuthError,
+        DeviceMismatchError,
+        PayloadTooLargeError,
+        SchemaError,
+        UnknownKeyError,
+    )
 
     if isinstance(exc, SchemaError):
         return "schema"
     if isinstance(exc, PayloadTooLargeError):
         return "too_large"
+    if isinstance(exc, DeviceMismatchError):
+        return "device_mismatch"
+    if isinstance(exc, DeviceAuthError):
+        return "unauthorized"
     if isinstance(exc, DecryptionError):
         return "decrypt_failed"
     if isinstance(exc, UnknownKeyError):

@@ -16,7 +16,7 @@ import binascii
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from redis import Redis
 from redis.exceptions import WatchError
@@ -58,6 +58,8 @@ class QueuedBatch(TypedDict):
     kid: str | None
     machine: MachineFields
     logs: list[tuple[str, str, str, str, str]]
+    protocol: NotRequired[int]
+    """The wire contract the batch came in (1 or 2); absent in jobs queued before it was kept: 1."""
 
 
 class SealedGroup(TypedDict):
@@ -116,7 +118,13 @@ def open_payload(payload: object, keyring: Keyring) -> list[QueuedBatch]:
 
 
 def queued_batch(
-    content: BatchContent, *, batch_id: str, created_at: datetime, received_at: datetime, kid: str | None
+    content: BatchContent,
+    *,
+    batch_id: str,
+    created_at: datetime,
+    received_at: datetime,
+    kid: str | None,
+    protocol: int = 1,
 ) -> QueuedBatch:
     """Flatten a validated batch into the job payload."""
     return {
@@ -130,6 +138,7 @@ def queued_batch(
             (log.timestamp.astimezone(UTC).isoformat(), log.level, log.widget_type, log.message, log.data_json)
             for log in content.logs
         ],
+        "protocol": protocol,
     }
 
 

@@ -195,7 +195,7 @@ def retry_after(seconds: float) -> str:
 
 
 class IngestLimits:
-    """Ingest's two limits, each answering 429 with Retry-After and counting ``rate_limited``.
+    """Ingest's limits (address, API key, v2 device), each answering 429 with Retry-After, counting ``rate_limited``.
 
     The per-address limit is checked first, before the API key and before a
     byte of the body is read, so a flood without a key is refused cheaply too;
@@ -213,6 +213,11 @@ class IngestLimits:
         self.per_key = RateLimiter(
             settings.rate_limit_per_key, settings.rate_limit_per_key_burst, max_keys=max(64, len(settings.api_keys))
         )
+        self.per_device = RateLimiter(
+            settings.rate_limit_per_device,
+            settings.rate_limit_per_device_burst,
+            max_keys=settings.rate_limit_max_addresses,
+        )
 
     def check_address(self, request: HTTPConnection) -> JSONResponse | None:
         """None if the client's address may go on, else the 429 answer."""
@@ -222,6 +227,13 @@ class IngestLimits:
         if wait := self.per_address.hit(key, forwarded=forwarded_for(scope)):
             self._log(f"client address {key}")
             return _too_many(wait, "this client address")
+        return None
+
+    def check_device(self, device_id: str) -> JSONResponse | None:
+        """None if this (authenticated) device may go on, else the 429 answer."""
+        if wait := self.per_device.hit(device_id):
+            self._log(f"device {device_id}")
+            return _too_many(wait, "this device")
         return None
 
     def check_key(self, api_key: str | None) -> JSONResponse | None:

@@ -296,6 +296,50 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX login_failures_last_failed_idx ON login_failures (last_failed_at);
         """,
     ),
+    Migration(
+        8,
+        "contract v2: enroll_secrets, devices, machines.protocol",
+        """
+        CREATE TABLE enroll_secrets (
+            id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            name         text NOT NULL UNIQUE,
+            secret_hash  bytea NOT NULL UNIQUE,
+            created_at   timestamptz NOT NULL DEFAULT now(),
+            expires_at   timestamptz,
+            max_uses     integer CHECK (max_uses > 0),
+            uses         integer NOT NULL DEFAULT 0,
+            revoked_at   timestamptz
+        );
+        COMMENT ON COLUMN enroll_secrets.secret_hash IS
+            'SHA-256 of the secret (32 random bytes); the secret is shown once, at creation';
+
+        CREATE TABLE devices (
+            device_id         uuid PRIMARY KEY,
+            machine_id        text NOT NULL,
+            hardware_uuid     text NOT NULL,
+            serial_number     text NOT NULL,
+            hostname          text NOT NULL DEFAULT '',
+            public_key        bytea NOT NULL CHECK (length(public_key) = 32),
+            enroll_secret_id  bigint REFERENCES enroll_secrets (id) ON DELETE SET NULL,
+            enrolled_at       timestamptz NOT NULL DEFAULT now(),
+            last_seen_at      timestamptz,
+            revoked_at        timestamptz,
+            replaced_by       uuid REFERENCES devices (device_id) DEFERRABLE INITIALLY DEFERRED
+        );
+        COMMENT ON TABLE devices IS
+            'Enrolled Macs (contract v2): the Ed25519 public key that signs their requests, and the identity'
+            ' ingest takes from the credential; a re-enrolled Mac''s old row is replaced_by the new one';
+        CREATE UNIQUE INDEX devices_live_hardware_idx ON devices (hardware_uuid)
+            WHERE revoked_at IS NULL AND replaced_by IS NULL;
+        CREATE UNIQUE INDEX devices_live_machine_idx ON devices (machine_id)
+            WHERE revoked_at IS NULL AND replaced_by IS NULL;
+        CREATE INDEX devices_machine_idx ON devices (machine_id, enrolled_at);
+
+        ALTER TABLE machines ADD COLUMN protocol smallint;
+        COMMENT ON COLUMN machines.protocol IS
+            'Wire contract version of the newest batch received from the machine (1 or 2); NULL: before it was kept';
+        """,
+    ),
 )
 """Every migration, oldest first."""
 

@@ -1,4 +1,4 @@
-"""Administration pages (admins only): users, API tokens, and the export audit log.
+"""Administration pages (admins only): users, API tokens, enrolled devices, and the export audit log.
 
 Passwords and tokens the server generates are shown once, in the response to
 the POST that made them, and never again (only their hashes are kept). The
@@ -30,6 +30,7 @@ from atlas.core.accounts import (
     set_password,
     set_role,
 )
+from atlas.core.devices import list_devices, revoke_device
 from atlas.core.errors import AccountError
 from atlas.core.web import Principal
 
@@ -45,6 +46,8 @@ DONE_MESSAGES = {
     "deleted": "User deleted.",
     "revoked": "Token revoked.",
     "not-revoked": "No such live token: it was revoked already, or never existed.",
+    "device-revoked": "Device revoked: its next request is refused.",
+    "device-not-revoked": "No such live device: it was revoked already, or never existed.",
 }
 """What a redirect's ``done`` code says; only these texts are ever shown."""
 
@@ -203,6 +206,27 @@ def revoke(request: Request, principal: AdminForm, token_id: int) -> Response:
     with web_state(request).pool.connection() as conn:
         revoked = revoke_token(conn, token_id)
     return _done("/admin/tokens", "revoked" if revoked else "not-revoked")
+
+
+# --- enrolled devices (contract v2) ------------------------------------------------------
+
+
+@router.get("/devices")
+def devices_page(request: Request, principal: AdminUser) -> Response:
+    """Every enrolled device, newest first: live, replaced by a re-enrollment of its Mac, or revoked."""
+    with web_state(request).pool.connection() as conn:
+        devices = list(reversed(list_devices(conn)))
+    message = DONE_MESSAGES.get(request.query_params.get("done", ""), "")
+    return render(
+        "admin_devices.html", principal=principal, devices=devices, error="", message=message, shown_once=None
+    )
+
+
+@router.post("/devices/{device_id}/revoke")
+def revoke_one_device(request: Request, principal: AdminForm, device_id: str) -> Response:
+    with web_state(request).pool.connection() as conn:
+        revoked = revoke_device(conn, device_id[:64])
+    return _done("/admin/devices", "device-revoked" if revoked else "device-not-revoked")
 
 
 # --- export audit ------------------------------------------------------------------------

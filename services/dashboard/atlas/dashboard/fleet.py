@@ -43,6 +43,7 @@ SORTS: Mapping[str, sql.Composable] = {
     "model": sql.SQL("model"),
     "os": sql.SQL("os_version"),
     "last_seen": sql.SQL("last_seen"),
+    "protocol": sql.SQL("coalesce(protocol, 1)"),
 }
 """Sort keys a request may name, and the column each sorts by."""
 
@@ -125,6 +126,8 @@ class FleetRow:
     download_mbps: float | None = None
     upload_mbps: float | None = None
     speedtest_status: str | None = None
+    protocol: int | None = None
+    """The wire contract of its newest batch: 1 (shared keys) or 2 (an enrolled device); None: not yet known."""
 
 
 @dataclass
@@ -170,8 +173,8 @@ _COUNTS = sql.SQL(
 )
 
 _PAGE = sql.SQL("SELECT {columns} FROM machines WHERE {where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s")
-_PAGE_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, (*MACHINE_FIELDS, "last_seen")))
-"""The machine fields, then ``last_seen``."""
+_PAGE_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, (*MACHINE_FIELDS, "last_seen", "protocol")))
+"""The machine fields, then ``last_seen`` and ``protocol``."""
 
 _LATEST = sql.SQL("""
 SELECT m.machine_id, w.*, s.*
@@ -219,9 +222,10 @@ def load_fleet(
     machines = conn.execute(_PAGE.format(columns=_PAGE_COLUMNS, where=where, order=order), params).fetchall()
     rows = [
         FleetRow(
-            MachineFields(**dict(zip(MACHINE_FIELDS, m[:-1], strict=True))),  # type: ignore[typeddict-item]
-            m[-1],
-            status=status_of(m[-1], now, online_within, stale_within),
+            MachineFields(**dict(zip(MACHINE_FIELDS, m[:-2], strict=True))),  # type: ignore[typeddict-item]
+            m[-2],
+            status=status_of(m[-2], now, online_within, stale_within),
+            protocol=m[-1],
         )
         for m in machines
     ]

@@ -9,32 +9,63 @@ with a reason; Redis trouble becomes a 503 with Retry-After, never a 202.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import gc
+import json
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from rq import Queue
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from atlas.contract import WIDGET_LOGS_PATH, ContractError, PayloadTooLargeError, SchemaError
+from atlas.contract import (
+    WIDGET_LOGS_PATH,
+    ContractError,
+    DeviceAuthError,
+    HpkeKeyring,
+    KeyFormatError,
+    PayloadTooLargeError,
+    SchemaError,
+    check_clock,
+    parse_signed_headers,
+    verify_request,
+)
 from atlas.core import metrics
 from atlas.core.config import Settings, get_settings
+from atlas.core.devices import Device, EnrollRefused
 from atlas.core.edge import add_health_routes, problem, retry_later, unavailable
-from atlas.core.errors import QueueUnavailable, Unavailable, store_error
+from atlas.core.errors import ConfigError, QueueUnavailable, Unavailable, store_error
 from atlas.core.queue import QueuedBatch, accepted_marker, batch_queue, queued_batch, redis_client
 from atlas.core.ratelimit import IngestLimits
 
 from .auth import is_valid_key, presented_key
+from .devices import DeviceDirectory
 from .grouping import GroupingEnqueuer, QueueBusy
-from .intake import AlreadyAccepted, read_batch
-from .models import Duplicate, EncryptedBody, PlaintextBody, Problem, Queued, SchemaProblem
+from .intake import Accepted, AlreadyAccepted, read_batch, read_batch_v2
+from .models import (
+    Duplicate,
+    DuplicateV2,
+    EncryptedBody,
+    Enrolled,
+    EnrollRequest,
+    HpkeKey,
+    PlaintextBody,
+    Problem,
+    Queued,
+    QueuedV2,
+    SchemaProblem,
+)
 
 log = logging.getLogger("atlas.ingest")
 
@@ -42,6 +73,12 @@ INLINE_DECODE_BYTES = 64 * 1024
 """Bodies up to this size, whose plaintext is no larger either, are decoded in the event loop (an agent's
 batch: about half a millisecond, less than a thread hand-off costs). Anything more, a gzip bomb
 included, is decoded in the bounded decode pool, so the loop never inflates or parses more than this."""
+
+WIDGET_LOGS_V2_PATH = "/api/fleet/v2/widget-logs"
+ENROLL_PATH = "/api/fleet/enroll"
+
+MAX_ENROLL_BODY_BYTES = 16 * 1024
+"""An enrollment request is a few hundred bytes."""
 
 
 _heap_frozen = False
@@ -79,6 +116,18 @@ class Ingest:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.hpke: HpkeKeyring | None = None
+        self.devices: DeviceDirectory | None = None
+        if settings.hpke_keyring_path:
+            try:
+                self.hpke = HpkeKeyring.load(settings.hpke_keyring_path)
+            except KeyFormatError as exc:
+                raise ConfigError(f"server.hpke_keyring: {exc}") from None
+            if not self.hpke:
+                raise ConfigError("server.hpke_keyring: holds no key (add one: atlas-server keygen --hpke)")
+            self.devices = DeviceDirectory(settings)
+        self.hpke_keys = [key.to_json() for key in self.hpke.public_keys()] if self.hpke else []
+        """What every v2 answer hands the device: the server's public keys, the current one first."""
         self.enqueuer = GroupingEnqueuer(lambda: self.queue, settings)
         self._decoding = 0  # bodies in the decode pool or waiting for it; touched only by the event loop
 
@@ -91,20 +140,27 @@ class Ingest:
         return ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="atlas-decode")
 
     def decode(
-        self, body: bytes, received_at: datetime, *, inline: bool = False
+        self, body: bytes, received_at: datetime, *, inline: bool = False, device: Device | None = None
     ) -> QueuedBatch | AlreadyAccepted | JSONResponse:
         """Decrypt and validate one body: the batch to queue, a known duplicate, or the error answer.
 
         Inline, the plaintext is capped at INLINE_DECODE_BYTES and a larger one raises
         PayloadTooLargeError for the caller to move to the pool; in the pool, a batch_id
-        already accepted is answered before the body is decrypted.
+        already accepted is answered before the body is decrypted. With ``device`` (authenticated),
+        the body is a v2 envelope of that device.
         """
+
+        def read(**kw: Any) -> Accepted | AlreadyAccepted:
+            if device is None:
+                return read_batch(body, self.settings, now=received_at, **kw)
+            assert self.hpke is not None
+            return read_batch_v2(body, self.settings, self.hpke, device, now=received_at, **kw)
+
         try:
             if inline:
-                cap = min(INLINE_DECODE_BYTES, self.settings.max_plaintext_bytes)
-                accepted = read_batch(body, self.settings, now=received_at, max_plaintext_bytes=cap)
+                accepted = read(max_plaintext_bytes=min(INLINE_DECODE_BYTES, self.settings.max_plaintext_bytes))
             else:
-                accepted = read_batch(body, self.settings, now=received_at, accepted_before=self.accepted_before)
+                accepted = read(accepted_before=self.accepted_before)
         except SchemaError as exc:
             metrics.reject("schema")
             return JSONResponse({"detail": [v.as_dict() for v in exc.violations]}, status_code=422)
@@ -133,6 +189,7 @@ class Ingest:
             created_at=accepted.created_at,
             received_at=received_at,
             kid=accepted.kid,
+            protocol=accepted.protocol,
         )
 
     def accepted_before(self, batch_id: str) -> bool:
@@ -144,27 +201,30 @@ class Ingest:
                 return False
             raise
 
-    async def decode_off_loop(self, body: bytes, received_at: datetime) -> QueuedBatch | AlreadyAccepted | JSONResponse:
+    async def decode_off_loop(
+        self, body: bytes, received_at: datetime, device: Device | None = None
+    ) -> QueuedBatch | AlreadyAccepted | JSONResponse:
         """Decode in the pool, or answer 503 when every thread and backlog slot is taken."""
         if self._decoding >= self.settings.decode_threads + self.settings.decode_backlog:
             metrics.reject("decode_busy")
             return problem(503, "decoder busy, retry later", headers=retry_later())
         self._decoding += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.decoder, self.decode, body, received_at)
+            decode = partial(self.decode, body, received_at, device=device)
+            return await asyncio.get_running_loop().run_in_executor(self.decoder, decode)
         finally:
             self._decoding -= 1
 
-    async def accept(self, body: bytes) -> JSONResponse:
+    async def accept(self, body: bytes, device: Device | None = None) -> JSONResponse:
         received_at = datetime.now(UTC)
         decoded: QueuedBatch | AlreadyAccepted | JSONResponse
         if len(body) <= INLINE_DECODE_BYTES:
             try:
-                decoded = self.decode(body, received_at, inline=True)
+                decoded = self.decode(body, received_at, inline=True, device=device)
             except PayloadTooLargeError:  # small body, large plaintext: finish in the pool
-                decoded = await self.decode_off_loop(body, received_at)
+                decoded = await self.decode_off_loop(body, received_at, device)
         else:
-            decoded = await self.decode_off_loop(body, received_at)
+            decoded = await self.decode_off_loop(body, received_at, device)
         if isinstance(decoded, JSONResponse):
             return decoded
         if isinstance(decoded, AlreadyAccepted):
@@ -199,6 +259,8 @@ class Ingest:
             self.decoder.shutdown(wait=False, cancel_futures=True)
         if "queue" in self.__dict__:
             self.queue.connection.close()
+        if self.devices is not None:
+            self.devices.close()
 
     def ready(self) -> bool:
         try:
@@ -239,6 +301,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("allow_plaintext is on: unencrypted batches are accepted beside encrypted ones")
         else:
             log.info("Widget log decryption enabled (AES-256-GCM, %d key(s))", len(settings.keyring))
+        if ingest.devices is None:
+            log.info("Contract v2 (enrolled devices) is off: server.hpke_keyring is not set")
+        else:
+            ingest.devices.open()
+            current = ingest.hpke_keys[0]
+            log.info(
+                "Contract v2 enabled: enrollment and signed batches, HPKE key %s (%s) current, %d key(s)",
+                current["kid"],
+                current["suite"],
+                len(ingest.hpke_keys),
+            )
+        if not settings.accept_v1:
+            log.info("server.accept_v1 is false: v1 batches are refused, only enrolled devices may send")
         # Everything loaded so far (modules, schemas, the app) lives as long as the process: moved out of
         # the collector's reach, a full collection scans only what requests leave behind. Without it, a
         # full collection paused the event loop for tens of milliseconds under load.
@@ -277,6 +352,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def widget_logs(request: Request) -> Response:
         if refused := limits.check_address(request):  # before the key and the body: floods are cheap to refuse
             return refused
+        if not settings.accept_v1:
+            metrics.reject("v1_off")
+            return problem(
+                403, "contract v1 is switched off on this server (server.accept_v1: false): enroll and send v2"
+            )
         api_key = presented_key(request.headers)
         if not is_valid_key(api_key, settings.api_keys):
             metrics.reject("unauthorized")
@@ -296,6 +376,155 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem(408, "body: the client went away before sending all of it", "body")
         return await ingest.accept(body)
 
+    def v2_off() -> JSONResponse:
+        return problem(404, "contract v2 is off on this server (server.hpke_keyring is not set)")
+
+    @app.post(
+        ENROLL_PATH,
+        status_code=201,
+        response_model=Enrolled,
+        responses={
+            400: {"model": Problem, "description": "Malformed request"},
+            401: {"model": Problem, "description": "Enroll secret unknown, expired, used up or revoked"},
+            404: {"model": Problem, "description": "Contract v2 is off on this server"},
+            409: {"model": Problem, "description": "machine_id enrolled by another Mac"},
+            429: {"model": Problem, "description": "Over the client address's rate"},
+            503: {"model": Problem, "description": "Database unavailable; retry after Retry-After"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EnrollRequest"}}},
+            }
+        },
+        summary="Enroll a Mac as a device (contract v2)",
+    )
+    async def enroll(request: Request) -> Response:
+        if refused := limits.check_address(request):
+            return refused
+        if ingest.devices is None:
+            return v2_off()
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return problem(415, "Content-Type must be application/json")
+        try:
+            body = await read_limited(request, MAX_ENROLL_BODY_BYTES)
+        except BodyTooLarge:
+            return problem(413, f"body: exceeds {MAX_ENROLL_BODY_BYTES} bytes", "body")
+        except ClientDisconnect:
+            return problem(408, "body: the client went away before sending all of it", "body")
+        try:
+            asked = EnrollRequest.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return problem(400, f"{where}: {first['msg']}"[:300], where[:64])
+        try:
+            public_key = base64.b64decode(asked.public_key, validate=True)
+            Ed25519PublicKey.from_public_bytes(public_key)
+        except (binascii.Error, ValueError):
+            return problem(400, "public_key: must be base64 of a raw 32-byte Ed25519 public key", "public_key")
+        identity = asked.model_dump(exclude={"enroll_secret", "public_key"})
+        try:
+            device, replaced = await run_in_threadpool(
+                ingest.devices.enroll, asked.enroll_secret, public_key=public_key, **identity
+            )
+        except EnrollRefused as exc:
+            return problem(exc.status, exc.reason, exc.reason.split(":")[0])
+        except Exception as exc:
+            if isinstance(down := store_error(exc), Unavailable):
+                return unavailable(down).response()
+            raise
+        if replaced is not None:
+            log.info(
+                "Device %s enrolled for machine %s, replacing device %s (re-enrolled Mac)",
+                device.device_id,
+                device.machine_id,
+                replaced.device_id,
+            )
+        else:
+            log.info("Device %s enrolled for machine %s", device.device_id, device.machine_id)
+        answer = Enrolled(
+            device_id=device.device_id,
+            machine_id=device.machine_id,
+            replaced_device_id=replaced.device_id if replaced else None,
+            hpke_keys=[HpkeKey.model_validate(key) for key in ingest.hpke_keys],
+        )
+        return JSONResponse(answer.model_dump(), status_code=201)
+
+    def with_keys(response: JSONResponse) -> JSONResponse:
+        """The answer to an authenticated device, with the server's current HPKE public keys added."""
+        content = json.loads(bytes(response.body))
+        content["hpke_keys"] = ingest.hpke_keys
+        headers = {k: v for k, v in response.headers.items() if k.lower() in ("retry-after",)}
+        return JSONResponse(content, status_code=response.status_code, headers=headers)
+
+    def unauthorized(exc: ContractError) -> JSONResponse:
+        metrics.reject("unauthorized")
+        return problem(401, exc.detail, exc.field, headers={"WWW-Authenticate": "Atlas-Signature"})
+
+    @app.post(
+        WIDGET_LOGS_V2_PATH,
+        status_code=202,
+        response_model=QueuedV2,
+        responses={
+            200: {"model": DuplicateV2, "description": "Batch already accepted"},
+            **_ERRORS,
+            401: {"model": Problem, "description": "Device credential missing, wrong, stale, revoked or replaced"},
+            403: {"model": Problem, "description": "The batch names another device, machine_id or serial number"},
+            404: {"model": Problem, "description": "Contract v2 is off on this server"},
+        },
+        summary="Submit one batch of widget logs as an enrolled device (contract v2)",
+    )
+    async def widget_logs_v2(request: Request) -> Response:
+        if refused := limits.check_address(request):
+            return refused
+        if ingest.devices is None:
+            return v2_off()
+        try:
+            signed = parse_signed_headers(request.headers)
+            check_clock(signed)
+        except DeviceAuthError as exc:
+            return unauthorized(exc)
+        device = ingest.devices.cached(signed.device_id)
+        if device is None:
+            try:
+                device = await run_in_threadpool(ingest.devices.lookup, signed.device_id)
+            except Exception as exc:
+                if isinstance(down := store_error(exc), Unavailable):
+                    return unavailable(down).response()
+                raise
+        if device is None or not device.live:
+            why = (
+                "unknown device"
+                if device is None
+                else ("device revoked" if device.revoked_at else "device replaced by a later enrollment of this Mac")
+            )
+            return unauthorized(DeviceAuthError("Atlas-Device", f"{why}; enroll again"))
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            metrics.reject("unsupported_media_type")
+            return problem(415, "Content-Type must be application/json")
+        try:
+            body = await read_limited(request, settings.max_body_bytes)
+        except BodyTooLarge:
+            metrics.reject("too_large")
+            return problem(413, f"body: exceeds {settings.max_body_bytes} bytes", "body")
+        except ClientDisconnect:
+            return problem(408, "body: the client went away before sending all of it", "body")
+        try:
+            verify_request(device.public_key, signed, request.method, request.url.path, body)
+        except DeviceAuthError as exc:
+            return unauthorized(exc)
+        if refused := limits.check_device(device.device_id):
+            return with_keys(refused)
+        if ingest.devices.needs_touch(device.device_id):
+            try:
+                await run_in_threadpool(ingest.devices.touch, device.device_id)
+            except Exception as exc:  # last_seen_at is a courtesy; the batch does not wait for PostgreSQL
+                if store_error(exc) is None:
+                    raise
+        return with_keys(await ingest.accept(body, device))
+
     add_health_routes(app, ingest.ready, needs="Redis", unready="redis unreachable", unready_model=Problem)
 
     def openapi() -> dict[str, Any]:
@@ -306,7 +535,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
         components = schema.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
-        for model in (EncryptedBody, PlaintextBody):
+        for model in (EncryptedBody, PlaintextBody, EnrollRequest):
             schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schemas[model.__name__].pop("$defs", {}))
         components["securitySchemes"] = {

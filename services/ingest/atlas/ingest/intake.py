@@ -12,18 +12,23 @@ from datetime import datetime
 
 from atlas.contract import (
     BatchContent,
+    DeviceMismatchError,
     EnvelopeError,
+    HpkeKeyring,
     check_created_at_window,
     decode_content,
     is_encrypted_body,
     open_envelope,
+    open_v2,
     parse_body,
     parse_envelope,
+    parse_envelope_v2,
     parse_plaintext_header,
     parse_timestamp,
     validate_content,
 )
 from atlas.core.config import Settings
+from atlas.core.devices import Device
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class Accepted:
     content: BatchContent
     legacy_key: bool = False
     """Sealed directly under the shared payload key (no salt): it used up one of that key's 2^32 seals."""
+    protocol: int = 1
+    """The wire contract it came in: 1, or 2 (an enrolled device's HPKE envelope)."""
 
     @property
     def encrypted(self) -> bool:
@@ -83,6 +90,39 @@ def read_batch(
         return AlreadyAccepted(batch_id.lower())
     content = validate_content(obj, max_logs=settings.max_logs_per_batch, created_at=created_at)
     return Accepted(batch_id.lower(), created_at, None, content)
+
+
+def read_batch_v2(
+    body: bytes,
+    settings: Settings,
+    keyring: HpkeKeyring,
+    device: Device,
+    *,
+    now: datetime,
+    max_plaintext_bytes: int | None = None,
+    accepted_before: Callable[[str], bool] | None = None,
+) -> Accepted | AlreadyAccepted:
+    """Parse, open and validate a v2 body sent by the authenticated ``device``.
+
+    The machine's identity is the device's: a plaintext naming another machine_id or serial number raises
+    DeviceMismatchError (403), and so does an envelope sealed for another device.
+    """
+    cap = settings.max_plaintext_bytes if max_plaintext_bytes is None else max_plaintext_bytes
+    envelope = parse_envelope_v2(parse_body(body), max_ciphertext_bytes=settings.max_body_bytes)
+    if envelope.device_id != device.device_id:
+        raise DeviceMismatchError("device_id", "names another device than the one authenticated")
+    created_at = parse_timestamp(envelope.created_at, "created_at")
+    _check_window(created_at, settings, now)
+    batch_id = envelope.batch_id.lower()
+    if accepted_before is not None and accepted_before(batch_id):
+        return AlreadyAccepted(batch_id)
+    plaintext = open_v2(keyring, envelope, device_id=device.device_id, max_plaintext_bytes=cap)
+    content = decode_content(plaintext, max_logs=settings.max_logs_per_batch, created_at=created_at)
+    if content.machine.machine_id != device.machine_id:
+        raise DeviceMismatchError("machine.machine_id", "is not the machine this device enrolled as")
+    if content.machine.serial_number != device.serial_number:
+        raise DeviceMismatchError("machine.serial_number", "is not the serial number this device enrolled with")
+    return Accepted(batch_id, created_at, envelope.kid, content, protocol=2)
 
 
 def _check_window(created_at: datetime, settings: Settings, now: datetime) -> None:

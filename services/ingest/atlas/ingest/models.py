@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from atlas.contract import BatchContent
@@ -68,3 +68,46 @@ class PlaintextBody(BatchContent):
     v: Literal[1]
     batch_id: str
     created_at: str
+
+
+class HpkeKey(BaseModel):
+    """A server HPKE public key (contract v2, docs/protocol.md section 17.2)."""
+
+    suite: str
+    kid: str
+    public_key: str
+
+
+_IDENTITY = r"^[\x21-\x7e]+$"
+
+
+class EnrollRequest(BaseModel):
+    """``POST /api/fleet/enroll``: a Mac asks to become a device (docs/protocol.md section 18.4)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    enroll_secret: str = Field(max_length=128)
+    hardware_uuid: str = Field(min_length=1, max_length=64, pattern=_IDENTITY)
+    serial_number: str = Field(min_length=1, max_length=64)
+    machine_id: str = Field(min_length=1, max_length=128)
+    hostname: str = Field(default="", max_length=255)
+    public_key: str = Field(
+        min_length=44, max_length=44, description="base64 of the device's raw 32-byte Ed25519 public key"
+    )
+
+
+class Enrolled(BaseModel):
+    """201: the Mac is now a device; it signs every request with its key from now on."""
+
+    device_id: str
+    machine_id: str
+    replaced_device_id: str | None = Field(default=None, description="The device of this Mac it replaced, if any")
+    hpke_keys: list[HpkeKey] = Field(description="The server's public keys, the current one first")
+
+
+class QueuedV2(Queued):
+    hpke_keys: list[HpkeKey]
+
+
+class DuplicateV2(Duplicate):
+    hpke_keys: list[HpkeKey]

@@ -16,6 +16,8 @@
     atlas-server partitions         create daily partitions ahead, drop those past database.retention_days
     atlas-server keys               which keys are configured, and which ones stored batches use
     atlas-server keygen             print a new encryption key (or --api-key; --hpke: add an HPKE key to a keyring)
+    atlas-server enroll-secret      create, list or revoke the secrets Macs enroll with (contract v2)
+    atlas-server devices            list enrolled Macs, or revoke one
 
 Each reads ``--config config.yaml`` (or $ATLAS_CONFIG) and the environment.
 """
@@ -368,6 +370,71 @@ def cmd_create_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(value: object) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else "-"  # type: ignore[attr-defined]
+
+
+def cmd_enroll_secret(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from atlas.core.db import connect
+    from atlas.core.devices import create_enroll_secret, list_enroll_secrets, revoke_enroll_secret
+
+    settings = _settings(args)
+    with connect(settings.database_url, autocommit=True) as conn:
+        if args.action == "create":
+            expires = timedelta(days=args.expires_in) if args.expires_in is not None else None
+            try:
+                secret, row = create_enroll_secret(conn, args.name, expires_in=expires, max_uses=args.uses)
+            except ValueError as exc:
+                print(f"atlas-server: {exc}", file=sys.stderr)
+                return 1
+            limits = f"expires {_when(row.expires_at)}, uses {'unlimited' if row.max_uses is None else row.max_uses}"
+            print(f"Enroll secret {row.name!r} ({limits}); shown only now, Atlas keeps only its hash:")
+            print(secret)
+            return 0
+        if args.action == "revoke":
+            if not revoke_enroll_secret(conn, args.name):
+                print(f"atlas-server: no live enroll secret named {args.name!r}", file=sys.stderr)
+                return 1
+            print(f"Revoked enroll secret {args.name!r}: no Mac can enroll with it; enrolled Macs are unaffected")
+            return 0
+        rows = list_enroll_secrets(conn)
+    print(f"{'NAME':24}  {'CREATED':25}  {'EXPIRES':25}  {'USES':>11}  REVOKED")
+    for row in rows:
+        uses = f"{row.uses}/{'-' if row.max_uses is None else row.max_uses}"
+        created, ends, revoked = _when(row.created_at), _when(row.expires_at), _when(row.revoked_at)
+        print(f"{row.name:24}  {created:25}  {ends:25}  {uses:>11}  {revoked}")
+    print(f"{len(rows)} enroll secret(s)")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from atlas.core.db import connect
+    from atlas.core.devices import find_device, list_devices, revoke_device
+
+    settings = _settings(args)
+    with connect(settings.database_url, autocommit=True) as conn:
+        if args.action == "revoke":
+            device = revoke_device(conn, args.device_id)
+            if device is None:
+                known = find_device(conn, args.device_id)
+                why = "is revoked already" if known is not None else "is not a known device id"
+                print(f"atlas-server: {args.device_id} {why}", file=sys.stderr)
+                return 1
+            print(f"Revoked device {device.device_id} (machine {device.machine_id}): its next request gets 401")
+            return 0
+        devices = list_devices(conn)
+    print(f"{'DEVICE':36}  {'MACHINE':36}  {'SERIAL':14}  {'ENROLLED':25}  {'LAST SEEN':25}  STATE")
+    for d in devices:
+        print(
+            f"{d.device_id:36}  {d.machine_id[:36]:36}  {d.serial_number[:14]:14}  {_when(d.enrolled_at):25}"
+            f"  {_when(d.last_seen_at):25}  {d.state}"
+        )
+    print(f"{len(devices)} device(s), {sum(d.live for d in devices)} live")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from atlas.worker.runner import run_worker
 
@@ -552,7 +619,35 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"with --hpke: the key's HPKE suite (default {DEFAULT_SUITE}, hybrid post-quantum)",
     )
     p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("enroll-secret", help="create, list or revoke the secrets Macs enroll with (contract v2)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("create", parents=[common], help="make a new enroll secret, shown once")
+    a.add_argument("--name", help="what it is for, e.g. 'mdm-2026' (default: a generated name)")
+    a.add_argument("--expires-in", type=_positive, metavar="DAYS", help="refused after this many days (default: never)")
+    a.add_argument("--uses", type=_positive, metavar="N", help="refused after N enrollments (default: unlimited)")
+    actions.add_parser("list", parents=[common], help="every enroll secret (never the secret itself)")
+    a = actions.add_parser("revoke", parents=[common], help="no further enrollment with this secret")
+    a.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_enroll_secret)
+
+    p = sub.add_parser("devices", help="list enrolled Macs (contract v2), or revoke one")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", parents=[common], help="every device, live, replaced or revoked")
+    a = actions.add_parser("revoke", parents=[common], help="its next request gets 401; nothing else is affected")
+    a.add_argument("device_id", metavar="DEVICE_ID")
+    p.set_defaults(func=cmd_devices)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a whole number of at least 1")
+    return value
 
 
 def _log_format(args: argparse.Namespace) -> str:

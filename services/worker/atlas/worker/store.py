@@ -30,9 +30,10 @@ WITH input AS (
     SELECT * FROM unnest(
         %(batch_id)s::uuid[], %(machine_id)s::text[], %(serial_number)s::text[], %(hostname)s::text[],
         %(model)s::text[], %(os_version)s::text[], %(agent_version)s::text[], %(created_at)s::timestamptz[],
-        %(received_at)s::timestamptz[], %(log_count)s::int[], %(kid)s::text[], %(dek_wrapped)s::bytea[]
+        %(received_at)s::timestamptz[], %(log_count)s::int[], %(kid)s::text[], %(dek_wrapped)s::bytea[],
+        %(protocol)s::smallint[]
     ) AS b(batch_id, machine_id, serial_number, hostname, model, os_version, agent_version, created_at,
-           received_at, log_count, kid, dek_wrapped)
+           received_at, log_count, kid, dek_wrapped, protocol)
 ),
 claimed AS (
     INSERT INTO batches (batch_id, machine_id, created_at, received_at, log_count, kid, dek_kid, dek_wrapped)
@@ -46,10 +47,10 @@ own AS (
 ),
 seen AS (
     INSERT INTO machines (machine_id, serial_number, hostname, model, os_version, agent_version,
-                          first_seen, last_seen, identity_at)
+                          first_seen, last_seen, identity_at, protocol)
     SELECT DISTINCT ON (o.machine_id)
            o.machine_id, o.serial_number, o.hostname, o.model, o.os_version, o.agent_version,
-           min(o.received_at) OVER w, max(o.received_at) OVER w, o.received_at
+           min(o.received_at) OVER w, max(o.received_at) OVER w, o.received_at, o.protocol
     FROM own o
     WINDOW w AS (PARTITION BY o.machine_id)
     ORDER BY o.machine_id, o.received_at DESC, o.batch_id DESC
@@ -62,6 +63,8 @@ seen AS (
             THEN EXCLUDED.os_version ELSE machines.os_version END,
         agent_version = CASE WHEN EXCLUDED.identity_at >= machines.identity_at
             THEN EXCLUDED.agent_version ELSE machines.agent_version END,
+        protocol = CASE WHEN EXCLUDED.identity_at >= machines.identity_at
+            THEN EXCLUDED.protocol ELSE machines.protocol END,
         identity_at = GREATEST(machines.identity_at, EXCLUDED.identity_at),
         first_seen = LEAST(machines.first_seen, EXCLUDED.first_seen),
         last_seen = GREATEST(machines.last_seen, EXCLUDED.last_seen)
@@ -81,11 +84,12 @@ SELECT c.batch_id::text, x.batch_id IS NOT NULL FROM claimed c LEFT JOIN conflic
 """Claim a group's batch_ids (the primary key makes a replayed batch a no-op) and upsert
 each machine once, from its newest claimed batch by received time, in one statement and one
 round trip. Identity is ordered by when ingest accepted a batch (``received_at``), never by
-the ``created_at`` an agent chooses. A machine's serial number is set by its first batch and
-never changes: a batch claiming the machine_id with another serial changes nothing of it (not
-even ``last_seen``) and is recorded in ``identity_conflicts``, its logs not stored. Machines
-are locked in machine_id order, batches in batch_id order, so concurrent workers never
-deadlock. Returns the batch_ids claimed now, each with whether it is a conflict."""
+the ``created_at`` an agent chooses; so is ``protocol``, the contract it last spoke. A
+machine's serial number is set by its first batch and never changes: a batch claiming the
+machine_id with another serial changes nothing of it (not even ``last_seen``) and is
+recorded in ``identity_conflicts``, its logs not stored. Machines are locked in machine_id
+order, batches in batch_id order, so concurrent workers never deadlock. Returns the
+batch_ids claimed now, each with whether it is a conflict."""
 
 COPY_LOGS = (
     'COPY widget_logs (machine_id, serial_number, "timestamp", level, widget_type, message, data,'
@@ -131,6 +135,7 @@ def persist_batches(conn: psycopg.Connection, batches: list[QueuedBatch], db_key
         "received_at": [b["received_at"] for b in ordered],
         "log_count": [len(b["logs"]) for b in ordered],
         "kid": [b["kid"] for b in ordered],
+        "protocol": [b.get("protocol", 1) for b in ordered],
         "dek_kid": db_key.kid if db_key else None,
         "dek_wrapped": wrapped or [None] * len(ordered),
     }
