@@ -146,9 +146,9 @@ def parse_cursor(text: str | None) -> Cursor | None:
     """A ``before``/``after`` value; None for anything else (the newest page is shown instead)."""
     micros, sep, log_id = (text or "").partition(":")
     try:
-        if sep and abs(int(micros)) < 10**17 and 0 <= int(log_id) < 2**63:
+        if sep and len(micros) <= 20 and 0 <= int(log_id) < 2**63:
             return _EPOCH + timedelta(microseconds=int(micros)), int(log_id)
-    except ValueError:
+    except (ValueError, OverflowError):
         pass
     return None
 
