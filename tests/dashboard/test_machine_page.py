@@ -242,3 +242,15 @@ def test_range_parsing_and_links():
     assert query.link("/m", before=None) == "/m?range=week&level=WARNING&q=a+b"
     assert query.preset_link("/m", "day") == "/m?level=WARNING&q=a+b#charts"
     assert query.hidden_range() == {"range": "week"}
+
+
+def test_a_silent_machine_offers_the_day_before_it_was_last_seen(viewer: Browserless, db: psycopg.Connection):
+    seen = datetime.now(UTC) - timedelta(days=10)
+    logs = [(seen - timedelta(hours=k), "INFO", "agent", f"before silence {k}", {}) for k in range(5)]
+    machine = insert_machine(db, last_seen=seen, logs=logs)
+    page = viewer.get(page_url(machine.machine_id)).text
+    assert messages(page) == []
+    assert "No logs in this range." in page
+    found = re.search(r'<a href="([^"]*)#logs">show the day before</a>', page)
+    assert found is not None
+    assert messages(viewer.get(html.unescape(found.group(1))).text) == [f"before silence {k}" for k in range(5)]
