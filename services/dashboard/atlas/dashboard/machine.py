@@ -1,4 +1,4 @@
-"""One machine's page: identity, the latest log of each widget, recent logs and charts.
+"""One machine's page: identity, the latest log of each widget, charts and a page of logs over one range.
 
 Queries select rows; every number and string is read out of ``data`` in Python
 (``extract``), never with SQL's ``->>``. A log's ``message`` and ``data`` may be
@@ -8,8 +8,9 @@ passes clear rows through and opens sealed ones with the database keys
 (``server.db_encryption_key``); a key that is missing or wrong raises
 ``ContentLocked``, a 503 naming the setting, never ciphertext. Charts are built
 by pure functions from (widget type, timestamp, data) rows and averaged into
-buckets; a week's charts are averaged into buckets by ``timeline`` instead (in
-SQL for clear logs), every log counted.
+buckets; every range but the day preset is averaged into buckets by ``timeline``
+instead (in SQL for clear logs), every clear log counted. The range and the log
+filters come from ``machinequery``.
 """
 
 from __future__ import annotations
