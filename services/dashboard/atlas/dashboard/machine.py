@@ -1,4 +1,4 @@
-"""One machine's page: identity, the latest log of each widget, recent logs and charts.
+"""One machine's page: identity, the latest log of each widget, charts and a page of logs over one range.
 
 Queries select rows; every number and string is read out of ``data`` in Python
 (``extract``), never with SQL's ``->>``. A log's ``message`` and ``data`` may be
@@ -8,8 +8,9 @@ passes clear rows through and opens sealed ones with the database keys
 (``server.db_encryption_key``); a key that is missing or wrong raises
 ``ContentLocked``, a 503 naming the setting, never ciphertext. Charts are built
 by pure functions from (widget type, timestamp, data) rows and averaged into
-buckets; a week's charts are averaged into buckets by ``timeline`` instead (in
-SQL for clear logs), every log counted.
+buckets; every range but the day preset is averaged into buckets by ``timeline``
+instead (in SQL for clear logs), every clear log counted. The range and the log
+filters come from ``machinequery``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,19 @@ from atlas.core.errors import AtRestError
 
 from . import extract, timeline
 from .charts import Series, bucket_average, line_chart
+from .machinequery import PRESETS, Cursor, LogFilter, Window, like_pattern, preset_window
 
 RECENT_LOGS = 100
-"""Logs listed on the machine page."""
+"""Logs listed on a page of the machine page's log list."""
+
+SEARCH_CHUNK = 500
+"""Logs read at a time while searching."""
+
+SEARCH_OPEN_LIMIT = 5000
+"""Logs encrypted at rest opened to search one page: past it the page shows what it found and where it stopped."""
+
+SAME_SERIAL_SHOWN = 10
+"""Other machines with this serial number listed on the machine page."""
 
 PING_WINDOW = timedelta(hours=1)
 """The ping table shows each target's latest result within this long before the newest ping."""
@@ -43,19 +54,8 @@ LATEST_LOOKBACK = timedelta(days=2)
 """How far before a machine's last contact its latest log of each widget is looked for."""
 
 
-@dataclass(frozen=True)
-class ChartRange:
-    span: timedelta
-    buckets: int
-    binned: bool
-    """True: averaged by ``timeline`` (clear logs in SQL); False: every log of the span read and averaged here."""
-
-
-RANGES: Mapping[str, ChartRange] = {
-    "day": ChartRange(timedelta(days=1), 96, binned=False),
-    "week": ChartRange(timedelta(days=7), 2016, binned=True),
-}
-"""Chart ranges: the span and how many buckets it is averaged into (15 minutes for a day, 5 for a week)."""
+RANGES = PRESETS
+"""The chart presets by name (``machinequery.PRESETS``)."""
 
 CHART_WIDGETS = ("wifi", "speedtest", "ping", "health")
 
@@ -141,6 +141,30 @@ class LogRow:
 
 
 @dataclass
+class LogPage:
+    """One page of the log list, newest first, and where the pages next to it start."""
+
+    rows: list[LogRow]
+    older: Cursor | None = None
+    """``before`` of the next older page; None when there is none."""
+    newer: Cursor | None = None
+    """``after`` of the next newer page; None when this page has the newest logs."""
+    searched_from: datetime | None = None
+    """A search that opened ``SEARCH_OPEN_LIMIT`` sealed logs and stopped: the farthest time it searched."""
+    opened: int = 0
+    """Logs encrypted at rest opened to search this page."""
+
+
+@dataclass(frozen=True)
+class SameSerial:
+    """Other machine ids reporting this machine's serial number (a virtual machine, a reinstalled agent)."""
+
+    count: int
+    machines: list[dict[str, Any]]
+    """machine_id, hostname and last_seen of the most recently seen ``SAME_SERIAL_SHOWN``."""
+
+
+@dataclass
 class Latest:
     """The newest log of one widget: when, and its fields as the page shows them."""
 
@@ -175,7 +199,10 @@ class MachineView:
     processes: Latest | None = None
     pings: list[tuple[datetime, dict[str, Any]]] = field(default_factory=list)
     logs: list[LogRow] = field(default_factory=list)
+    log_page: LogPage = field(default_factory=lambda: LogPage([]))
     charts: list[Markup] = field(default_factory=list)
+    window: Window | None = None
+    same_serial: SameSerial = field(default_factory=lambda: SameSerial(0, []))
 
 
 _IDENTITY_COLUMNS = (*MACHINE_FIELDS, "first_seen", "last_seen")
@@ -253,20 +280,106 @@ def load_pings(
     return extract.latest_per_target((row[5], data) for row, (_, data) in zip(rows, opened, strict=True))
 
 
-def load_logs(conn: psycopg.Connection, content: LogContent, machine_id: str, level: str) -> list[LogRow]:
-    """The newest ``RECENT_LOGS`` logs at ``level`` or above."""
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT id, {} FROM widget_logs"
-            ' WHERE machine_id = %s AND level = ANY(%s) ORDER BY "timestamp" DESC, id DESC LIMIT %s'
-        ).format(content_columns(data=False)),
-        (machine_id, list(levels_from(level)), RECENT_LOGS),
-    ).fetchall()
-    opened = content.open([r[1:] for r in rows], data=False)
-    return [
-        LogRow(r[0], r[6], r[7], r[8], extract.text(message, 500) or "")
-        for r, (message, _) in zip(rows, opened, strict=True)
+def _log_row(row: Sequence[Any], message: str) -> LogRow:
+    return LogRow(row[0], row[6], row[7], row[8], extract.text(message, 500) or "")
+
+
+def load_log_page(
+    conn: psycopg.Connection, content: LogContent, machine_id: str, window: Window, wanted: LogFilter
+) -> LogPage:
+    """A page of ``RECENT_LOGS`` logs of [window.start, window.end) matching ``wanted``, by keyset.
+
+    Ordered by (timestamp, id), newest first; ``before``/``after`` start the page past a log, never by OFFSET.
+    Clear logs are searched in SQL (ILIKE, the pattern escaped); sealed ones are opened and searched here, in
+    chunks, until the page is full or ``SEARCH_OPEN_LIMIT`` have been opened: then the page says how far it
+    searched, and its next link goes on from there.
+    """
+    newest_first = wanted.after is None
+    cursor = wanted.before if newest_first else wanted.after
+    where = [
+        sql.SQL('machine_id = %(id)s AND "timestamp" >= %(start)s AND "timestamp" < %(end)s'),
+        sql.SQL("level = ANY(%(levels)s)"),
     ]
+    params: dict[str, Any] = {
+        "id": machine_id,
+        "start": window.start,
+        "end": window.end,
+        "levels": list(levels_from(wanted.level)),
+    }
+    if wanted.widget_type:
+        where.append(sql.SQL("widget_type = %(type)s"))
+        params["type"] = wanted.widget_type
+    if wanted.q:
+        where.append(
+            sql.SQL(
+                "(sealed IS NOT NULL OR message ILIKE %(pattern)s ESCAPE '\\'"
+                " OR widget_type ILIKE %(pattern)s ESCAPE '\\')"
+            )
+        )
+        params["pattern"] = like_pattern(wanted.q)
+    past = sql.SQL(
+        '("timestamp", id) < (%(at)s, %(after_id)s) AND "timestamp" <= %(at)s'
+        if newest_first
+        else '("timestamp", id) > (%(at)s, %(after_id)s) AND "timestamp" >= %(at)s'
+    )
+    order = sql.SQL('"timestamp" DESC, id DESC' if newest_first else '"timestamp", id')
+    limit = SEARCH_CHUNK if wanted.q else RECENT_LOGS + 1
+    needle = wanted.q.casefold()
+    found: list[LogRow] = []
+    opened, last, stopped = 0, cursor, False
+    while len(found) <= RECENT_LOGS:
+        conditions = [*where, past] if last is not None else where
+        if last is not None:
+            params |= {"at": last[0], "after_id": last[1]}
+        rows = conn.execute(
+            sql.SQL("SELECT id, {} FROM widget_logs WHERE {} ORDER BY {} LIMIT {}").format(
+                content_columns(data=False), sql.SQL(" AND ").join(conditions), order, limit
+            ),
+            params,
+        ).fetchall()
+        for row, (message, _) in zip(rows, content.open([r[1:] for r in rows], data=False), strict=True):
+            last = (row[6], row[0])
+            sealed = row[3] is not None
+            opened += sealed
+            if not (wanted.q and sealed) or needle in message.casefold() or needle in row[8].casefold():
+                found.append(_log_row(row, message))
+                if len(found) > RECENT_LOGS:
+                    break
+        if len(rows) < limit or len(found) > RECENT_LOGS:
+            break
+        if opened >= SEARCH_OPEN_LIMIT:
+            stopped = True
+            break
+    shown = found[:RECENT_LOGS]
+    onward: Cursor | None = None
+    if len(found) > RECENT_LOGS:
+        onward = (shown[-1].timestamp, shown[-1].id)
+    elif stopped:
+        onward = last
+    if not newest_first:
+        shown.reverse()
+    page = LogPage(shown, opened=opened if wanted.q else 0)
+    if stopped and last is not None and len(found) <= RECENT_LOGS:
+        page.searched_from = last[0]
+    back = None if not shown else shown[-1] if not newest_first else shown[0]
+    if newest_first:
+        page.older = onward
+        page.newer = (back.timestamp, back.id) if back is not None and cursor is not None else None
+    else:
+        page.newer = onward
+        page.older = (back.timestamp, back.id) if back is not None else None
+    return page
+
+
+def load_same_serial(conn: psycopg.Connection, machine_id: str, serial_number: str) -> SameSerial:
+    """The other machine ids whose machines row has this serial number, most recently seen first."""
+    rows = conn.execute(
+        "SELECT machine_id, hostname, last_seen, count(*) OVER () FROM machines"
+        " WHERE serial_number = %s AND machine_id <> %s ORDER BY last_seen DESC LIMIT %s",
+        (serial_number, machine_id, SAME_SERIAL_SHOWN),
+    ).fetchall()
+    machines = [{"machine_id": r[0], "hostname": extract.text(r[1], 64), "last_seen": r[2]} for r in rows]
+    return SameSerial(rows[0][3] if rows else 0, machines)
 
 
 def load_chart_rows(
@@ -305,31 +418,37 @@ def load_machine(
     machine_id: str,
     *,
     now: datetime,
-    chart_range: str,
-    level: str,
+    chart_range: str = "day",
+    level: str = "",
     keyring: Keyring | None = None,
+    window: Window | None = None,
+    logs: LogFilter | None = None,
 ) -> MachineView | None:
     """Everything the machine page shows, or None for an unknown machine.
 
+    ``window``: the range of the charts and logs (default: the preset ``chart_range`` ending ``now``);
+    ``logs``: which logs to list (default: those at ``level`` or above, the newest page).
     ``keyring``: the database keys (``Settings.db_keyring``) that open logs encrypted at rest; without the
     key of a stored log, ContentLocked.
     """
     identity = load_identity(conn, machine_id)
     if identity is None:
         return None
+    window = window or preset_window(chart_range if chart_range in PRESETS else "day", now)
     content = LogContent(conn, Keyring() if keyring is None else keyring)
-    view = MachineView(identity, load_conflicts(conn, machine_id))
+    view = MachineView(identity, load_conflicts(conn, machine_id), window=window)
+    view.same_serial = load_same_serial(conn, machine_id, identity["serial_number"])
     since = identity["last_seen"] - LATEST_LOOKBACK
     for widget_type in _SUMMARIES:
         setattr(view, widget_type, load_latest(conn, content, machine_id, widget_type, since))
     view.pings = load_pings(conn, content, machine_id, since)
-    view.logs = load_logs(conn, content, machine_id, level)
-    chosen = RANGES[chart_range]
-    start = now - chosen.span
-    if chosen.binned:
-        view.charts = binned_charts(load_buckets(conn, content, machine_id, start, now, chosen.buckets))
+    view.log_page = load_log_page(conn, content, machine_id, window, logs or LogFilter(level=level))
+    view.logs = view.log_page.rows
+    start, end = window.chart_start, window.end
+    if window.binned:
+        view.charts = binned_charts(load_buckets(conn, content, machine_id, start, end, window.buckets))
     else:
-        view.charts = build_charts(load_chart_rows(conn, content, machine_id, start, now), start, now, chosen.buckets)
+        view.charts = build_charts(load_chart_rows(conn, content, machine_id, start, end), start, end, window.buckets)
     return view
 
 

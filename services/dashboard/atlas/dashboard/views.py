@@ -7,20 +7,22 @@ FastAPI's thread pool, because psycopg's pool blocks.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
-from atlas.contract import LEVELS
+from atlas.contract import WIDGET_TYPES
 from atlas.core.accounts import authenticate, create_session, set_password
 from atlas.core.errors import AccountError
 
 from .auth import FormUser, SessionUser, set_session_cookie, web_state
+from .browser import error_page
 from .fleet import FleetQuery, load_fleet, status_of
-from .machine import RANGES, load_machine
+from .machine import SEARCH_OPEN_LIMIT, load_machine
+from .machinequery import MAX_SPAN, PRESETS, MachineQuery, RangeRefused, local_value
 from .render import render
 
 router = APIRouter()
@@ -49,16 +51,17 @@ def fleet_list(request: Request, principal: SessionUser) -> Response:
 
 
 @router.get("/machines/{machine_id:path}")
-def machine_page(
-    request: Request, principal: SessionUser, machine_id: str, range: str = "day", level: str = ""
-) -> Response:
-    chart_range = range if range in RANGES else "day"
-    level = level.upper() if level.upper() in LEVELS else ""
+def machine_page(request: Request, principal: SessionUser, machine_id: str) -> Response:
+    """One machine: ``range`` or ``from``/``to`` (UTC), and the log filters of ``MachineQuery``."""
     settings = web_state(request).settings
     now = datetime.now(UTC)
+    try:
+        query = MachineQuery.from_params(request.query_params, now)
+    except RangeRefused as refused:
+        return error_page(principal, 400, str(refused))
     with web_state(request).pool.connection() as conn:
         view = load_machine(
-            conn, machine_id, now=now, chart_range=chart_range, level=level, keyring=settings.db_keyring
+            conn, machine_id, now=now, window=query.window, logs=query.logs, keyring=settings.db_keyring
         )
     if view is None:
         raise HTTPException(404, "No machine with this id has reported to Atlas.")
@@ -67,9 +70,18 @@ def machine_page(
         principal=principal,
         view=view,
         machine_status=status_of(view.identity["last_seen"], now, settings.online_within, settings.stale_within),
-        chart_range=chart_range,
-        level=level,
+        query=query,
+        presets=PRESETS,
+        widget_types=WIDGET_TYPES,
+        chart_range=query.window.preset,
+        level=query.logs.level,
         url=machine_url(machine_id),
+        machine_url=machine_url,
+        local_value=local_value,
+        MAX_SPAN_DAYS=MAX_SPAN.days,
+        SEARCH_OPEN_LIMIT=SEARCH_OPEN_LIMIT,
+        ONE_DAY=timedelta(days=1),
+        ONE_MINUTE=timedelta(minutes=1),
     )
 
 
