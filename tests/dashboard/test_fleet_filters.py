@@ -190,3 +190,47 @@ def test_query_parameters_round_trip():
     assert url == "/?q=a+b&model=Mac14%2C2&os=macOS+15.5&ssid=Office&problem=error"
     params = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
     assert fleet.FleetQuery.from_params(params) == replace(query, page=1)
+
+
+def test_the_latest_problem_is_one_probe_of_the_partial_index(db: psycopg.Connection):
+    """Each machine's latest WARNING or ERROR is read from ``widget_logs_machine_problem_idx``, which holds
+    only those, never by filtering the machine's quieter logs."""
+    with db.transaction():
+        db.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(
+            row[0]
+            for row in db.execute(
+                psycopg.sql.SQL("EXPLAIN ") + fleet._SCAN,
+                {"ids": ["a", "b"], "seen": [datetime.now(UTC)] * 2, "lookback": fleet.LATEST_LOOKBACK},
+            ).fetchall()
+        )
+    partition_indexes = {
+        row[0]
+        for row in db.execute(
+            "SELECT i.inhrelid::regclass::text FROM pg_inherits i"
+            " WHERE i.inhparent = 'widget_logs_machine_problem_idx'::regclass"
+        ).fetchall()
+    }
+    assert partition_indexes
+    assert any(f"using {name} " in plan for name in partition_indexes), plan
+    assert "level" not in plan  # the index's predicate, nothing left to filter
+
+
+def test_an_ssid_search_past_the_scan_limit_says_so(db: psycopg.Connection, monkeypatch):
+    prefix = unique("limit")
+    now = datetime.now(UTC)
+    ssid = unique("Net")
+    made = machines(db, prefix, [{"logs": [(now, "INFO", "wifi", "WiFi", wifi_data(ssid=ssid))]} for _ in range(5)])
+    monkeypatch.setattr(fleet, "SCAN_LIMIT", 3)
+    online, stale = timedelta(minutes=15), timedelta(days=1)
+
+    def load(**params: str) -> fleet.FleetPage:
+        query = fleet.FleetQuery.from_params({"q": prefix, **params})
+        return fleet.load_fleet(db, query, now=now, online_within=online, stale_within=stale)
+
+    page = load(ssid=ssid)
+    assert page.scan_truncated
+    assert [r.machine["machine_id"] for r in page.rows] == [m.machine_id for m in made[:3]]  # by hostname
+    assert page.total == 3
+    assert not load().scan_truncated  # no SSID or problem filter: every match counted in SQL
+    assert load().total == 5
