@@ -259,6 +259,26 @@ def test_a_dashboard_with_the_key_shows_the_decrypted_fleet_row(
         client.close()
 
 
+def test_the_fleet_filters_by_the_ssid_of_a_sealed_wifi_log(
+    keyed_dashboard: ServerProcess, sealed_machine: Machine, make_user: Callable[..., str]
+):
+    client = signed_in(keyed_dashboard, make_user)
+    try:
+
+        def listed(**params: str) -> list[str]:
+            page = client.get("/", params=params)
+            assert page.status_code == 200, page.text
+            return re.findall(r'<tr data-machine-id="([^"]+)">', page.text)
+
+        assert sealed_machine.machine_id in listed(ssid=SSID)
+        assert listed(q=sealed_machine.serial_number, ssid="Clear-SSID") == []  # an older, clear log
+        assert listed(q=sealed_machine.serial_number, problem="warning") == [sealed_machine.machine_id]
+        row = fleet_row(client.get("/", params={"ssid": SSID}).text, sealed_machine)
+        assert '<span class="level level-warning">WARNING</span>' in row
+    finally:
+        client.close()
+
+
 def test_a_dashboard_with_the_key_shows_the_decrypted_machine_page(
     keyed_dashboard: ServerProcess, sealed_machine: Machine, make_user: Callable[..., str]
 ):

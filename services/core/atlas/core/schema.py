@@ -340,6 +340,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             'Wire contract version of the newest batch received from the machine (1 or 2); NULL: before it was kept';
         """,
     ),
+    Migration(
+        9,
+        "index of each machine's problems, for the fleet list's latest problem",
+        """
+        -- The fleet list shows and filters by each machine's latest WARNING or ERROR log; without this
+        -- index finding it reads every quieter log before it. Partitions created later get it too.
+        CREATE INDEX widget_logs_machine_problem_idx ON widget_logs (machine_id, "timestamp")
+            WHERE level IN ('WARNING', 'ERROR');
+        """,
+    ),
 )
 """Every migration, oldest first."""
 

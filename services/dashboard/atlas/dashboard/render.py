@@ -16,16 +16,18 @@ from fastapi.responses import HTMLResponse
 from atlas.contract import LEVELS
 from atlas.core.web import Principal
 
+from .macmodels import product_name
+
 TEMPLATES = Path(__file__).parent / "templates"
 
 EXPORT_TYPES = (
-    ("wifi", "📡 WiFi Logs"),
-    ("speedtest", "⚡ Speedtest Logs"),
-    ("ping", "🏓 Ping Logs"),
-    ("health", "❤️ Health Logs"),
-    ("processes", "⚙️ Process Logs"),
+    ("wifi", "WiFi Logs"),
+    ("speedtest", "Speedtest Logs"),
+    ("ping", "Ping Logs"),
+    ("health", "Health Logs"),
+    ("processes", "Process Logs"),
 )
-"""The per-type export buttons of the user menu: widget type and label."""
+"""The per-type export buttons of the user menu: widget type (also its icon, ``_icons.html``) and label."""
 
 EXPORT_PATH = "/api/exports/logs"
 DASH = "—"
@@ -94,6 +96,8 @@ def _environment() -> jinja2.Environment:
     )
     env.filters.update(utc=utc, num=num, size=size, duration=duration)
     env.globals.update(ago=ago, EXPORT_TYPES=EXPORT_TYPES, EXPORT_PATH=EXPORT_PATH, LEVELS=LEVELS, DASH=DASH)
+    env.globals.update(product_name=product_name)
+    env.globals["icon"] = env.get_template("_icons.html").module.icon  # type: ignore[attr-defined]
     return env
 
 

@@ -20,7 +20,7 @@ from atlas.core.errors import AccountError
 
 from .auth import FormUser, SessionUser, set_session_cookie, web_state
 from .browser import error_page
-from .fleet import FleetQuery, load_fleet, status_of
+from .fleet import PROBLEMS, SCAN_LIMIT, FleetQuery, load_fleet, status_of
 from .machine import SEARCH_OPEN_LIMIT, load_machine
 from .machinequery import MAX_SPAN, PRESETS, MachineQuery, RangeRefused, local_value
 from .render import render
@@ -47,7 +47,15 @@ def fleet_list(request: Request, principal: SessionUser) -> Response:
             stale_within=settings.stale_within,
             keyring=settings.db_keyring,
         )
-    return render("fleet.html", principal=principal, page=page, machine_url=machine_url, checked_at=now)
+    return render(
+        "fleet.html",
+        principal=principal,
+        page=page,
+        machine_url=machine_url,
+        checked_at=now,
+        PROBLEMS=PROBLEMS,
+        SCAN_LIMIT=SCAN_LIMIT,
+    )
 
 
 @router.get("/machines/{machine_id:path}")
