@@ -133,7 +133,8 @@ def test_missing_api_key_stops_ingest_with_one_line(tmp_path):
     result = atlas_server("ingest", "--config", path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "atlas-server: configuration error: server.api_key: no API key configured (set server.api_key or FLEET_API_KEY)"
+        "atlas-server: configuration error: server.api_key: no API key configured (make one with"
+        " `atlas-server keygen --api-key`, then set server.api_key or FLEET_API_KEY)"
     ]
 
 

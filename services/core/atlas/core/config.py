@@ -552,7 +552,10 @@ class Settings:
     def require_api_keys(self) -> None:
         """Stop a service that authenticates agents from starting without an API key."""
         if not self.api_keys:
-            raise ConfigError("server.api_key: no API key configured (set server.api_key or FLEET_API_KEY)")
+            raise ConfigError(
+                "server.api_key: no API key configured (make one with `atlas-server keygen --api-key`, then set"
+                " server.api_key or FLEET_API_KEY)"
+            )
 
 
 SETTINGS: tuple[tuple[str, Spec], ...] = tuple(
