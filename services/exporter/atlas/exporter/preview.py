@@ -11,12 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import errors
+from psycopg import errors, sql
 
-from .query import ExportFilters, count_statement
+from .query import ExportFilters, count_statement, where_clause
 
 COUNT_TIMEOUT_MS = 5000
 """Longest a row count may take; past it the count is left unknown."""
+
+SAMPLE_ROWS = 1000
+"""Rows whose content is measured to estimate an export's size."""
+
+ROW_OVERHEAD_BYTES = {"csv": 90, "json": 150, "ndjson": 150}
+"""Bytes a row takes in each format besides its message and data (id, serial, time, level, type, quoting)."""
 
 
 @dataclass(frozen=True)
@@ -53,13 +59,39 @@ def scope_of(conn: psycopg.Connection, filters: ExportFilters) -> Scope:
     return Scope(serial, tuple(Machine(machine_id, hostname) for machine_id, hostname in rows))
 
 
-def count_rows(conn: psycopg.Connection, filters: ExportFilters, timeout_ms: int = COUNT_TIMEOUT_MS) -> int | None:
-    """The number of rows the export holds now, or None if counting them takes longer than ``timeout_ms``."""
-    statement, params = count_statement(filters)
+def _bounded(conn: psycopg.Connection, statement: sql.Composable, params: dict, timeout_ms: int) -> tuple | None:
+    """The first row of ``statement``, or None if it ran longer than ``timeout_ms`` (the bound is local to it)."""
     try:
         with conn.transaction():
             conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{int(timeout_ms)}ms",))
-            row = conn.execute(statement, params).fetchone()
+            return conn.execute(statement, params).fetchone()
     except errors.QueryCanceled:
         return None
-    return int(row[0]) if row else 0
+
+
+def count_rows(conn: psycopg.Connection, filters: ExportFilters, timeout_ms: int = COUNT_TIMEOUT_MS) -> int | None:
+    """The number of rows the export holds now, or None if counting them takes longer than ``timeout_ms``."""
+    statement, params = count_statement(filters)
+    row = _bounded(conn, statement, params, timeout_ms)
+    return None if row is None else int(row[0])
+
+
+SAMPLE_SQL = (
+    "SELECT avg(coalesce(octet_length(message), 0) + coalesce(octet_length(data::text), 0)"
+    " + coalesce(octet_length(sealed), 0)) FROM (SELECT message, data, sealed FROM widget_logs{where} LIMIT {n}) s"
+)
+
+
+def content_bytes(conn: psycopg.Connection, filters: ExportFilters, timeout_ms: int = COUNT_TIMEOUT_MS) -> float | None:
+    """The average bytes of message and data in a sample of the export's rows (None: no rows, or too slow)."""
+    where, params = where_clause(filters)
+    statement = sql.SQL(SAMPLE_SQL).format(where=where, n=sql.Literal(SAMPLE_ROWS))
+    row = _bounded(conn, statement, params, timeout_ms)
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def estimated_bytes(fmt: str, rows: int, content: float | None) -> int | None:
+    """About how many bytes an export of ``rows`` rows takes before gzip, given ``content_bytes``."""
+    if rows == 0:
+        return 0
+    return None if content is None else int(rows * (content + ROW_OVERHEAD_BYTES[fmt]))
