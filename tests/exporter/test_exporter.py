@@ -267,7 +267,8 @@ def test_unusable_filters_get_422_naming_the_field(exporter, accounts, params: d
 
 
 def test_file_names_say_what_is_inside(exporter, accounts, db) -> None:
-    dev = device(db, count=2, serial_number="C02AB12CD3F")
+    serial = f"C02{uuid.uuid4().hex[:8].upper()}"  # other tests store machines as C02AB12CD3F: one serial, many
+    dev = device(db, count=2, serial_number=serial)
     today = datetime.now(UTC).date().isoformat()
     token = accounts["viewer_token"]
 
@@ -278,10 +279,10 @@ def test_file_names_say_what_is_inside(exporter, accounts, db) -> None:
 
     assert name(until="2000-01-01") == "atlas-logs-all-until-2000-01-01.csv"
     assert name(widget_type="wifi", until="2000-01-01") == "atlas-logs-wifi-until-2000-01-01.csv"
-    assert name(machine_id=dev["machine_id"]) == f"atlas-logs-C02AB12CD3F-{today}.csv"
-    assert name(serial_number="C02AB12CD3F", format="json") == f"atlas-logs-C02AB12CD3F-{today}.json"
-    assert name(serial_number="C02AB12CD3F", widget_type="ping", format="ndjson") == (
-        f"atlas-logs-C02AB12CD3F-ping-{today}.ndjson"
+    assert name(machine_id=dev["machine_id"]) == f"atlas-logs-{serial}-{today}.csv"
+    assert name(serial_number=serial, format="json") == f"atlas-logs-{serial}-{today}.json"
+    assert name(serial_number=serial, widget_type="ping", format="ndjson") == (
+        f"atlas-logs-{serial}-ping-{today}.ndjson"
     )
     assert name(serial_number='../"evil"\\name') == f"atlas-logs-evil_name-{today}.csv"
 

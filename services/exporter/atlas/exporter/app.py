@@ -251,9 +251,8 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
     """Add ``GET``/``HEAD /api/exports/logs`` and ``GET /api/exports/audit`` to ``app``; ``refuse`` answers refusals."""
     slots = ExportSlots(web.settings.max_exports_per_principal)
 
-    @app.api_route(
+    @app.get(
         EXPORT_PATH,
-        methods=["GET", "HEAD"],
         summary="Export widget logs as CSV, JSON or NDJSON",
         response_class=StreamingResponse,
         responses={
@@ -345,6 +344,22 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
             send_timeout=web.settings.exporter_send_timeout,
             what=f"Export {export.audit_id}",
         )
+
+    app.head(
+        EXPORT_PATH,
+        summary="The headers of an export and its row count (X-Atlas-Row-Count), without the export",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The headers a GET gets, and X-Atlas-Row-Count (left out if counting took too long)",
+                "content": {media.split(";")[0]: {} for media in MEDIA_TYPES.values()},
+                "headers": {ROW_COUNT_HEADER: {"schema": {"type": "integer"}}},
+            },
+            401: {"description": "No session and no valid API token"},
+            422: {"description": "A filter cannot be used; `field` names it"},
+            503: {"description": "Database unavailable; retry after Retry-After seconds"},
+        },
+    )(export_logs)
 
     async def _head(request: Request, principal: Principal, fmt: str, filters: ExportFilters, gzip: bool) -> Response:
         """``HEAD``: the export's headers and its row count, no body, nothing exported or audited."""
