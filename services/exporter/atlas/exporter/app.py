@@ -224,10 +224,10 @@ async def _drain(chunks: Generator[bytes, None, None], first: bytes) -> AsyncIte
             await run_in_threadpool(chunks.close)
 
 
-def export_headers(fmt: str, filters: ExportFilters, scope: Scope, gzip: bool) -> dict[str, str]:
+def export_headers(fmt: ExportFormat, filters: ExportFilters, scope: Scope, gzip: bool) -> dict[str, str]:
     """The headers of an export's answer, the same for ``GET`` and ``HEAD``."""
     today = datetime.now(UTC).date()
-    name = export_filename(fmt, filters, today, scope.serial_number, len(scope.machines))  # type: ignore[arg-type]
+    name = export_filename(fmt, filters, today, scope.serial_number, len(scope.machines))
     headers = {
         "Content-Type": MEDIA_TYPES[fmt],
         "Content-Disposition": content_disposition(name),
@@ -361,7 +361,9 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
         },
     )(export_logs)
 
-    async def _head(request: Request, principal: Principal, fmt: str, filters: ExportFilters, gzip: bool) -> Response:
+    async def _head(
+        request: Request, principal: Principal, fmt: ExportFormat, filters: ExportFilters, gzip: bool
+    ) -> Response:
         """``HEAD``: the export's headers and its row count, no body, nothing exported or audited."""
         try:
             scope, rows = await run_in_threadpool(_preview, web, filters)

@@ -9,6 +9,7 @@ statement timeout: past it the count is unknown (None), never a slow answer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import errors, sql
@@ -59,7 +60,9 @@ def scope_of(conn: psycopg.Connection, filters: ExportFilters) -> Scope:
     return Scope(serial, tuple(Machine(machine_id, hostname) for machine_id, hostname in rows))
 
 
-def _bounded(conn: psycopg.Connection, statement: sql.Composable, params: dict, timeout_ms: int) -> tuple | None:
+def _bounded(
+    conn: psycopg.Connection, statement: sql.Composed, params: dict[str, Any], timeout_ms: int
+) -> tuple[Any, ...] | None:
     """The first row of ``statement``, or None if it ran longer than ``timeout_ms`` (the bound is local to it)."""
     try:
         with conn.transaction():
