@@ -170,6 +170,12 @@ def test_stored_sealed_and_exported_as_sent(atrest_url, db_keys, exporter_with, 
     assert table[0] == ["ID", "Serial Number", "Timestamp", "Level", "Widget Type", "Message", "Data"]
     assert [(r[5], json.loads(r[6])) for r in table[1:]] == [(g["message"], g["data"]) for g in content["logs"]]
     assert [r[2] for r in table[1:]] == [e["timestamp"] for e in exported]
+    # Every path carries the same columns: JSON the machine and its hostname, CSV them when asked for.
+    assert all((e["machine_id"], e["hostname"]) == (machine_id, "studio-mac.local") for e in exported)
+    extended = list(csv.reader(io.StringIO(export(server, token, machine_id=machine_id, columns="extended").text)))
+    assert extended[0] == [*table[0], "Machine ID", "Hostname"]
+    assert [r[:7] for r in extended[1:]] == table[1:]
+    assert all(r[7:] == [machine_id, "studio-mac.local"] for r in extended[1:])
 
 
 def test_a_server_without_the_key_refuses_clearly(atrest_url, db_keys, exporter_with, token) -> None:
@@ -177,6 +183,8 @@ def test_a_server_without_the_key_refuses_clearly(atrest_url, db_keys, exporter_
     for server in (exporter_with(), exporter_with(db_keys["wrong"])):
         response = export(server, token, format="csv")
         assert response.status_code == 503
+        head = httpx.head(f"{server.url}/api/exports/logs", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert head.status_code == 503  # HEAD answers as GET would, before counting anything
         assert "server.db_encryption_key" in response.json()["detail"]
         with psycopg.connect(atrest_url) as conn:
             audited = conn.execute("SELECT status, error FROM export_audit ORDER BY id DESC LIMIT 1").fetchone()

@@ -1,4 +1,4 @@
-"""The exporter against PostgreSQL and a real uvicorn: formats, filters, names, auth, audit, failures."""
+"""The exporter against PostgreSQL and a real uvicorn: formats, columns, filters, names, HEAD, auth, audit, failures."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import psycopg
@@ -20,9 +21,19 @@ import pytest
 from itsdangerous import Signer
 from psycopg.types.json import Jsonb
 
-from atlas.contract.export import CSV_COLUMNS, JSON_FIELDS, csv_lines, format_export_timestamp, record
+from atlas.contract.export import (
+    CSV_COLUMNS,
+    EXTENDED_CSV_COLUMNS,
+    SERVER_JSON_FIELDS,
+    CsvWriter,
+    csv_lines,
+    format_export_timestamp,
+    record,
+)
 from atlas.core.accounts import create_session, create_token, create_user, revoke_token, signing_key
 from atlas.core.web import EXPORT_CONNECTIONS, SESSION_COOKIE
+from atlas.exporter.preview import count_rows
+from atlas.exporter.query import ExportFilters
 
 from ..batches import logs, machine, sealed
 from ..fix_processes import ServerProcess
@@ -87,6 +98,7 @@ def device(db: psycopg.Connection, count: int = 12, **overrides: Any) -> dict[st
     """A machine with ``count`` logs cycling through widget types and levels, one minute apart."""
     machine_id = f"exp-{uuid.uuid4().hex[:12]}"
     serial = overrides.pop("serial_number", f"C02{uuid.uuid4().hex[:8].upper()}")
+    hostname = overrides.pop("hostname", "")
     start = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
     types = ("wifi", "speedtest", "ping", "health", "processes", "agent")
     levels = ("INFO", "WARNING", "ERROR", "DEBUG")
@@ -107,11 +119,11 @@ def device(db: psycopg.Connection, count: int = 12, **overrides: Any) -> dict[st
             row[key] = value
     insert_logs(db, rows)
     db.execute(
-        "INSERT INTO machines (machine_id, serial_number, first_seen, last_seen, identity_at)"
-        " VALUES (%s, %s, now(), now(), now())",
-        (machine_id, serial),
+        "INSERT INTO machines (machine_id, serial_number, hostname, first_seen, last_seen, identity_at)"
+        " VALUES (%s, %s, %s, now(), now(), now())",
+        (machine_id, serial, hostname),
     )
-    return {"machine_id": machine_id, "serial": serial, "rows": rows, "start": start}
+    return {"machine_id": machine_id, "serial": serial, "hostname": hostname, "rows": rows, "start": start}
 
 
 def get(exporter: ServerProcess, token: str | None, **params: Any) -> httpx.Response:
@@ -176,7 +188,10 @@ def test_server_csv_is_byte_for_byte_what_the_shared_writer_produces(exporter, a
 
 @pytest.mark.parametrize("fmt", ["json", "ndjson"])
 def test_json_and_ndjson_carry_the_same_fields_in_snake_case(exporter, accounts, db, fmt: str) -> None:
-    dev = device(db, count=5, message='quote " backslash \\ newline \n tab \t control \x01 emoji 📡')
+    """The CSV's seven fields, then the log's machine_id and its machine's hostname."""
+    dev = device(
+        db, count=5, message='quote " backslash \\ newline \n tab \t control \x01 emoji 📡', hostname='Zoë\'s "Mac"'
+    )
     response = get(exporter, accounts["viewer_token"], machine_id=dev["machine_id"], format=fmt)
     assert response.status_code == 200
     if fmt == "json":
@@ -187,9 +202,10 @@ def test_json_and_ndjson_carry_the_same_fields_in_snake_case(exporter, accounts,
         lines = response.content.decode().splitlines()
         assert len(lines) == 5
         objects = [json.loads(line) for line in lines]
-    assert [list(o) for o in objects] == [list(JSON_FIELDS)] * 5
+    assert [list(o) for o in objects] == [list(SERVER_JSON_FIELDS)] * 5
     for obj, row in zip(objects, dev["rows"], strict=True):
         assert obj["serial_number"] == dev["serial"]
+        assert (obj["machine_id"], obj["hostname"]) == (dev["machine_id"], 'Zoë\'s "Mac"')
         assert obj["message"] == row["message"]  # JSON needs no formula guard: values come back exactly
         assert obj["data"] == row["data"]
         assert obj["timestamp"] == format_export_timestamp(row["timestamp"])
@@ -251,7 +267,8 @@ def test_unusable_filters_get_422_naming_the_field(exporter, accounts, params: d
 
 
 def test_file_names_say_what_is_inside(exporter, accounts, db) -> None:
-    dev = device(db, count=2, serial_number="C02AB12CD3F")
+    serial = f"C02{uuid.uuid4().hex[:8].upper()}"  # other tests store machines as C02AB12CD3F: one serial, many
+    dev = device(db, count=2, serial_number=serial)
     today = datetime.now(UTC).date().isoformat()
     token = accounts["viewer_token"]
 
@@ -260,12 +277,12 @@ def test_file_names_say_what_is_inside(exporter, accounts, db) -> None:
         assert disposition.startswith("attachment; filename=")
         return disposition.split('filename="', 1)[1].rstrip('"')
 
-    assert name(until="2000-01-01") == f"atlas-logs-all-{today}.csv"
-    assert name(widget_type="wifi", until="2000-01-01") == f"atlas-logs-wifi-{today}.csv"
-    assert name(machine_id=dev["machine_id"]) == f"atlas-logs-C02AB12CD3F-{today}.csv"
-    assert name(serial_number="C02AB12CD3F", format="json") == f"atlas-logs-C02AB12CD3F-{today}.json"
-    assert name(serial_number="C02AB12CD3F", widget_type="ping", format="ndjson") == (
-        f"atlas-logs-C02AB12CD3F-ping-{today}.ndjson"
+    assert name(until="2000-01-01") == "atlas-logs-all-until-2000-01-01.csv"
+    assert name(widget_type="wifi", until="2000-01-01") == "atlas-logs-wifi-until-2000-01-01.csv"
+    assert name(machine_id=dev["machine_id"]) == f"atlas-logs-{serial}-{today}.csv"
+    assert name(serial_number=serial, format="json") == f"atlas-logs-{serial}-{today}.json"
+    assert name(serial_number=serial, widget_type="ping", format="ndjson") == (
+        f"atlas-logs-{serial}-ping-{today}.ndjson"
     )
     assert name(serial_number='../"evil"\\name') == f"atlas-logs-evil_name-{today}.csv"
 
@@ -583,3 +600,168 @@ def test_a_parameter_given_twice_is_refused(exporter, accounts, path: str, query
     )
     assert answer.status_code == 400, answer.text
     assert "given more than once" in answer.json()["detail"]
+
+
+# --- before and beside the download: names, HEAD and its row count, columns ------------------
+
+SAME_HEADERS = ("content-type", "content-disposition", "cache-control", "x-content-type-options", "vary")
+
+
+def head(exporter: ServerProcess, token: str | None, **params: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.head(f"{exporter.url}/api/exports/logs", params=params, headers=headers, timeout=60)
+
+
+def disposition(response: httpx.Response) -> dict[str, str]:
+    """The parameters of Content-Disposition: ``filename`` and, when present, ``filename*`` decoded."""
+    value = response.headers["content-disposition"]
+    kind, *params = (part.strip() for part in value.split(";"))
+    assert kind == "attachment"
+    found: dict[str, str] = {}
+    for param in params:
+        name, _, raw = param.partition("=")
+        if name == "filename*":
+            charset, _, encoded = raw.partition("''")
+            assert charset == "UTF-8"
+            found[name] = unquote(encoded, encoding="utf-8", errors="strict")
+        else:
+            found[name] = raw.strip('"')
+    return found
+
+
+def test_file_names_carry_the_exported_range(exporter, accounts, db) -> None:
+    dev = device(db, count=2)
+    token, serial = accounts["viewer_token"], dev["serial"]
+
+    def name(**params: Any) -> str:
+        return disposition(get(exporter, token, machine_id=dev["machine_id"], **params))["filename"]
+
+    assert name(since="2026-12-01", until="2026-12-03") == f"atlas-logs-{serial}-2026-12-01_2026-12-03.csv"
+    assert name(since="2026-12-01T10:30", until="2026-12-01T12:00:15+01:00", format="json") == (
+        f"atlas-logs-{serial}-2026-12-01T1030Z_2026-12-01T110015Z.json"
+    )
+    assert name(since="2026-12-01") == f"atlas-logs-{serial}-since-2026-12-01.csv"
+    assert name(until="2026-12-03T00:00Z", widget_type="wifi") == f"atlas-logs-{serial}-wifi-until-2026-12-03.csv"
+
+
+def test_a_serial_in_another_script_gets_an_rfc_6266_filename_star(exporter, accounts, db) -> None:
+    serial = f"СЕРИЯ-Zoë-{uuid.uuid4().hex[:6]}"
+    dev = device(db, count=3, serial_number=serial)
+    response = get(exporter, accounts["viewer_token"], machine_id=dev["machine_id"], since="2026-11-01")
+    assert response.status_code == 200
+    names = disposition(response)
+    assert names["filename*"] == f"atlas-logs-{serial}-since-2026-11-01.csv"
+    assert names["filename"].isascii()
+    assert names["filename"] == f"atlas-logs-_-Zoe-{serial[-6:]}-since-2026-11-01.csv"
+    plain = disposition(get(exporter, accounts["viewer_token"], machine_id=dev["machine_id"], format="json"))
+    assert "filename*" in plain
+    ascii_only = device(db, count=1)
+    assert list(disposition(get(exporter, accounts["viewer_token"], machine_id=ascii_only["machine_id"]))) == [
+        "filename"
+    ]
+
+
+def test_head_answers_200_with_the_export_headers_and_its_row_count(exporter, accounts, db) -> None:
+    dev = device(db, count=24)
+    token = accounts["viewer_token"]
+    audits = db.execute("SELECT count(*) FROM export_audit").fetchone()[0]
+    for params, rows in (
+        ({}, 24),
+        ({"widget_type": "wifi"}, 4),
+        ({"level": "ERROR", "format": "json"}, 6),
+        ({"since": (dev["start"] + timedelta(minutes=5)).isoformat(), "format": "ndjson"}, 19),
+        ({"until": "2000-01-01"}, 0),
+    ):
+        answer = head(exporter, token, machine_id=dev["machine_id"], **params)
+        assert answer.status_code == 200, (params, answer.text)
+        assert answer.content == b""
+        assert answer.headers["x-atlas-row-count"] == str(rows)
+        assert "content-length" not in answer.headers or answer.headers["content-length"] != "0"
+        full = get(exporter, token, machine_id=dev["machine_id"], **params)
+        assert {h: answer.headers[h] for h in SAME_HEADERS} == {h: full.headers[h] for h in SAME_HEADERS}
+    assert db.execute("SELECT count(*) FROM export_audit").fetchone()[0] == audits + 5  # the GETs only
+    gzip = httpx.head(
+        f"{exporter.url}/api/exports/logs",
+        params={"machine_id": dev["machine_id"]},
+        headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"},
+        timeout=30,
+    )
+    assert gzip.headers["content-encoding"] == "gzip"
+    assert head(exporter, None).status_code == 401
+    refused = head(exporter, token, since="2026-11-02", until="2026-11-01")
+    assert refused.status_code == 422
+    assert head(exporter, token, columns="everything").status_code == 422
+
+
+def test_the_row_count_is_the_exports_and_gives_up_rather_than_run_long(exporter, db) -> None:
+    dev = device(db, count=1)
+    db.execute(
+        'INSERT INTO widget_logs (machine_id, serial_number, "timestamp", level, widget_type, message, data,'
+        " batch_id, received_at) SELECT %s, %s, now(), 'INFO', 'wifi', 'x', '{}', gen_random_uuid(),"
+        " now() FROM generate_series(1, 200000)",
+        (dev["machine_id"], dev["serial"]),
+    )
+    filters = ExportFilters(machine_id=dev["machine_id"])
+    assert count_rows(db, filters) == 200001
+    assert count_rows(db, ExportFilters(), timeout_ms=1) is None  # every row of the run's database, in 1 ms
+    assert db.execute("SHOW statement_timeout").fetchone()[0] == "0"  # the bound was local to the count
+
+
+def test_csv_columns_default_to_the_seven_and_extended_adds_machine_and_hostname(exporter, accounts, db) -> None:
+    dev = device(db, count=4, hostname="=cmd|' /C calc'!A0", message="+1+1")
+    token = accounts["viewer_token"]
+    default = get(exporter, token, machine_id=dev["machine_id"])
+    assert default.text.splitlines()[0] == ",".join(CSV_COLUMNS)
+    assert get(exporter, token, machine_id=dev["machine_id"], columns="default").content == default.content
+    extended = get(exporter, token, machine_id=dev["machine_id"], columns="extended")
+    assert extended.status_code == 200
+    table = list(csv.reader(io.StringIO(extended.text, newline="")))
+    assert tuple(table[0]) == EXTENDED_CSV_COLUMNS
+    assert [row[:7] for row in table] == list(csv.reader(io.StringIO(default.text, newline="")))
+    assert {tuple(row[7:]) for row in table[1:]} == {(dev["machine_id"], "'=cmd|' /C calc'!A0")}  # neutralised
+    stored = db.execute(
+        'SELECT id, serial_number, "timestamp", level, widget_type, message, data::text FROM widget_logs'
+        " WHERE machine_id = %s ORDER BY id",
+        (dev["machine_id"],),
+    ).fetchall()
+    writer = CsvWriter()
+    expected = writer.header(EXTENDED_CSV_COLUMNS) + writer.lines(
+        [(i, s, format_export_timestamp(t), *rest, dev["machine_id"], dev["hostname"]) for i, s, t, *rest in stored]
+    )
+    assert extended.text == expected
+    refused = get(exporter, token, columns="all")
+    assert (refused.status_code, refused.json()["field"]) == (422, "columns")
+
+
+def test_a_serial_on_two_machines_is_never_merged_out_of_sight(exporter, accounts, db) -> None:
+    serial = f"C02VM{uuid.uuid4().hex[:6].upper()}"
+    first = device(db, count=3, serial_number=serial, hostname="mac-a.local")
+    second = device(db, count=2, serial_number=serial, hostname="mac-b.local")
+    token = accounts["viewer_token"]
+    names = {disposition(get(exporter, token, machine_id=dev["machine_id"]))["filename"] for dev in (first, second)}
+    today = datetime.now(UTC).date().isoformat()
+    assert names == {f"atlas-logs-{serial}-{dev['machine_id']}-{today}.csv" for dev in (first, second)}
+    both = get(exporter, token, serial_number=serial, format="json")
+    assert disposition(both)["filename"] == f"atlas-logs-{serial}-2-machines-{today}.json"
+    rows = json.loads(both.content)
+    assert sorted((r["machine_id"], r["hostname"]) for r in rows) == sorted(
+        [(first["machine_id"], "mac-a.local")] * 3 + [(second["machine_id"], "mac-b.local")] * 2
+    )
+    assert head(exporter, token, serial_number=serial).headers["x-atlas-row-count"] == "5"
+    table = list(csv.reader(io.StringIO(get(exporter, token, serial_number=serial, columns="extended").text)))
+    assert {row[7] for row in table[1:]} == {first["machine_id"], second["machine_id"]}
+
+
+def test_json_of_a_log_whose_machine_was_never_seen_says_hostname_null(exporter, accounts, db) -> None:
+    machine_id = f"orphan-{uuid.uuid4().hex[:8]}"
+    with db.cursor() as cur:
+        cur.execute(
+            'INSERT INTO widget_logs (machine_id, serial_number, "timestamp", level, widget_type, message, data,'
+            " batch_id, received_at) VALUES (%s, 'C02ORPHAN', now(), 'INFO', 'agent', 'm', '{}', gen_random_uuid(),"
+            " now())",
+            (machine_id,),
+        )
+    for fmt in ("json", "ndjson"):
+        body = get(exporter, accounts["viewer_token"], machine_id=machine_id, format=fmt).content
+        rows = json.loads(body) if fmt == "json" else [json.loads(line) for line in body.splitlines()]
+        assert [(r["machine_id"], r["hostname"]) for r in rows] == [(machine_id, None)]

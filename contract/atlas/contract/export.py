@@ -2,9 +2,14 @@
 
 CSV columns are ``ID,Serial Number,Timestamp,Level,Widget Type,Message,Data``
 (Data is the JSON object as a string); JSON and NDJSON use the same fields in
-snake_case. Agent-reported text (SSIDs, process names) comes from machines
-that may be compromised, so every cell that a spreadsheet would read as a
-formula is neutralised with a leading apostrophe.
+snake_case. The server's exports also carry each log's ``machine_id`` and its
+machine's ``hostname``: always in JSON and NDJSON (``SERVER_JSON_FIELDS``),
+and in CSV when asked for (``EXTENDED_CSV_COLUMNS``, the seven columns then
+two more), so two machines sharing a serial number stay apart.
+
+Agent-reported text (SSIDs, process names) comes from machines that may be
+compromised, so every cell that a spreadsheet would read as a formula is
+neutralised with a leading apostrophe.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ CSV_COLUMNS = ("ID", "Serial Number", "Timestamp", "Level", "Widget Type", "Mess
 
 JSON_FIELDS = ("id", "serial_number", "timestamp", "level", "widget_type", "message", "data")
 """The same fields in JSON and NDJSON exports."""
+
+EXTENDED_CSV_COLUMNS = (*CSV_COLUMNS, "Machine ID", "Hostname")
+"""The server's optional CSV header: the seven columns, in their order, then the machine and its hostname."""
+
+SERVER_JSON_FIELDS = (*JSON_FIELDS, "machine_id", "hostname")
+"""The fields of the server's JSON and NDJSON exports (``hostname`` is null for a machine never seen)."""
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 """First characters that make a spreadsheet evaluate a cell (with their full-width forms); each one character."""
@@ -70,9 +81,9 @@ class CsvWriter:
         self._lf = csv.writer(self._buffer, lineterminator="\n")
         self._crlf = csv.writer(self._buffer, lineterminator="\r\n")
 
-    def header(self) -> str:
-        """The header line."""
-        return self.lines([CSV_COLUMNS])
+    def header(self, columns: Sequence[str] = CSV_COLUMNS) -> str:
+        """The header line (``CSV_COLUMNS`` unless given)."""
+        return self.lines([columns])
 
     def lines(self, rows: Iterable[Sequence[object]]) -> str:
         """The CSV lines of ``rows``, each a sequence of cells (non-strings are written with ``str``)."""

@@ -43,7 +43,7 @@ from atlas.core.errors import (
 from atlas.core.web import WebState
 from atlas.exporter.app import add_export_routes
 
-from . import admin, auth, browser, views
+from . import admin, auth, browser, exports, views
 from .machine import ContentLocked
 from .render import render
 from .security import SecurityHeadersMiddleware
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(views.router)
     app.include_router(admin.router)
+    app.include_router(exports.router)
     add_export_routes(app, web, browser.export_refusal)
     metrics.add_metrics(app, "dashboard")  # outermost middleware: counts every answer, pages and exports
 

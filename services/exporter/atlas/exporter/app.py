@@ -1,5 +1,9 @@
 """The export API: ``GET /api/exports/logs`` streams CSV, JSON or NDJSON of any size.
 
+``HEAD`` on the same URL answers with the headers a ``GET`` would get, and
+the number of rows in ``X-Atlas-Row-Count`` (``preview``), without
+exporting anything.
+
 PostgreSQL writes a JSON or NDJSON export (one ``COPY ... TO STDOUT``, see
 ``query``); a CSV export, and any export of logs encrypted at rest, is written
 by Python (``decrypted``) from a server-side cursor. This service
@@ -43,14 +47,18 @@ from atlas.core.web import EXPORT_CONNECTIONS, Principal, WebState
 from .audit import finish_export, recent_exports, start_export
 from .decrypted import decrypted_lines
 from .limits import ExportSlots, TimedStreamingResponse
+from .preview import Scope, count_rows, scope_of
 from .query import (
     MEDIA_TYPES,
+    ColumnSet,
     ExportFilters,
     ExportFormat,
     FilterError,
     accepts_gzip,
+    content_disposition,
     copy_statement,
     export_filename,
+    parse_columns,
     parse_filters,
 )
 from .stream import RowCount, chunked, copy_out, frame, gzipped
@@ -59,6 +67,8 @@ log = logging.getLogger("atlas.exporter")
 
 EXPORT_PATH = "/api/exports/logs"
 AUDIT_PATH = "/api/exports/audit"
+ROW_COUNT_HEADER = "X-Atlas-Row-Count"
+"""On ``HEAD``: how many rows the export holds now (left out when counting took too long)."""
 
 _END = object()
 
@@ -97,6 +107,7 @@ class Export:
         fmt: ExportFormat,
         filters: ExportFilters,
         release: Callable[[], None] = lambda: None,
+        columns: ColumnSet = "default",
     ) -> None:
         self.web = web
         self.release = release
@@ -105,13 +116,14 @@ class Export:
         self.client = client
         self.fmt = fmt
         self.filters = filters
+        self.columns = columns
         self.count = RowCount()
         self.audit_id: int | None = None
         self.sealed = False
         self.started = time.monotonic()
 
-    def begin(self) -> str | None:
-        """Record the export; returns the device's serial number when filtering by machine (for the name)."""
+    def begin(self) -> Scope:
+        """Record the export; returns the device it is of and that device's machines (for the name)."""
         with self.web.pool.connection() as conn:
             self.audit_id = start_export(
                 conn,
@@ -126,12 +138,7 @@ class Export:
             except AtRestError as exc:  # refused, and recorded as such
                 self.finish("failed", str(exc)[:200])
                 raise
-            if self.filters.machine_id and not self.filters.serial_number:
-                row = conn.execute(
-                    "SELECT serial_number FROM machines WHERE machine_id = %s", (self.filters.machine_id,)
-                ).fetchone()
-                return row[0] if row else None
-        return None
+            return scope_of(conn, self.filters)
 
     def _lines(self, conn: psycopg.Connection) -> Generator[Buffer, None, None]:
         """PostgreSQL's COPY writes JSON and NDJSON unless some stored content is sealed; Python writes the rest.
@@ -139,7 +146,7 @@ class Export:
         Every CSV goes through Python, clear or sealed, so that one writer quotes and neutralises it.
         """
         if self.sealed or self.fmt == "csv":
-            return decrypted_lines(conn, self.fmt, self.filters, self.web.settings.db_keyring, self.count)
+            return decrypted_lines(conn, self.fmt, self.filters, self.web.settings.db_keyring, self.count, self.columns)
         statement, params = copy_statement(self.fmt, self.filters)
         return copy_out(conn, statement, params, self.count)
 
@@ -217,8 +224,31 @@ async def _drain(chunks: Generator[bytes, None, None], first: bytes) -> AsyncIte
             await run_in_threadpool(chunks.close)
 
 
+def export_headers(fmt: ExportFormat, filters: ExportFilters, scope: Scope, gzip: bool) -> dict[str, str]:
+    """The headers of an export's answer, the same for ``GET`` and ``HEAD``."""
+    today = datetime.now(UTC).date()
+    name = export_filename(fmt, filters, today, scope.serial_number, len(scope.machines))
+    headers = {
+        "Content-Type": MEDIA_TYPES[fmt],
+        "Content-Disposition": content_disposition(name),
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Vary": "Accept-Encoding",
+    }
+    if gzip:
+        headers["Content-Encoding"] = "gzip"
+    return headers
+
+
+def _preview(web: WebState, filters: ExportFilters) -> tuple[Scope, int | None]:
+    """What ``HEAD`` tells: the device and the row count; refused like the export if stored logs are locked."""
+    with web.pool.connection() as conn:
+        require_keys(conn, web.settings.db_keyring)
+        return scope_of(conn, filters), count_rows(conn, filters)
+
+
 def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal) -> None:
-    """Add ``GET /api/exports/logs`` and ``GET /api/exports/audit`` to ``app``; ``refuse`` answers refusals."""
+    """Add ``GET``/``HEAD /api/exports/logs`` and ``GET /api/exports/audit`` to ``app``; ``refuse`` answers refusals."""
     slots = ExportSlots(web.settings.max_exports_per_principal)
 
     @app.get(
@@ -248,6 +278,10 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
         level: Annotated[str | None, Query(description="DEBUG, INFO, WARNING or ERROR")] = None,
         since: Annotated[str | None, Query(description="ISO 8601, inclusive; no offset means UTC")] = None,
         until: Annotated[str | None, Query(description="ISO 8601, exclusive; no offset means UTC")] = None,
+        columns: Annotated[
+            str | None,
+            Query(description="CSV columns: default (the seven) or extended (adds Machine ID and Hostname)"),
+        ] = None,
     ) -> Response:
         try:
             principal = await run_in_threadpool(web.principal, request)
@@ -267,8 +301,12 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
                 since=since,
                 until=until,
             )
+            column_set = parse_columns(columns)
         except FilterError as exc:
             return refuse(request, principal, Problem(422, str(exc), exc.field))
+        gzip = accepts_gzip(request.headers.get("accept-encoding"))
+        if request.method == "HEAD":
+            return await _head(request, principal, fmt, filters, gzip)
         release = slots.acquire(principal.user.id)
         if release is None:
             capped = (
@@ -277,11 +315,10 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
             )
             return refuse(request, principal, Problem(429, capped, headers=retry_later()))
         client = request.client.host if request.client else None
-        export = Export(web, principal, client, fmt, filters, release)
-        gzip = accepts_gzip(request.headers.get("accept-encoding"))
+        export = Export(web, principal, client, fmt, filters, release, column_set)
         streaming = False
         try:
-            serial = await run_in_threadpool(export.begin)
+            scope = await run_in_threadpool(export.begin)
             chunks = export.chunks(gzip)
             first = await run_in_threadpool(next, chunks, b"")
             streaming = True  # from here the export gives its slot back when it ends
@@ -299,16 +336,8 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
         finally:
             if not streaming:
                 release()  # at most once, however often it is called
-        name = export_filename(fmt, filters, datetime.now(UTC).date(), serial)
-        headers = {
-            "Content-Disposition": f'attachment; filename="{name}"',
-            "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff",
-            "X-Atlas-Export-Id": str(export.audit_id),
-            "Vary": "Accept-Encoding",
-        }
-        if gzip:
-            headers["Content-Encoding"] = "gzip"
+        headers = export_headers(fmt, filters, scope, gzip)
+        headers["X-Atlas-Export-Id"] = str(export.audit_id)
         return TimedStreamingResponse(
             _drain(chunks, first),
             media_type=MEDIA_TYPES[fmt],
@@ -316,6 +345,41 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
             send_timeout=web.settings.exporter_send_timeout,
             what=f"Export {export.audit_id}",
         )
+
+    app.head(
+        EXPORT_PATH,
+        summary="The headers of an export and its row count (X-Atlas-Row-Count), without the export",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The headers a GET gets, and X-Atlas-Row-Count (left out if counting took too long)",
+                "content": {media.split(";")[0]: {} for media in MEDIA_TYPES.values()},
+                "headers": {ROW_COUNT_HEADER: {"schema": {"type": "integer"}}},
+            },
+            401: {"description": "No session and no valid API token"},
+            422: {"description": "A filter cannot be used; `field` names it"},
+            503: {"description": "Database unavailable; retry after Retry-After seconds"},
+        },
+    )(export_logs)
+
+    async def _head(
+        request: Request, principal: Principal, fmt: ExportFormat, filters: ExportFilters, gzip: bool
+    ) -> Response:
+        """``HEAD``: the export's headers and its row count, no body, nothing exported or audited."""
+        try:
+            scope, rows = await run_in_threadpool(_preview, web, filters)
+        except AtRestError as exc:
+            return refuse(request, principal, Problem(503, f"cannot decrypt stored logs: {exc}", page_detail=LOCKED))
+        except store_failures() as exc:
+            if not isinstance(down := store_error(exc), Unavailable):
+                raise
+            return refuse(request, principal, unavailable(down))
+        headers = export_headers(fmt, filters, scope, gzip)
+        if rows is not None:
+            headers[ROW_COUNT_HEADER] = str(rows)
+        response = Response(status_code=200, headers=headers)
+        del response.headers["content-length"]  # the export's length is not known; 0 would be wrong
+        return response
 
     @app.get(
         AUDIT_PATH,
