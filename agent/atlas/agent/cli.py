@@ -25,7 +25,7 @@ from .sender import SenderConfigError
 from .store import LocalStore, StoreError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-WIDGET_TYPES = ("wifi", "speedtest", "ping", "health", "processes", "agent")
+WIDGET_TYPES = ("wifi", "speedtest", "ping", "health", "processes", "network", "roam", "agent")
 
 
 def _config(args: argparse.Namespace) -> AgentConfig:
