@@ -93,7 +93,7 @@ class Agent:
         """One round of the fast widgets; each collector's failure becomes an ERROR log, not a crash."""
         entries: list[LogEntry] = []
         steps: list[tuple[str, Callable[[], list[LogEntry]]]] = [
-            ("wifi", lambda: self._wifi_logs(collect_wifi())),
+            ("wifi", lambda: self.wifi_logs(collect_wifi())),
             ("ping", lambda: [ping_log(ping(t, count=3, timeout_s=5)) for t in self.ping_targets()]),
             ("health", lambda: [health_log(collect_health())]),
             ("processes", lambda: [processes_log(self.processes.sample())]),
@@ -107,7 +107,7 @@ class Agent:
         self._record(entries, store)
         return entries
 
-    def _wifi_logs(self, reading: WifiReading) -> list[LogEntry]:
+    def wifi_logs(self, reading: WifiReading) -> list[LogEntry]:
         """The Wi-Fi log, and a roam log when the reading differs from the one before in BSSID, channel or band."""
         self._wifi_seen = (reading, time.monotonic())
         entries = [wifi_log(reading)]
