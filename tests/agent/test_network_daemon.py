@@ -8,12 +8,14 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 from atlas.agent.collectors.wifi import parse_airport_info, parse_wdutil_info
 from atlas.agent.config import AgentConfigError, load_agent_config
 from atlas.agent.daemon import Agent
+from atlas.agent.live import serve
 from atlas.contract import validate_content
 
 from ..fix_services import API_KEY
@@ -192,3 +194,21 @@ def test_network_and_roam_logs_reach_postgresql(tmp_path, ingest, keys, drain, d
     assert stored[("http", f"{base}/fail")]["status_code"] == 500
     assert stored[("http", f"{base}/ok")]["ttfb_ms"] is not None
     assert rows[0][3]["to_channel"] == 144
+
+
+def test_the_live_page_serves_the_network_checks(tmp_path) -> None:
+    with dns_responder({"intranet.example": "192.0.2.7"}) as dns:
+        path = write_config(tmp_path, dns_resolvers=[dns.address], dns_names=["intranet.example"])
+        agent = Agent(load_agent_config(path))
+        agent.run_network(store=False)
+    server = serve(agent, "127.0.0.1", 0)
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        network = httpx.get(f"{base}/api/widgets/network", timeout=5).json()
+        assert [e["data"]["layer"] for e in network] == ["wifi", "gateway", "dns"]
+        assert network[2]["data"]["status"] == "ok"
+        assert httpx.get(f"{base}/api/widgets/roam", timeout=5).json() == []
+        assert "Network checks" in httpx.get(base, timeout=5).text
+    finally:
+        server.shutdown()
+        server.server_close()
