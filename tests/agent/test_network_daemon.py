@@ -208,7 +208,6 @@ def test_the_live_page_serves_the_network_checks(tmp_path) -> None:
         assert [e["data"]["layer"] for e in network] == ["wifi", "gateway", "dns"]
         assert network[2]["data"]["status"] == "ok"
         assert httpx.get(f"{base}/api/widgets/roam", timeout=5).json() == []
-        assert "Network checks" in httpx.get(base, timeout=5).text
     finally:
         server.shutdown()
         server.server_close()

@@ -1,6 +1,6 @@
 """The live widget page: the agent's latest readings on 127.0.0.1, as HTML and JSON.
 
-    GET /                      the page: the widgets, refreshing every few seconds
+    GET /                      the page: five widgets refreshing every few seconds
     GET /api/widgets           every widget's latest log, and the agent's status
     GET /api/widgets/<type>    one widget (wifi, speedtest, ping, health, processes, network, roam)
     GET /api/status            encryption on or off, fleet server, last successful send
@@ -45,7 +45,7 @@ h2{font-size:1rem;margin:0 0 .5rem}pre{white-space:pre-wrap;font-size:12px;max-h
 <h1>Atlas live widgets</h1><div id="status">Loading…</div><div class="grid" id="grid"></div>
 <script>
 const names = {wifi: "📡 WiFi", speedtest: "⚡ Speed test", ping: "🏓 Ping", health: "❤️ Health",
-               processes: "⚙️ Processes", network: "🧭 Network checks", roam: "🔀 Last roam"};
+               processes: "⚙️ Processes"};
 function card(title, entries) {
   const s = document.createElement("section");
   const h = document.createElement("h2"); h.textContent = title; s.appendChild(h);
