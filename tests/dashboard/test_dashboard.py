@@ -1038,8 +1038,6 @@ def test_the_user_menu_offers_every_export(viewer: Browserless):
         ("🏓 Ping Logs", "ping"),
         ("❤️ Health Logs", "health"),
         ("⚙️ Process Logs", "processes"),
-        ("🧭 Network Check Logs", "network"),
-        ("🔀 Roam Logs", "roam"),
     ):
         assert f'name="widget_type" value="{widget_type}">{label}</button>' in page
     assert "📦 Export All Logs" in page

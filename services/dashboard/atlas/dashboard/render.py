@@ -24,8 +24,6 @@ EXPORT_TYPES = (
     ("ping", "🏓 Ping Logs"),
     ("health", "❤️ Health Logs"),
     ("processes", "⚙️ Process Logs"),
-    ("network", "🧭 Network Check Logs"),
-    ("roam", "🔀 Roam Logs"),
 )
 """The per-type export buttons of the user menu: widget type and label."""
 
