@@ -29,6 +29,7 @@ def write_config(tmp_path: Path, **values) -> Path:
         "data_dir": str(tmp_path / "data"),
         "ping_targets": ["127.0.0.1"],  # loopback only: tests never reach the internet
         "speedtest_interval_seconds": 0,  # speed tests are tested against a loopback server in test_speedtest.py
+        "network_interval_seconds": 0,  # the layered checks have loopback targets in test_network_daemon.py
         "live_port": 0,
         **values,
     }

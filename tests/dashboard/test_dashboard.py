@@ -757,6 +757,33 @@ def test_the_machine_page_shows_identity_latest_values_charts_and_logs(viewer: B
     assert week.text.count('<figure class="chart">') == 4
 
 
+def test_network_and_roam_logs_show_in_the_machine_logs_and_break_no_page(viewer: Browserless, db: psycopg.Connection):
+    """The layered checks' and roams' logs are newer widget types: listed with the others, no page fails on them."""
+    now = datetime.now(UTC)
+    network = {"layer": "dns", "target": "192.0.2.53", "status": "ok", "dns_ms": 12.5, "query_name": "apple.com"}
+    roam = {"changed": ["bssid"], "from_bssid": "aa:bb:cc:00:00:01", "to_bssid": "aa:bb:cc:00:00:02"}
+    machine = insert_machine(
+        db,
+        logs=[
+            (now - timedelta(minutes=3), "INFO", "wifi", "WiFi status", wifi_data(-61, "Office-5G")),
+            (now - timedelta(minutes=2), "INFO", "network", "DNS 192.0.2.53: apple.com answered in 12.5 ms", network),
+            (now - timedelta(minutes=1), "INFO", "roam", "Roamed from aa:bb:cc:00:00:01 to aa:bb:cc:00:00:02", roam),
+        ],
+    )
+    url = f"/machines/{quote(machine.machine_id, safe='')}"
+    for params in ({}, {"range": "week"}):
+        page = viewer.get(url, params=params)
+        assert page.status_code == 200
+        assert "DNS 192.0.2.53: apple.com answered in 12.5 ms" in page.text
+        assert "Roamed from aa:bb:cc:00:00:01 to aa:bb:cc:00:00:02" in page.text
+        assert "<td>network</td>" in page.text
+        assert "<td>roam</td>" in page.text
+        assert "Office-5G" in page.text
+    fleet_page = viewer.get("/", params={"q": machine.serial_number})
+    assert fleet_page.status_code == 200
+    assert rows_of(fleet_page.text) == [machine.machine_id]
+
+
 def test_the_machine_page_stays_fast_with_a_week_of_per_minute_logs(viewer: Browserless, db: psycopg.Connection):
     """What an agent sends in a week (collecting every minute, three ping targets): about 60,000 logs."""
     now = datetime.now(UTC)

@@ -247,6 +247,22 @@ def test_every_filter_selects_exactly_its_rows(exporter, accounts, db) -> None:
     assert ids(machine_id=other["machine_id"], serial_number=dev["serial"]) == []
 
 
+def test_the_newer_widget_types_export_and_filter(exporter, accounts, db) -> None:
+    """``network`` and ``roam`` logs (layered checks, access-point changes) export like the first six."""
+    dev = device(db, count=4)
+    for i, row in enumerate(dev["rows"]):
+        row["widget_type"] = ("network", "roam")[i % 2]
+        row["data"] = {"seq": 100 + i, "layer": "dns"} if i % 2 == 0 else {"seq": 100 + i, "to_channel": 36}
+    insert_logs(db, dev["rows"])
+    token = accounts["viewer_token"]
+    for kind, expected in (("network", [100, 102]), ("roam", [101, 103])):
+        response = get(exporter, token, format="ndjson", machine_id=dev["machine_id"], widget_type=kind)
+        assert response.status_code == 200, response.text
+        lines = [json.loads(line) for line in response.content.decode().splitlines()]
+        assert [line["data"]["seq"] for line in lines] == expected
+        assert {line["widget_type"] for line in lines} == {kind}
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [

@@ -93,7 +93,7 @@ class NumberedAgent(Agent):
 
 
 def agent_config(data_dir: Path, *, fleet_server: str, api_key: str, key: str, machine_id: str, **kw: Any) -> dict:
-    """The agent.yaml mapping of a simulated agent: fast schedules, no live page, no speed test."""
+    """The agent.yaml mapping of a simulated agent: fast schedules, no live page, no speed test, no network checks."""
     return {
         "fleet_server": fleet_server,
         "api_key": api_key,
@@ -103,6 +103,7 @@ def agent_config(data_dir: Path, *, fleet_server: str, api_key: str, key: str, m
         "send_interval_seconds": 1,
         "collect_interval_seconds": 1,
         "speedtest_interval_seconds": 0,
+        "network_interval_seconds": 0,
         "live_port": 0,
         **kw,
     }

@@ -31,7 +31,7 @@ from .sender import SenderConfigError
 from .store import LocalStore, StoreError, StoreKeyError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-WIDGET_TYPES = ("wifi", "speedtest", "ping", "health", "processes", "agent")
+WIDGET_TYPES = ("wifi", "speedtest", "ping", "health", "processes", "network", "roam", "agent")
 
 
 def _config(args: argparse.Namespace) -> AgentConfig:

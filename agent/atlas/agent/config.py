@@ -10,6 +10,11 @@ send_interval_seconds: 300
 collect_interval_seconds: 60
 speedtest_interval_seconds: 3600
 ping_targets: []               # default: the gateway, 1.1.1.1, the fleet server's host
+network_interval_seconds: 300  # layered checks (Wi-Fi link, gateway, DNS, HTTP) on their own thread; 0: off
+network_timeout_seconds: 5     # bound on each check (a ping, a DNS query, an HTTP request)
+dns_resolvers: []              # host or host:port; default: the system's (scutil --dns, /etc/resolv.conf)
+dns_names: [apple.com]         # names each resolver is timed on
+http_targets: []               # http(s) URLs to time (DNS, connect, TLS, first byte, total); default: none
 data_dir: ...                  # default: /Library/Application Support/Atlas, or $XDG_DATA_HOME/atlas
 store_max_age_days: 7
 store_max_mb: 200
@@ -52,6 +57,11 @@ class AgentConfig:
     collect_interval_seconds: int = 60
     speedtest_interval_seconds: int = 3600
     ping_targets: tuple[str, ...] = ()
+    network_interval_seconds: int = 300
+    network_timeout_seconds: int = 5
+    dns_resolvers: tuple[str, ...] = ()
+    dns_names: tuple[str, ...] = ("apple.com",)
+    http_targets: tuple[str, ...] = ()
     data_dir: Path = field(default_factory=default_data_dir)
     store_max_age_days: int = 7
     store_max_mb: int = 200
@@ -90,6 +100,8 @@ _INT_KEYS = (
     "send_interval_seconds",
     "collect_interval_seconds",
     "speedtest_interval_seconds",
+    "network_interval_seconds",
+    "network_timeout_seconds",
     "store_max_age_days",
     "store_max_mb",
     "live_port",
@@ -128,6 +140,17 @@ def load_agent_config(path: str | os.PathLike[str] | None) -> AgentConfig:
             values[key] = data[key]
     if data.get("ping_targets"):
         values["ping_targets"] = tuple(str(t) for t in data["ping_targets"])
+    for key in ("dns_resolvers", "dns_names", "http_targets"):
+        if key in data:
+            items = data[key] if data[key] is not None else []
+            if not isinstance(items, list) or not all(isinstance(t, str) and t.strip() for t in items):
+                raise AgentConfigError(f"{key}: must be a list of non-empty strings")
+            values[key] = tuple(t.strip() for t in items)
+    for url in values.get("http_targets", ()):
+        if not url.startswith(("http://", "https://")):
+            raise AgentConfigError(f"http_targets: {url!r} is not an http:// or https:// URL")
+    if values.get("network_timeout_seconds") == 0:
+        raise AgentConfigError("network_timeout_seconds: must be at least 1")
     if data.get("data_dir"):
         values["data_dir"] = Path(str(data["data_dir"]))
     config = AgentConfig(**values)

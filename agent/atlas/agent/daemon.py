@@ -1,30 +1,55 @@
 """The agent daemon: collect on schedule, keep every log in the local store, send in batches.
 
 Collection runs every ``collect_interval_seconds`` (Wi-Fi, ping, health,
-processes), the speed test on its own slower schedule in a thread of its own,
-and the sender every ``send_interval_seconds``. The latest result of each
-widget is kept in memory for the live widget page.
+processes; a roam when the access point, channel or band changed since the
+previous Wi-Fi reading), the speed test on its own slower schedule in a thread
+of its own, the layered network checks every ``network_interval_seconds`` in
+another, and the sender every ``send_interval_seconds``. The latest result of
+each widget is kept in memory for the live widget page.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from .collectors.health import collect_health
 from .collectors.identity import collect_identity
+from .collectors.network import (
+    NetworkCheck,
+    check_dns,
+    check_gateway,
+    check_http,
+    check_wifi_link,
+    default_gateway,
+    system_resolvers,
+    tls_context,
+)
 from .collectors.ping import default_targets, ping
 from .collectors.processes import ProcessSampler
+from .collectors.roam import RoamTracker
 from .collectors.speedtest import SpeedtestRunner
-from .collectors.wifi import collect_wifi
+from .collectors.wifi import WifiReading, collect_wifi
 from .config import AgentConfig
 from .sender import Sender
 from .store import LocalStore
-from .widgets import LogEntry, agent_log, health_log, ping_log, processes_log, speedtest_log, wifi_log
+from .widgets import (
+    LogEntry,
+    agent_log,
+    health_log,
+    network_log,
+    ping_log,
+    processes_log,
+    roam_log,
+    speedtest_log,
+    wifi_log,
+)
 
 log = logging.getLogger("atlas.agent")
 
@@ -45,6 +70,8 @@ class Agent:
         self.processes = ProcessSampler()
         self.speedtest = speedtest or SpeedtestRunner(interval_s=config.speedtest_interval_seconds)
         self.latest: dict[str, LogEntry] = {}
+        self.roams = RoamTracker()
+        self._wifi_seen: tuple[WifiReading, float] | None = None
         self._lock = threading.Lock()
         self.sender: Sender | None = None
         if config.fleet_server:
@@ -66,7 +93,7 @@ class Agent:
         """One round of the fast widgets; each collector's failure becomes an ERROR log, not a crash."""
         entries: list[LogEntry] = []
         steps: list[tuple[str, Callable[[], list[LogEntry]]]] = [
-            ("wifi", lambda: [wifi_log(collect_wifi())]),
+            ("wifi", lambda: self.wifi_logs(collect_wifi())),
             ("ping", lambda: [ping_log(ping(t, count=3, timeout_s=5)) for t in self.ping_targets()]),
             ("health", lambda: [health_log(collect_health())]),
             ("processes", lambda: [processes_log(self.processes.sample())]),
@@ -77,6 +104,61 @@ class Agent:
             except Exception as exc:  # a collector bug must not stop the others
                 log.exception("Collector %s failed", widget)
                 entries.append(agent_log("ERROR", f"{widget} collector failed: {type(exc).__name__}"))
+        self._record(entries, store)
+        return entries
+
+    def wifi_logs(self, reading: WifiReading) -> list[LogEntry]:
+        """The Wi-Fi log, and a roam log when the reading differs from the one before in BSSID, channel or band."""
+        self._wifi_seen = (reading, time.monotonic())
+        entries = [wifi_log(reading)]
+        roam = self.roams.observe(reading, datetime.now(UTC))
+        if roam is not None:
+            entries.append(roam_log(roam))
+        return entries
+
+    def network_checks(self) -> list[tuple[str, Callable[[], NetworkCheck]]]:
+        """This round's checks, by layer: the link, the gateway, each resolver and name, each HTTP target."""
+        timeout = float(self.config.network_timeout_seconds)
+        seen = self._wifi_seen
+        checks: list[tuple[str, Callable[[], NetworkCheck]]] = [
+            (
+                "wifi",
+                lambda: check_wifi_link(
+                    seen[0] if seen else None,
+                    time.monotonic() - seen[1] if seen else None,
+                    self.roams.take_period_count(),
+                ),
+            ),
+            ("gateway", lambda: check_gateway(default_gateway(), count=3, timeout_s=timeout)),
+        ]
+        resolvers = list(self.config.dns_resolvers) or system_resolvers()
+        names = self.config.dns_names
+        if not resolvers:
+            checks.append(("dns", lambda: NetworkCheck("dns", "", "no_resolver", reason="no DNS resolver configured")))
+        checks += [("dns", functools.partial(check_dns, r, n, timeout_s=timeout)) for r in resolvers for n in names]
+        if self.config.http_targets:
+            context = tls_context(self.config.ca_bundle)
+            checks += [
+                ("http", functools.partial(check_http, url, timeout_s=timeout, verify=context))
+                for url in self.config.http_targets
+            ]
+        return checks
+
+    def run_network(self, *, store: bool = True) -> list[LogEntry]:
+        """One round of the layered checks, one after another (each bounded by ``network_timeout_seconds``)."""
+        entries: list[LogEntry] = []
+        try:
+            checks = self.network_checks()
+        except Exception as exc:
+            log.exception("Network checks could not be set up")
+            checks = []
+            entries.append(agent_log("ERROR", f"network checks failed: {type(exc).__name__}"))
+        for layer, check in checks:
+            try:
+                entries.append(network_log(check()))
+            except Exception as exc:  # a check's bug must not stop the others
+                log.exception("Network check %s failed", layer)
+                entries.append(agent_log("ERROR", f"network {layer} check failed: {type(exc).__name__}"))
         self._record(entries, store)
         return entries
 
@@ -91,7 +173,11 @@ class Agent:
     def _record(self, entries: list[LogEntry], store: bool) -> None:
         with self._lock:
             for entry in entries:
-                key = entry["widget_type"] if entry["widget_type"] != "ping" else f"ping:{entry['data'].get('target')}"
+                key = entry["widget_type"]
+                if key == "ping":
+                    key = f"ping:{entry['data'].get('target')}"
+                elif key == "network":
+                    key = f"network:{entry['data'].get('layer')}:{entry['data'].get('target')}"
                 self.latest[key] = entry
         if store:
             for entry in entries:
@@ -134,6 +220,12 @@ class Agent:
         at = self.store.next_attempt_at() if self.sender else None
         return None if at is None else time.monotonic() + (at - time.time())
 
+    def _run_network_safely(self) -> None:
+        try:
+            self.run_network()
+        except Exception:
+            log.exception("Network checks failed")
+
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set.
 
@@ -144,6 +236,8 @@ class Agent:
         next_collect = next_send = time.monotonic()
         last_send = -math.inf
         speedtest_thread: threading.Thread | None = None
+        network_thread: threading.Thread | None = None
+        next_network = time.monotonic()
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_collect:
@@ -153,6 +247,11 @@ class Agent:
             if self.config.speedtest_interval_seconds and self.speedtest.due() and speedtest_idle:
                 speedtest_thread = threading.Thread(target=self.run_speedtest, name="speedtest", daemon=True)
                 speedtest_thread.start()
+            network_idle = network_thread is None or not network_thread.is_alive()
+            if self.config.network_interval_seconds and now >= next_network and network_idle:
+                network_thread = threading.Thread(target=self._run_network_safely, name="network", daemon=True)
+                network_thread.start()
+                next_network = now + self.config.network_interval_seconds
             retry_at = self._retry_at()
             if now >= next_send or (retry_at is not None and last_send < retry_at <= now):
                 try:
@@ -164,6 +263,8 @@ class Agent:
                     next_send = now + self.config.send_interval_seconds
                 retry_at = self._retry_at()
             wake = min(next_collect, next_send)
+            if self.config.network_interval_seconds:
+                wake = min(wake, next_network)
             if retry_at is not None and retry_at > last_send:
                 wake = min(wake, retry_at)
             stop.wait(max(0.5, wake - time.monotonic()))

@@ -2,7 +2,7 @@
 
     GET /                      the page: a card per widget (live_page), reloading every few seconds
     GET /api/widgets           every widget's latest log, and the agent's status
-    GET /api/widgets/<type>    one widget (wifi, speedtest, ping, health, processes)
+    GET /api/widgets/<type>    one widget (wifi, speedtest, ping, health, processes, network, roam)
     GET /api/status            encryption on or off, fleet server, last successful send
 
 It binds to loopback by default: the readings (SSIDs, process names) are for
@@ -26,7 +26,7 @@ from .live_page import render_page
 
 log = logging.getLogger("atlas.agent")
 
-WIDGETS = ("wifi", "speedtest", "ping", "health", "processes")
+WIDGETS = ("wifi", "speedtest", "ping", "health", "processes", "network", "roam")
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 """The only ``Host`` names answered, with or without a port."""

@@ -10,8 +10,10 @@ from typing import Any
 from atlas.contract import MAX_MESSAGE_CHARS, format_timestamp
 
 from .collectors.health import HealthReading
+from .collectors.network import NetworkCheck
 from .collectors.ping import PingResult
 from .collectors.processes import ProcessesResult
+from .collectors.roam import RoamEvent
 from .collectors.speedtest import SpeedtestResult
 from .collectors.wifi import WifiReading
 
@@ -98,6 +100,39 @@ def speedtest_log(result: SpeedtestResult) -> LogEntry:
     up = f"{result.upload_mbps:.1f}" if result.upload_mbps is not None else "?"
     latency = f", {result.latency_ms:.0f} ms" if result.latency_ms is not None else ""
     return _entry("speedtest", "INFO", f"Speed test completed: {down} Mbps down, {up} Mbps up{latency}", data)
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.1f} ms" if value is not None else "?"
+
+
+def network_log(check: NetworkCheck) -> LogEntry:
+    data = check.as_data()
+    name = {"wifi": "Wi-Fi link", "gateway": "Gateway", "dns": "DNS", "http": "HTTP"}.get(check.layer, check.layer)
+    target = f" {check.target}" if check.target else ""
+    if check.status != "ok":
+        level = "WARNING" if check.status in ("partial_loss", "disconnected", "http_error") else "ERROR"
+        return _entry("network", level, f"{name}{target}: {check.status} ({check.reason or 'no reason'})", data)
+    if check.layer == "gateway":
+        text = f"{check.loss_pct:g}% loss, avg {_ms(check.rtt_avg_ms)}" if check.loss_pct is not None else "ok"
+    elif check.layer == "dns":
+        text = f"{check.query_name} answered in {_ms(check.dns_ms)}"
+    elif check.layer == "http":
+        text = (
+            f"{check.status_code} in {_ms(check.total_ms)} (DNS {_ms(check.dns_ms)}, connect {_ms(check.connect_ms)},"
+            f" TLS {_ms(check.tls_ms)}, first byte {_ms(check.ttfb_ms)})"
+        )
+    else:
+        text = f"RSSI {check.rssi_dbm} dBm" if check.rssi_dbm is not None else "connected"
+    return _entry("network", "INFO", f"{name}{target}: {text}", data)
+
+
+def roam_log(event: RoamEvent) -> LogEntry:
+    data = event.as_data()
+    b, a = event.before, event.after
+    before = b.bssid or f"channel {b.channel}"
+    after = a.bssid or f"channel {a.channel}"
+    return _entry("roam", "INFO", f"Roamed from {before} to {after} ({', '.join(event.changed)} changed)", data)
 
 
 def agent_log(level: str, message: str, data: dict[str, Any] | None = None) -> LogEntry:

@@ -32,8 +32,10 @@ from .errors import EnvelopeError, SchemaError, SchemaViolation
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 """Log levels, in increasing severity."""
 
-WIDGET_TYPES = ("wifi", "speedtest", "ping", "health", "processes", "agent")
-"""The widgets a log can come from; ``agent`` is the agent's own reports."""
+WIDGET_TYPES = ("wifi", "speedtest", "ping", "health", "processes", "network", "roam", "agent")
+"""The widgets a log can come from; ``agent`` is the agent's own reports. ``network`` (layered checks) and
+``roam`` (access-point changes) came after the first six: a v1 agent never sends them, and the server
+stores any type listed here."""
 
 MAX_LOGS_PER_BATCH = 5000
 """Default bound on the number of logs in one batch."""
@@ -55,7 +57,7 @@ LOG_MAX_AFTER_BATCH = timedelta(minutes=5)
 """How long after its batch's ``created_at`` a log may be dated (the Mac's clock stepping back while it runs)."""
 
 Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
-WidgetType = Literal["wifi", "speedtest", "ping", "health", "processes", "agent"]
+WidgetType = Literal["wifi", "speedtest", "ping", "health", "processes", "network", "roam", "agent"]
 
 
 def _no_nul(value: str) -> str:

@@ -327,12 +327,87 @@ class ProcessesData(TypedDict, total=False):
     reason: Annotated[str | None, Measure("why it failed")]
 
 
+# --------------------------------------------------------------------------- network
+
+
+class NetworkData(TypedDict, total=False):
+    """``network``: one layered check, one log per layer and target; a key a layer does not measure is missing."""
+
+    layer: Annotated[str, Measure("what it measures: `wifi` (the link), `gateway`, `dns` or `http`")]
+    target: Annotated[str, Measure("the interface, gateway address, resolver address or URL checked")]
+    status: Annotated[
+        str,
+        Measure(
+            "`ok`; `partial_loss` or `unreachable` (gateway), `disconnected` (wifi), `dns_error` (an error"
+            " answer, or a name that does not resolve), `http_error` (status 400 or above), `tls_error`,"
+            " `connect_error`, `timeout`, `no_gateway`, `no_resolver` or `error`"
+        ),
+    ]
+    reason: Annotated[str | None, Measure("why it is not `ok`")]
+    address: Annotated[str | None, Measure("the address reached (gateway, resolver, or the URL's host)")]
+    sent: Annotated[int | None, Measure("gateway: packets sent", "", 0, 1_000_000)]
+    received: Annotated[int | None, Measure("gateway: replies received", "", 0, 1_000_000)]
+    loss_pct: Annotated[float | None, Measure("gateway: packet loss", "%", *_PERCENT)]
+    rtt_min_ms: Annotated[float | None, Measure("gateway: fastest reply", "ms", *_MS)]
+    rtt_avg_ms: Annotated[float | None, Measure("gateway: mean reply", "ms", *_MS)]
+    rtt_max_ms: Annotated[float | None, Measure("gateway: slowest reply", "ms", *_MS)]
+    query_name: Annotated[str | None, Measure("dns: the name asked for")]
+    query_type: Annotated[str | None, Measure("dns: the record type asked for, e.g. `A`")]
+    rcode: Annotated[str | None, Measure("dns: the answer's response code, e.g. `NOERROR`, `NXDOMAIN`")]
+    answers: Annotated[int | None, Measure("dns: records in the answer", "", 0, 65_535)]
+    dns_ms: Annotated[
+        float | None, Measure("dns: the resolver's answer time; http: resolving the URL's host", "ms", *_MS)
+    ]
+    connect_ms: Annotated[float | None, Measure("http: opening the TCP connection", "ms", *_MS)]
+    tls_ms: Annotated[float | None, Measure("http: the TLS handshake (null for plain HTTP)", "ms", *_MS)]
+    ttfb_ms: Annotated[
+        float | None, Measure("http: from the request sent to the response's first byte (its headers)", "ms", *_MS)
+    ]
+    total_ms: Annotated[float | None, Measure("http: the whole request, resolving to the body's last byte", "ms", *_MS)]
+    status_code: Annotated[int | None, Measure("http: the response status", "", 100, 599)]
+    http_version: Annotated[str | None, Measure("http: e.g. `HTTP/1.1`")]
+    state: Annotated[str | None, Measure("wifi: the link's state, as in `wifi` logs")]
+    bssid: Annotated[str | None, Measure("wifi: access point MAC address")]
+    rssi_dbm: Annotated[int | None, Measure("wifi: received signal strength", "dBm", *_DBM)]
+    snr_db: Annotated[int | None, Measure("wifi: signal to noise", "dB", -50, 120)]
+    tx_rate_mbps: Annotated[float | None, Measure("wifi: current transmit rate", "Mbit/s", *_MBPS)]
+    channel: Annotated[int | None, Measure("wifi: channel number", "", 1, 233)]
+    band: Annotated[str | None, Measure("wifi: `2.4GHz`, `5GHz` or `6GHz`")]
+    reading_age_s: Annotated[float | None, Measure("wifi: age of the Wi-Fi reading the link layer reports", "s")]
+    roams: Annotated[int | None, Measure("wifi: roams seen since the previous round of checks", "", 0, 1_000_000)]
+
+
+# --------------------------------------------------------------------------- roam
+
+
+class RoamData(TypedDict, total=False):
+    """``roam``: the access point, channel or band changed between two connected Wi-Fi readings."""
+
+    changed: Annotated[list[str], Measure("what changed: `bssid`, `channel` and/or `band`")]
+    interface: Annotated[str | None, Measure("interface name, e.g. `en0`")]
+    ssid: Annotated[str | None, Measure("network name after the change; null when redacted")]
+    ssid_changed: Annotated[bool, Measure("the SSID changed too (a move to another network, not a roam within one)")]
+    from_bssid: Annotated[str | None, Measure("access point before; null when redacted")]
+    to_bssid: Annotated[str | None, Measure("access point after; null when redacted")]
+    from_channel: Annotated[int | None, Measure("channel before", "", 1, 233)]
+    to_channel: Annotated[int | None, Measure("channel after", "", 1, 233)]
+    from_band: Annotated[str | None, Measure("band before")]
+    to_band: Annotated[str | None, Measure("band after")]
+    rssi_before_dbm: Annotated[int | None, Measure("signal at the reading before", "dBm", *_DBM)]
+    rssi_after_dbm: Annotated[int | None, Measure("signal at the reading after", "dBm", *_DBM)]
+    previous_at: Annotated[str, Measure("when the reading before was taken, RFC 3339 UTC")]
+    interval_s: Annotated[float, Measure("time between the two readings", "s", 0, 366 * 86400)]
+    roam_count: Annotated[int, Measure("roams seen since the agent started, this one included", "", 1, 2**31)]
+
+
 WIDGET_DATA: Mapping[str, type] = {
     "wifi": WifiData,
     "speedtest": SpeedtestData,
     "ping": PingData,
     "health": HealthData,
     "processes": ProcessesData,
+    "network": NetworkData,
+    "roam": RoamData,
 }
 """Each widget's ``data`` shape; ``agent`` logs carry free-form data."""
 

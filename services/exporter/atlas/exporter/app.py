@@ -36,6 +36,7 @@ from psycopg.abc import Buffer
 from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
+from atlas.contract import WIDGET_TYPES
 from atlas.core import metrics
 from atlas.core.atrest import SETTING
 from atlas.core.config import Settings, get_settings
@@ -271,7 +272,7 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
         request: Request,
         format: Annotated[str | None, Query(description="csv (default), json or ndjson")] = None,
         widget_type: Annotated[
-            str | None, Query(description="wifi, speedtest, ping, health, processes or agent")
+            str | None, Query(description=f"{', '.join(WIDGET_TYPES[:-1])} or {WIDGET_TYPES[-1]}")
         ] = None,
         machine_id: Annotated[str | None, Query(description="one machine")] = None,
         serial_number: Annotated[str | None, Query(description="one device by serial number")] = None,
