@@ -73,6 +73,12 @@ def machine_page(
     )
 
 
+@router.get("/pipeline")
+def pipeline_page(principal: SessionUser) -> Response:
+    """Queue, workers, ingest and the newest stored batch, as the workers last reported them."""
+    return render("pipeline.html", principal=principal)
+
+
 # --- the user's own account --------------------------------------------------------------
 
 
