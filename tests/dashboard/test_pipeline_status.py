@@ -54,7 +54,7 @@ def test_no_report_at_all_means_no_worker():
     assert found.state == "no_worker"
     assert found.stalled
     (problem,) = found.problems
-    assert "No worker has ever reported" in problem.message
+    assert "No worker has reported yet" in problem.message
     assert "atlas-server worker" in problem.action
 
 

@@ -105,7 +105,7 @@ def pipeline_status(
             waiting = f", when {last.queue_depth} job(s) waited in the queue" if last.queue_depth else ""
             seen = f"No worker has reported for {duration((now - last.last_seen).total_seconds())}{waiting}"
         else:
-            seen = "No worker has ever reported: batches accepted are queued but not stored"
+            seen = "No worker has reported yet: batches accepted wait in the queue, not stored"
         problems.append(Problem("no_worker", seen, START_WORKER))
     else:
         behind = _behind(alive, ingests, now, alive_after, behind_after)
