@@ -112,10 +112,13 @@ def test_no_worker_shows_a_banner_until_a_worker_stores_the_batches(stack, keys)
         worker = Worker(stack["config"], stack["dir"])
         try:
             wait_for(lambda: BANNER not in client.get("/").text, 30, "the banner stayed with a worker running")
+            done = '<td class="num jobs-done">1</td>'  # the one job, stored
+            wait_for(lambda: done in client.get("/pipeline").text, 10, "the worker reported no job done")
             page = html.unescape(client.get("/pipeline").text)
             assert 'data-state="healthy"' in page
             assert "alive" in page
-            assert ">1</td>" in page  # the ingest process's batches accepted, brought over by the worker
+            # the ingest process's report, left in Redis and brought over by the worker
+            assert '<td class="num batches-accepted">1</td>' in page
             assert f'data-machine-id="{machine_id}"' in client.get("/").text
 
             # Paused (SIGSTOP): silent, so within three reports the banner is back; the Mac, whose last batch
