@@ -40,7 +40,8 @@ def stack(server_config: dict[str, Any], redis_prefix: str, tmp_path: Path) -> I
         config["database"]["url"] = url
         config["redis"]["key_prefix"] = f"{redis_prefix}pipe{uuid.uuid4().hex[:6]}"
         config["server"]["pipeline_report_seconds"] = 1
-        config["dashboard"] = {"online_seconds": 4}
+        config["dashboard"] = {"online_seconds": 4, "pipeline_behind_seconds": 3}
+        config["worker"] = {**config["worker"], "job_timeout": 120}
         started: list[Any] = []
         try:
             ingest = IngestServer(config, tmp_path)
@@ -49,7 +50,7 @@ def stack(server_config: dict[str, Any], redis_prefix: str, tmp_path: Path) -> I
             started.append(dashboard)
             with connect(url, autocommit=True) as conn:
                 create_user(conn, "pipeline-admin", PASSWORD, "admin")
-            yield {"config": config, "ingest": ingest, "dashboard": dashboard, "dir": tmp_path, "started": started}
+            yield {"config": config, "ingest": ingest, "dashboard": dashboard, "dir": tmp_path, "url": url}
         finally:
             for process in reversed(started):
                 process.stop()
@@ -145,4 +146,27 @@ def test_no_worker_shows_a_banner_until_a_worker_stores_the_batches(stack, keys)
         finally:
             worker.stop()
     finally:
+        client.close()
+
+
+def test_a_worker_stuck_on_a_job_shows_the_server_behind(stack, keys):
+    """Alive (it reports) but stuck: a job waits in the queue past pipeline_behind_seconds, and the banner says so."""
+    client = Browserless(stack["dashboard"])
+    worker = Worker(stack["config"], stack["dir"])
+    try:
+        assert client.login("pipeline-admin").status_code == 303
+        wait_for(lambda: BANNER not in client.get("/").text, 30, "no healthy start with a worker")
+        with connect(stack["url"]) as lock:
+            lock.execute("LOCK TABLE batches IN ACCESS EXCLUSIVE MODE")  # the worker's next job waits for it
+            for _ in range(2):  # the first job is taken and waits; the second waits in the queue
+                body = batches.content(2)
+                assert stack["ingest"].post(batches.sealed(body, keys["current"])).status_code == 202
+            wait_for(lambda: 'data-kind="behind"' in client.get("/").text, 15, "no 'behind' banner")
+            page = html.unescape(client.get("/").text)
+            assert "The server is behind: the oldest of 1 queued job(s) has waited" in page
+            assert "No worker has reported" not in page  # it is alive, and says so
+            lock.rollback()
+        wait_for(lambda: BANNER not in client.get("/").text, 30, "the banner stayed once the worker went on")
+    finally:
+        worker.stop()
         client.close()
