@@ -444,6 +444,12 @@ class Settings:
         _proxies,
         env="FORWARDED_ALLOW_IPS",
     )
+    pipeline_report_seconds: int = _setting(
+        "server.pipeline_report_seconds",
+        5,
+        "ingest's and each worker's report of the pipeline (queue, workers) for the dashboard",
+        maximum=300,
+    )
     database_url: str = _setting(
         "database.url", "postgresql://postgres@127.0.0.1:5432/atlas", "", _text, hidden=True, env="DATABASE_URL"
     )
@@ -538,6 +544,12 @@ class Settings:
         "dashboard.online_seconds", 900, "last seen within 15 min: online; within stale_seconds: stale", _seconds
     )
     stale_within: timedelta = _setting("dashboard.stale_seconds", 86400, "... else offline", _stale_seconds)
+    pipeline_behind: timedelta = _setting(
+        "dashboard.pipeline_behind_seconds",
+        120,
+        "a batch queued this long and not stored: the server is behind (a banner on every page)",
+        _seconds,
+    )
 
     @property
     def queue_name(self) -> str:

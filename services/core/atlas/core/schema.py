@@ -350,6 +350,36 @@ MIGRATIONS: tuple[Migration, ...] = (
             WHERE level IN ('WARNING', 'ERROR');
         """,
     ),
+    Migration(
+        10,
+        "pipeline_heartbeats",
+        """
+        CREATE TABLE pipeline_heartbeats (
+            role              text NOT NULL CHECK (role IN ('worker', 'ingest')),
+            name              text NOT NULL,
+            host              text NOT NULL,
+            pid               integer NOT NULL,
+            started_at        timestamptz NOT NULL,
+            last_seen         timestamptz NOT NULL,
+            last_job_at       timestamptz,
+            jobs_done         bigint NOT NULL DEFAULT 0,
+            last_stored_at    timestamptz,
+            batches_accepted  bigint NOT NULL DEFAULT 0,
+            last_accepted_at  timestamptz,
+            queue_depth       integer,
+            failed_jobs       integer,
+            retrying_jobs     integer,
+            oldest_queued_at  timestamptz,
+            PRIMARY KEY (role, name)
+        );
+        COMMENT ON TABLE pipeline_heartbeats IS
+            'One row per worker and ingest process, rewritten by each worker every few seconds with what it'
+            ' reads from Redis (queue depth, failed jobs) and what ingest processes left there: the dashboard,'
+            ' which has no Redis connection, tells from it whether batches accepted are being stored';
+        COMMENT ON COLUMN pipeline_heartbeats.last_seen IS
+            'PostgreSQL''s now() at the worker''s last report (an ingest row: the ingest''s last report to Redis)';
+        """,
+    ),
 )
 """Every migration, oldest first."""
 

@@ -45,6 +45,7 @@ from atlas.exporter.app import add_export_routes
 
 from . import admin, auth, browser, exports, views
 from .machine import ContentLocked
+from .pipeline import PipelineMonitor
 from .render import render
 from .security import SecurityHeadersMiddleware
 
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Atlas dashboard", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.web = web
+    app.state.pipeline = PipelineMonitor(web)
     app.add_middleware(SecurityHeadersMiddleware)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(auth.router)

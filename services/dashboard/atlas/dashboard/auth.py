@@ -48,6 +48,7 @@ from atlas.core.accounts import (
 from atlas.core.ratelimit import RateLimiter, client_key, retry_after
 from atlas.core.web import SESSION_COOKIE, Principal, WebState
 
+from .pipeline import page_user
 from .presession import (
     PRESESSION_COOKIE,
     PRESESSION_MAX_AGE,
@@ -108,7 +109,7 @@ def require_session(request: Request) -> Principal:
         if request.method == "GET":
             raise LoginRequired(current_path(request))
         raise LoginRequired(referer_path(request.headers.get("referer"), request.headers.get("host")))
-    return principal
+    return page_user(request, principal)
 
 
 SessionUser = Annotated[Principal, Depends(require_session)]

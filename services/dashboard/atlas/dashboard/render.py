@@ -112,10 +112,14 @@ def render(
     headers: dict[str, str] | None = None,
     **context: Any,
 ) -> HTMLResponse:
-    """A page from ``templates/<name>`` for ``principal`` (None on the login and error pages)."""
+    """A page from ``templates/<name>`` for ``principal`` (None on the login and error pages).
+
+    A signed-in page's principal carries the pipeline's status: ``base.html`` shows its banner.
+    """
     now = datetime.now(UTC)
     html = ENV.get_template(name).render(
         user=principal.user if principal else None,
+        pipeline=getattr(principal, "pipeline", None),  # a page's user carries it (pipeline.PageUser)
         csrf_token=principal.session.csrf_token if principal and principal.session else "",
         now=now,
         **context,

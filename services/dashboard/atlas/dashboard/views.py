@@ -93,6 +93,12 @@ def machine_page(request: Request, principal: SessionUser, machine_id: str) -> R
     )
 
 
+@router.get("/pipeline")
+def pipeline_page(principal: SessionUser) -> Response:
+    """Queue, workers, ingest and the newest stored batch, as the workers last reported them."""
+    return render("pipeline.html", principal=principal)
+
+
 # --- the user's own account --------------------------------------------------------------
 
 

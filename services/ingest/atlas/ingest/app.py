@@ -14,6 +14,8 @@ import binascii
 import gc
 import json
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -46,6 +48,7 @@ from atlas.core.config import Settings, get_settings
 from atlas.core.devices import Device, EnrollRefused
 from atlas.core.edge import add_health_routes, problem, retry_later, unavailable
 from atlas.core.errors import ConfigError, QueueUnavailable, Unavailable, store_error
+from atlas.core.pipeline import Heartbeat, process_name, report_ingest
 from atlas.core.queue import QueuedBatch, accepted_marker, batch_queue, queued_batch, redis_client
 from atlas.core.ratelimit import IngestLimits
 
@@ -130,6 +133,11 @@ class Ingest:
         """What every v2 answer hands the device: the server's public keys, the current one first."""
         self.enqueuer = GroupingEnqueuer(lambda: self.queue, settings)
         self._decoding = 0  # bodies in the decode pool or waiting for it; touched only by the event loop
+        self.name = process_name("ingest")
+        self.started_at = datetime.now(UTC)
+        self.batches_accepted = 0  # the pipeline report's; touched only by the event loop
+        self.last_accepted_at: datetime | None = None
+        self._report_failing = False
 
     @cached_property
     def queue(self) -> Queue:
@@ -251,7 +259,41 @@ class Ingest:
             return JSONResponse(Duplicate(batch_id=batch_id).model_dump(), status_code=200)
         metrics.BATCHES_ACCEPTED.inc()
         metrics.LOGS_ACCEPTED.inc(len(decoded["logs"]))
+        self.batches_accepted += 1
+        self.last_accepted_at = received_at
         return JSONResponse(Queued(batch_id=batch_id, accepted=len(decoded["logs"])).model_dump(), status_code=202)
+
+    def report(self) -> None:
+        """Leave this process's pipeline report in Redis, for a worker to copy to PostgreSQL (blocking)."""
+        beat = Heartbeat(
+            role="ingest",
+            name=self.name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self.started_at,
+            last_seen=datetime.now(UTC),
+            batches_accepted=self.batches_accepted,
+            last_accepted_at=self.last_accepted_at,
+        )
+        try:
+            report_ingest(self.queue.connection, self.settings, beat)
+        except Exception as exc:
+            if not isinstance(store_error(exc), QueueUnavailable):
+                raise
+            if not self._report_failing:
+                log.warning("Could not leave the pipeline report in Redis: %s", type(exc).__name__)
+            self._report_failing = True
+        else:
+            self._report_failing = False
+
+    async def report_forever(self) -> None:
+        """Report every ``server.pipeline_report_seconds`` until cancelled (the app's lifespan)."""
+        while True:
+            try:
+                await asyncio.to_thread(self.report)
+            except Exception:
+                log.exception("The pipeline report failed")
+            await asyncio.sleep(self.settings.pipeline_report_seconds)
 
     def close(self) -> None:
         """Close the Redis connection, if one was opened (the app's shutdown)."""
@@ -318,7 +360,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # the collector's reach, a full collection scans only what requests leave behind. Without it, a
         # full collection paused the event loop for tens of milliseconds under load.
         _freeze_startup_heap()
+        reporting = asyncio.create_task(ingest.report_forever())
         yield
+        reporting.cancel()
         ingest.close()
         metrics.close_registry(app.state.metrics_registry)
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -58,6 +59,12 @@ class WorkerContext:
     connection: psycopg.Connection | None = field(default=None, repr=False)
     partitions_checked_at: float | None = None
     """``time.monotonic()`` of the last partition maintenance (or when a failed one counts as done)."""
+    jobs_done: int = 0
+    """Jobs this worker finished, stored or failed (its pipeline report)."""
+    last_job_at: datetime | None = None
+    """When its last job finished, stored or failed."""
+    last_stored_at: datetime | None = None
+    """When a job of its last stored a batch not stored before."""
 
     @property
     def db_key(self) -> Key | None:
@@ -79,6 +86,16 @@ class WorkerContext:
     def persist(self, payload: JobPayload) -> int:
         """Persist one queued group of batches (sealed under the database key when one is configured);
         returns how many were stored now. Any error propagates, for rq to retry the job."""
+        try:
+            count = self._persist(payload)
+        finally:
+            self.jobs_done += 1
+            self.last_job_at = datetime.now(UTC)
+        if count:
+            self.last_stored_at = self.last_job_at
+        return count
+
+    def _persist(self, payload: JobPayload) -> int:
         keyring = self.settings.db_keyring
         if keyring and isinstance(payload, list):
             log.warning("A job arrived unsealed although this worker has a database key: does every ingest have it?")

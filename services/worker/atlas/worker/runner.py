@@ -19,6 +19,7 @@ from atlas.core.errors import ConfigError, RefusedJobError
 from atlas.core.queue import SERIALIZER, BatchJob, batch_queue, payload_batch_ids, redis_client, refusal
 
 from .jobs import WorkerContext, running
+from .report import PipelineReporter
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -147,12 +148,15 @@ def start_metrics(settings: Settings) -> WSGIServer | None:
 
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
-    """Work until stopped (or, with burst, until the queue is empty)."""
+    """Work until stopped (or, with burst, until the queue is empty), reporting to ``pipeline_heartbeats``."""
     worker = build_worker(settings, name=name)
     server = start_metrics(settings)
+    reporter = PipelineReporter(settings, worker.context, worker.name)
+    reporter.start()
     try:
         return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
     finally:
+        reporter.stop()
         if server is not None:
             server.shutdown()
             server.server_close()
