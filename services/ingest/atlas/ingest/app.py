@@ -370,6 +370,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ingest = ingest
     metrics.add_metrics(app, "ingest", settings, queue=True)
 
+    async def json_body(request: Request) -> bytes | JSONResponse:
+        """The request's JSON body, read within ``server.max_body_bytes``; or the 415, 413 or 408 answer."""
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            metrics.reject("unsupported_media_type")
+            return problem(415, "Content-Type must be application/json")
+        try:
+            return await read_limited(request, settings.max_body_bytes)
+        except BodyTooLarge:
+            metrics.reject("too_large")
+            return problem(413, f"body: exceeds {settings.max_body_bytes} bytes", "body")
+        except ClientDisconnect:  # gone, or closed for missing the body deadline: nobody reads this answer
+            return problem(408, "body: the client went away before sending all of it", "body")
+
     @app.post(
         WIDGET_LOGS_PATH,
         status_code=202,
@@ -407,17 +421,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
         if refused := limits.check_key(api_key):
             return refused
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() != "application/json":
-            metrics.reject("unsupported_media_type")
-            return problem(415, "Content-Type must be application/json")
-        try:
-            body = await read_limited(request, settings.max_body_bytes)
-        except BodyTooLarge:
-            metrics.reject("too_large")
-            return problem(413, f"body: exceeds {settings.max_body_bytes} bytes", "body")
-        except ClientDisconnect:  # gone, or closed for missing the body deadline: nobody reads this answer
-            return problem(408, "body: the client went away before sending all of it", "body")
+        body = await json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
         return await ingest.accept(body)
 
     def v2_off() -> JSONResponse:
@@ -544,17 +550,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 else ("device revoked" if device.revoked_at else "device replaced by a later enrollment of this Mac")
             )
             return unauthorized(DeviceAuthError("Atlas-Device", f"{why}; enroll again"))
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() != "application/json":
-            metrics.reject("unsupported_media_type")
-            return problem(415, "Content-Type must be application/json")
-        try:
-            body = await read_limited(request, settings.max_body_bytes)
-        except BodyTooLarge:
-            metrics.reject("too_large")
-            return problem(413, f"body: exceeds {settings.max_body_bytes} bytes", "body")
-        except ClientDisconnect:
-            return problem(408, "body: the client went away before sending all of it", "body")
+        body = await json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
         try:
             verify_request(device.public_key, signed, request.method, request.url.path, body)
         except DeviceAuthError as exc:

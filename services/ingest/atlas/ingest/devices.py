@@ -14,6 +14,7 @@ import threading
 import time
 
 import psycopg
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from atlas.core.config import Settings
@@ -117,7 +118,7 @@ class DeviceDirectory:
         while not self._stop.is_set():
             try:
                 with connect(self._url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {DEVICES_CHANNEL}")
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(DEVICES_CHANNEL)))
                     with self._lock:
                         self._generation += 1
                         self._cache.clear()
