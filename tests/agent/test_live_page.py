@@ -8,15 +8,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 
 from atlas.agent.collectors.health import HealthReading, parse_powermetrics_smc
 from atlas.agent.collectors.speedtest import SpeedtestResult
-from atlas.agent.collectors.wifi import parse_wdutil_info
+from atlas.agent.collectors.wifi import parse_airport_info, parse_wdutil_info
+from atlas.agent.config import load_agent_config
+from atlas.agent.daemon import Agent
+from atlas.agent.live import serve
 from atlas.agent.live_page import number, render_page
 from atlas.agent.widgets import health_log, speedtest_log, wifi_log
 from atlas.live_widgets import start_live_widget_server
 
+from .network_servers import dns_responder, http_server
 from .test_agent_daemon import write_config
+from .test_network_daemon import write_config as write_network_config
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -53,7 +59,7 @@ def test_the_live_page_shows_readable_cards_from_the_running_agent(tmp_path: Pat
     assert "cpu_percent" not in page
     assert '":' not in page
     shown = cards(page)
-    assert sorted(shown) == ["health", "ping", "processes", "speedtest", "wifi"]
+    assert sorted(shown) == ["health", "network", "ping", "processes", "roam", "speedtest", "wifi"]
     assert "No reading yet" in shown["speedtest"][0]  # speed tests are off in write_config
 
     health = widgets["health"]
@@ -73,6 +79,94 @@ def test_the_live_page_shows_readable_cards_from_the_running_agent(tmp_path: Pat
     assert f"<dt>Processes</dt><dd>{number(processes['process_count'], 'running', 0)}</dd>" in shown["processes"][0]
     assert f"source: {processes['source']}" in shown["processes"][0]
     assert f"source: {widgets['wifi']['data']['source']}" in shown["wifi"][0]
+
+
+EMOJI = re.compile("[\u2190-\u21ff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\u200d\ufe0f\U0001f000-\U0001faff]")
+"""Emoji and the pictographs and arrows that render as emoji: the page labels things in words."""
+
+NETWORK_ROW = re.compile(
+    r'<tr data-layer="(\w+)"><td>(.*?)</td><td>(.*?)</td><td class="status (\w*)">(.*?)</td>'
+    r"<td>(.*?)</td><td>(.*?)</td></tr>"
+)
+
+
+def test_the_live_page_shows_the_layered_checks_and_the_last_roam(tmp_path: Path, monkeypatch) -> None:
+    """Two Wi-Fi readings through the collect loop (a roam between them), then a round of checks on loopback."""
+    first = parse_airport_info((FIXTURES / "wifi/airport_I_mojave10.14.6_connected.txt").read_text())
+    second = parse_wdutil_info((FIXTURES / "wifi/wdutil_info_monterey12_5ghz_dfs_trimmed.txt").read_text())
+    readings = iter([first, second])
+    monkeypatch.setattr("atlas.agent.daemon.collect_wifi", lambda: next(readings))  # the Mac's tools, not Atlas
+    with (
+        dns_responder({"intranet.example": "192.0.2.7"}) as good,
+        dns_responder({}) as bad,
+        http_server() as (base, _),
+    ):
+        path = write_network_config(
+            tmp_path,
+            dns_resolvers=[good.address, bad.address],
+            dns_names=["intranet.example"],
+            http_targets=[f"{base}/ok", f"{base}/fail"],
+        )
+        agent = Agent(load_agent_config(path))
+        agent.collect(store=False)
+        agent.collect(store=False)
+        network = agent.run_network(store=False)
+    server = serve(agent, "127.0.0.1", 0)
+    try:
+        page = httpx.get(f"http://127.0.0.1:{server.server_address[1]}/", timeout=5).text
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not EMOJI.findall(page)
+    shown = cards(page)
+    (card,) = shown["network"]
+    rows = NETWORK_ROW.findall(card)
+    assert [(r[0], r[2]) for r in rows] == [(e["data"]["layer"], e["data"]["target"]) for e in network]
+    assert [r[0] for r in rows] == ["wifi", "gateway", "dns", "dns", "http", "http"]
+    status = {(r[0], r[2]): (r[4], r[5]) for r in rows}
+    gateway = network[1]["data"]
+    assert status[("gateway", gateway["target"])][0] == gateway["status"].replace("_", " ")
+
+    link, measured = status[("wifi", second.interface)]
+    assert link == "ok"
+    assert f"{second.rssi_dbm} dBm" in measured
+    assert f"channel {second.channel} ({second.band})" in measured
+    assert "1 roam since the last round" in measured
+
+    assert status[("dns", good.address)][0] == "ok"
+    assert re.fullmatch(r"intranet\.example A, NOERROR, 1 answer, in [\d.]+ ms", status[("dns", good.address)][1])
+    assert status[("dns", bad.address)][0] == "dns error"
+    assert "NXDOMAIN" in status[("dns", bad.address)][1]
+
+    assert status[("http", f"{base}/ok")][0] == "ok"
+    assert re.fullmatch(
+        r"HTTP/1\.1 200 in [\d.]+ ms \(connect [\d.]+ ms, first byte [\d.]+ ms\)", status[("http", f"{base}/ok")][1]
+    )
+    assert status[("http", f"{base}/fail")][0] == "http error"
+    assert status[("http", f"{base}/fail")][1].endswith("; HTTP 500")
+    assert all(f'<time datetime="{e["timestamp"]}">' in card for e in network)
+    ok = sum(e["data"]["status"] == "ok" for e in network)
+    assert f"{ok} of 6 checks ok" in card
+    assert "source: Wi-Fi reading, ping, DNS query over UDP, HTTP GET" in card
+
+    (roam,) = shown["roam"]
+    entry = agent.snapshot()["widgets"]["roam"]
+    for row in (
+        f"<dt>Access point</dt><dd>{first.bssid} to {second.bssid}</dd>",
+        f"<dt>Channel</dt><dd>{first.channel} ({first.band}) to {second.channel} ({second.band})</dd>",
+        f"<dt>Signal</dt><dd>{first.rssi_dbm} dBm to {second.rssi_dbm} dBm"
+        f" ({second.rssi_dbm - first.rssi_dbm:+d} dB)</dd>",
+        "<dt>Roams</dt><dd>1 since the agent started</dd>",
+        f'<time datetime="{entry["timestamp"]}">',
+        "source: consecutive Wi-Fi readings",
+    ):
+        assert row in roam, row
+
+
+@pytest.mark.parametrize("widget", ["network", "roam"])
+def test_a_widget_not_read_yet_says_so(widget: str) -> None:
+    (card,) = cards(render_page({"widgets": {}}))[widget]
+    assert "No reading yet" in card
 
 
 def test_cards_from_captured_mac_readings() -> None:

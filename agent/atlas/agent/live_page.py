@@ -3,7 +3,9 @@
 Pure: ``render_page`` turns an ``Agent.snapshot()`` into a small HTML page, rendered on
 the server, with no script; the browser reloads it every ``REFRESH_SECONDS``. The data
 keys read here are those the collectors write (``atlas.agent.collectors``); a value a
-collector did not give is left out rather than shown as empty.
+collector did not give is left out rather than shown as empty. Ping has a card per target; the
+layered network checks share one card, a table with a row per layer and target and its status.
+Labels are plain words, never emoji.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ h2{font-size:1rem;margin:0 0 .4rem}.summary{margin:.2rem 0 .6rem;overflow-wrap:a
 dl{display:grid;grid-template-columns:auto 1fr;gap:.2rem .8rem;margin:0}dt{color:#6e6e73}
 dd{margin:0;font-variant-numeric:tabular-nums;overflow-wrap:anywhere}
 .meta{color:#6e6e73;font-size:12px;margin:.6rem 0 0}.ERROR{color:#c00}.WARNING{color:#b60}
-#status{margin-bottom:1rem;color:#3a3a3c}
+#status{margin-bottom:1rem;color:#3a3a3c}.ok{color:#1a7f37}
+section[data-widget=network]{grid-column:1/-1}.scroll{overflow-x:auto}
+table{border-collapse:collapse;width:100%}th{color:#6e6e73;font-weight:normal;text-align:left}
+th,td{padding:.25rem .8rem .25rem 0;vertical-align:top;font-variant-numeric:tabular-nums;overflow-wrap:anywhere}
+tbody tr{border-top:1px solid #e5e5ea}th,td:first-child,td.status,td:last-child{white-space:nowrap}
 """
 
 
@@ -156,6 +162,104 @@ def ping_rows(data: Mapping[str, Any]) -> list[Row]:
     )
 
 
+LAYERS = {"wifi": "Wi-Fi link", "gateway": "Gateway", "dns": "DNS", "http": "HTTP"}
+"""The layered checks, bottom up, as the network card lists them."""
+
+LAYER_SOURCES = {
+    "wifi": "Wi-Fi reading",
+    "gateway": "ping",
+    "dns": "DNS query over UDP",
+    "http": "HTTP GET",
+}
+
+
+def _count(value: Any, noun: str) -> str | None:
+    """``"1 answer"``, ``"3 answers"``; None if no number."""
+    return f"{value} {noun}" + ("" if value == 1 else "s") if _is_number(value) else None
+
+
+def _ms(value: Any) -> str | None:
+    return number(value, "ms", 1)
+
+
+def network_measured(data: Mapping[str, Any]) -> str | None:
+    """What one layered check measured, in a line: its timings and values with their units."""
+    layer = data.get("layer")
+    if layer == "wifi":
+        band = _text(data.get("band"))
+        channel = _join(_text(data.get("channel")) and f"channel {data['channel']}", band and f"({band})", sep=" ")
+        return _join(
+            number(data.get("rssi_dbm"), "dBm", 0),
+            number(data.get("snr_db"), "dB", 0) and f"SNR {number(data.get('snr_db'), 'dB', 0)}",
+            number(data.get("tx_rate_mbps"), "Mbps"),
+            channel,
+            _count(data.get("roams"), "roam") and f"{_count(data.get('roams'), 'roam')} since the last round",
+            duration(data.get("reading_age_s")) and f"reading {duration(data.get('reading_age_s'))} old",
+        )
+    if layer == "gateway":
+        packets = None
+        if _is_number(data.get("sent")) and _is_number(data.get("received")):
+            packets = f"{data['received']} of {data['sent']} answered"
+        return _join(
+            _ms(data.get("rtt_avg_ms")) and f"avg {_ms(data.get('rtt_avg_ms'))}",
+            _ms(data.get("rtt_min_ms")) and f"min {_ms(data.get('rtt_min_ms'))}",
+            _ms(data.get("rtt_max_ms")) and f"max {_ms(data.get('rtt_max_ms'))}",
+            number(data.get("loss_pct"), "%") and f"{number(data.get('loss_pct'), '%')} loss",
+            packets,
+        )
+    if layer == "dns":
+        return _join(
+            _join(_text(data.get("query_name")), _text(data.get("query_type")), sep=" "),
+            _text(data.get("rcode")),
+            _count(data.get("answers"), "answer"),
+            _ms(data.get("dns_ms")) and f"in {_ms(data.get('dns_ms'))}",
+        )
+    if layer == "http":
+        phases = _join(
+            _ms(data.get("dns_ms")) and f"DNS {_ms(data.get('dns_ms'))}",
+            _ms(data.get("connect_ms")) and f"connect {_ms(data.get('connect_ms'))}",
+            _ms(data.get("tls_ms")) and f"TLS {_ms(data.get('tls_ms'))}",
+            _ms(data.get("ttfb_ms")) and f"first byte {_ms(data.get('ttfb_ms'))}",
+        )
+        answer = _join(_text(data.get("http_version")), _text(data.get("status_code")), sep=" ")
+        total = _ms(data.get("total_ms")) and f"in {_ms(data.get('total_ms'))}"
+        return _join(_join(answer, total, sep=" "), phases and f"({phases})", sep=" ")
+    return None
+
+
+def network_source(entries: Iterable[Mapping[str, Any]]) -> str:
+    layers = {(e.get("data") or {}).get("layer") for e in entries}
+    return ", ".join(source for layer, source in LAYER_SOURCES.items() if layer in layers) or "unknown"
+
+
+def roam_rows(data: Mapping[str, Any]) -> list[Row]:
+    def change(before: str | None, after: str | None) -> str | None:
+        if before and after and before != after:
+            return f"{before} to {after}"
+        return after or before
+
+    def channel(number_key: str, band_key: str) -> str | None:
+        band = _text(data.get(band_key))
+        return _join(_text(data.get(number_key)), band and f"({band})", sep=" ")
+
+    before, after = number(data.get("rssi_before_dbm"), "dBm", 0), number(data.get("rssi_after_dbm"), "dBm", 0)
+    signal = after or before
+    if before and after:
+        signal = f"{before} to {after} ({data['rssi_after_dbm'] - data['rssi_before_dbm']:+.0f} dB)"
+    moved = "(a different network)" if data.get("ssid_changed") else None
+    changed = [{"bssid": "access point"}.get(str(c), str(c)) for c in data.get("changed") or []]
+    return _rows(
+        ("Changed", ", ".join(changed) if changed else None),
+        ("Access point", change(_text(data.get("from_bssid")), _text(data.get("to_bssid")))),
+        ("Channel", change(channel("from_channel", "from_band"), channel("to_channel", "to_band"))),
+        ("Signal", signal),
+        ("Network", _join(_text(data.get("ssid")), moved, sep=" ")),
+        ("Interface", _text(data.get("interface"))),
+        ("Between readings", duration(data.get("interval_s"))),
+        ("Roams", number(data.get("roam_count"), "since the agent started", 0)),
+    )
+
+
 def _used_of(part: Mapping[str, Any]) -> str | None:
     used, total = size(part.get("used")), size(part.get("total"))
     share = number(part.get("percent"), "%")
@@ -233,6 +337,8 @@ WIDGETS: dict[str, tuple[str, Callable[[Mapping[str, Any]], list[Row]]]] = {
     "ping": ("Ping", ping_rows),
     "health": ("Health", health_rows),
     "processes": ("Processes", processes_rows),
+    "network": ("Network checks", lambda _: []),  # a table of every check: network_card
+    "roam": ("Last roam", roam_rows),
 }
 """Each widget's title and rows, in the page's order."""
 
@@ -242,6 +348,10 @@ def source_of(widget: str, data: Mapping[str, Any]) -> str:
         return health_source(data)
     if widget == "ping":
         return "ping"
+    if widget == "network":
+        return LAYER_SOURCES.get(str(data.get("layer")), "unknown")
+    if widget == "roam":
+        return "consecutive Wi-Fi readings"
     return _text(data.get("source")) or "unknown"
 
 
@@ -280,8 +390,47 @@ def card(widget: str, title: str, entry: Mapping[str, Any] | None, now: datetime
     return "".join(parts) + "</section>"
 
 
+def _network_order(entry: Mapping[str, Any]) -> int:
+    layer = (entry.get("data") or {}).get("layer")
+    return list(LAYERS).index(layer) if layer in LAYERS else len(LAYERS)
+
+
+def network_card(entries: list[Mapping[str, Any]], now: datetime) -> str:
+    """The layered checks in one card, a row per layer and target, bottom up: where the chain breaks shows.
+
+    Within a layer the targets keep ``entries``' order, the configured one.
+    """
+    if not entries:
+        return card("network", WIDGETS["network"][0], None, now)
+    entries = sorted(entries, key=_network_order)
+    ok = sum(1 for e in entries if (e.get("data") or {}).get("status") == "ok")
+    worst = next((level for level in ("ERROR", "WARNING") if any(e.get("level") == level for e in entries)), "ok")
+    rows = []
+    for entry in entries:
+        data: Mapping[str, Any] = entry.get("data") or {}
+        status = _word(data.get("status")) or "unknown"
+        level = "ok" if data.get("status") == "ok" else str(entry.get("level", ""))
+        reason = _text(data.get("reason")) if data.get("status") != "ok" else None
+        measured = _join(network_measured(data), reason, sep="; ") or ""
+        rows.append(
+            f'<tr data-layer="{escape(str(data.get("layer", "")))}">'
+            f"<td>{escape(LAYERS.get(str(data.get('layer')), str(data.get('layer', ''))))}</td>"
+            f"<td>{escape(_text(data.get('target')) or '')}</td>"
+            f'<td class="status {escape(level)}">{escape(status)}</td>'
+            f"<td>{escape(measured)}</td><td>{when(entry.get('timestamp'), now)}</td></tr>"
+        )
+    return (
+        f'<section class="card" data-widget="network"><h2>{escape(WIDGETS["network"][0])}</h2>'
+        f'<p class="summary {worst}">{ok} of {len(entries)} checks ok</p>'
+        '<div class="scroll"><table><thead><tr><th>Layer</th><th>Target</th><th>Status</th><th>Measured</th>'
+        f"<th>Read</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        f'<p class="meta">source: {escape(network_source(entries))}</p></section>'
+    )
+
+
 def _entries(widgets: Mapping[str, Any], widget: str) -> list[Mapping[str, Any]]:
-    """The latest entry of ``widget``; ping has one per target (keys ``ping:<target>``)."""
+    """The latest entries of ``widget``: ping has one per target (``ping:<target>``), network one per
+    layer and target (``network:<layer>:<target>``)."""
     return [v for k, v in sorted(widgets.items()) if k == widget or k.startswith(widget + ":")]
 
 
@@ -306,6 +455,8 @@ def render_page(snapshot: Mapping[str, Any], now: datetime | None = None) -> str
         entries = _entries(widgets, widget)
         if widget == "ping" and entries:
             cards += [card(widget, f"Ping {e.get('data', {}).get('target', '')}".strip(), e, now) for e in entries]
+        elif widget == "network":
+            cards.append(network_card([v for k, v in widgets.items() if k.startswith("network:")], now))
         else:
             cards.append(card(widget, title, entries[0] if entries else None, now))
     return (
