@@ -96,6 +96,10 @@ def test_enroll_then_send_v2_then_revoked(v2_ingest, secret, agent_yaml, capsys,
     device = db.execute("SELECT machine_id FROM devices WHERE device_id = %s", (enrollment.device_id,)).fetchone()
     assert device == (machine_id,)
 
+    assert main(["status", "--config", str(agent_yaml)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["device_id"], shown["fleet_server"]) == (enrollment.device_id, v2_ingest.url)
+
     caplog.set_level("INFO", logger="atlas.agent")
     with sender(data_dir, v2_ingest.url, keys) as agent:
         fill(agent.store, 5)

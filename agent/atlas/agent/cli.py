@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from atlas.contract import csv_lines, record
 
 from .config import AgentConfig, AgentConfigError, load_agent_config
-from .enroll import EnrollError
+from .enroll import EnrollError, load_enrollment
 from .sender import SenderConfigError
 from .store import LocalStore, StoreError, StoreKeyError
 
@@ -68,12 +68,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     status = LocalStore(config.store_path, config.keyring()).status()
+    enrolled = load_enrollment(config.data_dir)
     print(
         json.dumps(
             {
                 "store": str(config.store_path),
-                "fleet_server": config.fleet_server,
+                "fleet_server": config.fleet_server or (enrolled.server if enrolled else None),
                 "encryption": bool(config.encryption_keys),
+                "device_id": enrolled.device_id if enrolled else None,
                 **status,
             },
             indent=2,
