@@ -22,7 +22,7 @@ from atlas.agent.cli import main
 from atlas.agent.enroll import credentials_path, key_path, load_enrollment
 from atlas.agent.sender import Sender
 from atlas.agent.store import LocalStore
-from atlas.contract import DeviceKey, HpkePrivateKey, Keyring
+from atlas.contract import DeviceKey, HpkeKeyring, HpkePrivateKey, Keyring
 from atlas.core.devices import create_enroll_secret, revoke_device
 
 from .. import batches
@@ -203,3 +203,30 @@ def test_the_sender_learns_the_servers_new_public_keys(
         assert [b["kid"] for b in bodies] == [first.seal_key.kid, new_kid]
     drain()
     assert len(rows(db, first.machine_id)) == 4
+
+
+def test_a_batch_sealed_to_a_retired_key_is_sealed_again_to_the_current_one(
+    v2_config, start_ingest, secret, agent_yaml, capsys, db, drain, keys, tmp_path, caplog
+) -> None:
+    old = HpkeKeyring([HpkePrivateKey.generate()])
+    old_path, new_path = tmp_path / "old.json", tmp_path / "new.json"
+    old.save(old_path)
+    new = HpkeKeyring([HpkePrivateKey.generate()])  # the old key already removed from the keyring
+    new.save(new_path)
+    before = start_ingest({**v2_config, "server": {**v2_config["server"], "hpke_keyring": str(old_path)}})
+    after = start_ingest({**v2_config, "server": {**v2_config["server"], "hpke_keyring": str(new_path)}})
+    assert enroll(agent_yaml, before.url, secret, capsys)[0] == 0
+    data_dir = state(agent_yaml)
+    caplog.set_level("INFO", logger="atlas.agent")
+    with sender(data_dir, after.url, keys) as agent:
+        fill(agent.store, 4)
+        report = agent.run_cycle()
+        assert (report.sealed_batches, report.sent_batches, report.quarantined) == (1, 0, 0)
+        report = agent.run_cycle()
+        assert (report.sealed_batches, report.sent_batches, report.sent_logs) == (1, 1, 4)
+        assert agent.store.status()["quarantined_batches"] == 0
+    assert any("sealed again to key " + new.public_keys()[0].kid in r.getMessage() for r in caplog.records)
+    drain()
+    enrolled = load_enrollment(data_dir)
+    assert enrolled is not None
+    assert len(rows(db, enrolled.machine_id)) == 4

@@ -2,7 +2,8 @@
 
 An enrolled agent (``atlas-agent enroll``) sends contract v2: each batch sealed with HPKE to the server's
 current public key, each request signed with the device key, to the v2 path; the server's public keys in each
-answer replace the stored ones. A 401 there (device revoked or replaced, or a wrong clock) stops sending, with
+answer replace the stored ones, and a batch sealed to a key the server no longer holds is sealed again to its
+current one. A 401 there (device revoked or replaced, or a wrong clock) stops sending, with
 one log line, until the Mac is enrolled again; the unsent logs stay in the store. Without an enrollment the
 agent sends v1 as before.
 
@@ -303,6 +304,21 @@ class Sender:
             self._credentials_stamp = self._stamp()
         log.info("Fleet server public keys updated (sealing to key %s)", keys[0].kid)
 
+    def _reseal_to_new_key(self, batch_id: str, body: bytes) -> bool:
+        """A batch sealed to a key the server no longer holds goes back to be sealed to its current key (learnt
+        from the same answer), unless that is the key it was sealed to; True if it was unsealed."""
+        key = self.enrollment.seal_key if self.enrollment else None
+        try:
+            sealed_to = json.loads(body).get("kid")
+        except ValueError:
+            return False
+        if key is None or key.kid == sealed_to:
+            return False
+        count = self.store.unseal([batch_id])
+        log.warning("Batch %s was sealed to a key the fleet server no longer holds; its %d logs are sealed again "
+                    "to key %s", batch_id, count, key.kid)  # fmt: skip
+        return True
+
     def seal_pending(self) -> int:
         """Turn every unsent log into batches; returns how many batches were sealed."""
         count = 0
@@ -342,6 +358,10 @@ class Sender:
                     reason,
                     REENROLL,
                 )
+                break
+            stale_key = v2 and status == 400 and isinstance(reply, dict) and reply.get("field") == "kid"
+            if stale_key and self._reseal_to_new_key(batch.batch_id, batch.body):
+                report.retried += 1
                 break
             outcome = classify(status, reply)
             if outcome == "sent":
