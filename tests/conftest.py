@@ -12,4 +12,4 @@ RUN_ID = uuid.uuid4().hex[:10]
 os.environ["RQ_KEY_PREFIX"] = f"rqtest{RUN_ID}"
 os.environ["ATLAS_TEST_RUN_ID"] = RUN_ID
 
-pytest_plugins = ["tests.fix_services", "tests.fix_processes", "tests.fix_dashboard"]
+pytest_plugins = ["tests.fix_services", "tests.fix_processes", "tests.fix_dashboard", "tests.fix_v2"]

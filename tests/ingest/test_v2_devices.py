@@ -11,9 +11,7 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +22,6 @@ import yaml
 from atlas.contract import (
     SUITE_X25519,
     DeviceKey,
-    HpkeKeyring,
-    HpkePrivateKey,
     HpkePublicKey,
     seal_v2,
     select_public_key,
@@ -91,31 +87,6 @@ class Mac:
     def send(self, server: IngestServer, envelope: dict[str, Any] | bytes, **kw: Any) -> httpx.Response:
         body = envelope if isinstance(envelope, bytes) else json.dumps(envelope).encode()
         return httpx.post(f"{server.url}{V2_PATH}", content=body, headers=self.signed(body, **kw), timeout=30)
-
-
-@pytest.fixture(scope="session")
-def hpke_keyring(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, HpkeKeyring]:
-    keyring = HpkeKeyring([HpkePrivateKey.generate(), HpkePrivateKey.generate(SUITE_X25519)])
-    path = tmp_path_factory.mktemp("hpke") / "keyring.json"
-    keyring.save(path)
-    return path, keyring
-
-
-@pytest.fixture(scope="session")
-def v2_config(server_config: dict[str, Any], hpke_keyring: tuple[Path, HpkeKeyring]) -> dict[str, Any]:
-    config = {name: dict(values) for name, values in server_config.items()}
-    config["server"]["hpke_keyring"] = str(hpke_keyring[0])
-    return config
-
-
-@pytest.fixture(scope="session")
-def v2_ingest(start_ingest: Callable[..., IngestServer], v2_config: dict[str, Any]) -> IngestServer:
-    return start_ingest(v2_config)
-
-
-@pytest.fixture
-def secret(db: psycopg.Connection) -> str:
-    return create_enroll_secret(db)[0]
 
 
 @pytest.fixture

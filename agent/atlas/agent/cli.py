@@ -3,6 +3,7 @@
 atlas-agent run [--config agent.yaml]
 atlas-agent status [--config agent.yaml]
 atlas-agent collect --once [--config agent.yaml]
+atlas-agent enroll --server URL --secret SECRET [--config agent.yaml]
 atlas-agent export --format csv|json [--type wifi] [--since T] [--until T] [--encryption-key KEY] [-o FILE]
 
 ``export -o FILE`` writes a temporary file next to FILE and renames it over FILE only once every log is
@@ -27,6 +28,7 @@ from typing import Any, TextIO
 from atlas.contract import csv_lines, record
 
 from .config import AgentConfig, AgentConfigError, load_agent_config
+from .enroll import EnrollError, load_enrollment
 from .sender import SenderConfigError
 from .store import LocalStore, StoreError, StoreKeyError
 
@@ -66,12 +68,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     status = LocalStore(config.store_path, config.keyring()).status()
+    enrolled = load_enrollment(config.data_dir)
     print(
         json.dumps(
             {
                 "store": str(config.store_path),
-                "fleet_server": config.fleet_server,
+                "fleet_server": config.fleet_server or (enrolled.server if enrolled else None),
                 "encryption": bool(config.encryption_keys),
+                "device_id": enrolled.device_id if enrolled else None,
                 **status,
             },
             indent=2,
@@ -87,6 +91,34 @@ def cmd_collect(args: argparse.Namespace) -> int:
     agent = Agent(replace(config, fleet_server=None))  # collects only: nothing is stored or sent
     entries = agent.collect(store=False)
     print(json.dumps({"machine": agent.identity.as_machine(), "logs": entries}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from .collectors.identity import collect_hardware_uuid, collect_identity
+    from .enroll import enroll
+
+    config = _config(args)
+    identity = collect_identity(machine_id=config.machine_id)
+    hardware_uuid = collect_hardware_uuid()
+    if not hardware_uuid:
+        raise EnrollError("cannot read this Mac's hardware UUID (ioreg IOPlatformUUID)")
+    enrollment, replaced = enroll(
+        config.data_dir,
+        server=args.server,
+        secret=args.secret,
+        hardware_uuid=hardware_uuid,
+        serial_number=identity.serial_number,
+        machine_id=identity.machine_id,
+        hostname=identity.hostname,
+        ca_bundle=config.ca_bundle,
+    )
+    print(
+        f"Enrolled with {enrollment.server} as device {enrollment.device_id} "
+        f"(machine_id {enrollment.machine_id}, serial {enrollment.serial_number})"
+        + (f", replacing device {replaced}" if replaced else "")
+        + f"; key and credentials in {config.data_dir} (mode 600); the agent now sends contract v2"
+    )
     return 0
 
 
@@ -175,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", parents=[common], help="collect once and print what would be sent")
     p.add_argument("--once", action="store_true", required=True, help="collect one round (required)")
     p.set_defaults(func=cmd_collect)
+    p = sub.add_parser("enroll", parents=[common], help="enroll this Mac with a fleet server (contract v2)")
+    p.add_argument("--server", required=True, metavar="URL", help="the fleet server, https://HOST:8768")
+    p.add_argument(
+        "--secret", required=True, metavar="SECRET", help="an enroll secret (atlas-server enroll-secret create)"
+    )
+    p.set_defaults(func=cmd_enroll)
     p = sub.add_parser("export", parents=[common], help="export the local store, decrypted")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--type", choices=WIDGET_TYPES, help="only this widget type")
@@ -199,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AgentConfigError, SenderConfigError) as exc:
         print(f"atlas-agent: configuration error: {exc}", file=sys.stderr)
         return 2
-    except StoreError as exc:
+    except (StoreError, EnrollError) as exc:
         print(f"atlas-agent: {exc}", file=sys.stderr)
         return 1
 

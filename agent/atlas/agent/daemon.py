@@ -37,6 +37,7 @@ from .collectors.roam import RoamTracker
 from .collectors.speedtest import SpeedtestRunner
 from .collectors.wifi import WifiReading, collect_wifi
 from .config import AgentConfig
+from .enroll import load_enrollment
 from .sender import Sender
 from .store import LocalStore
 from .widgets import (
@@ -74,10 +75,13 @@ class Agent:
         self._wifi_seen: tuple[WifiReading, float] | None = None
         self._lock = threading.Lock()
         self.sender: Sender | None = None
-        if config.fleet_server:
+        enrolled = load_enrollment(config.data_dir)
+        fleet_server = config.fleet_server or (enrolled.server if enrolled else None)
+        if fleet_server:
             self.sender = Sender(
                 self.store,
-                fleet_server=config.fleet_server,
+                fleet_server=fleet_server,
+                data_dir=config.data_dir,
                 api_key=config.api_key or "",
                 keyring=self.keyring,
                 machine=self.identity.as_machine,

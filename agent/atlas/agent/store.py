@@ -281,6 +281,25 @@ class LocalStore:
                 (reason[:500], batch_id),
             )
 
+    def pending_bodies(self) -> list[tuple[str, bytes]]:
+        """(batch_id, body) of every pending batch, oldest first."""
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT batch_id, body FROM batches WHERE state = 'pending' ORDER BY created_at, rowid"
+            ).fetchall()
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    def unseal(self, batch_ids: list[str]) -> int:
+        """Put the logs of these pending batches back among the unbatched ones and forget the batches, in one
+        transaction: for batches sealed to a credential the server no longer takes (a Mac enrolled again).
+        Returns how many logs are unbatched again."""
+        with closing(self._connect()) as conn, conn:
+            count = 0
+            for batch_id in batch_ids:
+                if conn.execute("DELETE FROM batches WHERE batch_id = ? AND state = 'pending'", (batch_id,)).rowcount:
+                    count += conn.execute("UPDATE logs SET batch_id = NULL WHERE batch_id = ?", (batch_id,)).rowcount
+            return count
+
     def requeue_quarantined(self) -> int:
         """Make quarantined batches pending again (after an operator fixed, say, the API key)."""
         with closing(self._connect()) as conn, conn:

@@ -39,6 +39,12 @@ COMPRESSIONS = ("gzip", "none")
 WIDGET_LOGS_PATH = "/api/fleet/widget-logs"
 """Where a sender POSTs a batch (docs/protocol.md, section 3)."""
 
+WIDGET_LOGS_V2_PATH = "/api/fleet/v2/widget-logs"
+"""Where an enrolled device POSTs a v2 batch, signed (docs/protocol.md, sections 17-18)."""
+
+ENROLL_PATH = "/api/fleet/enroll"
+"""Where a Mac enrolls as a device (docs/protocol.md, section 18)."""
+
 MAX_UTC_OFFSET = timedelta(hours=14)
 """Largest offset any time zone uses (Kiribati, +14:00); PostgreSQL refuses beyond ±15:59."""
 

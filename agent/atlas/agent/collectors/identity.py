@@ -424,3 +424,25 @@ def collect_identity(
         machine_id=machine_id,
         fallback_id=fallback.lower() if fallback else None,
     )
+
+
+def collect_hardware_uuid(
+    run: Runner = run_command,
+    read_file: FileReader = read_text_file,
+    *,
+    platform: str | None = None,
+    problems: list[str] | None = None,
+) -> str | None:
+    """The hardware UUID a v2 enrollment names: ``IOPlatformUUID`` on macOS (as ioreg prints it, upper case),
+    else ``system_profiler``'s; on Linux (development) ``/etc/machine-id``. None when nothing answers."""
+    platform = platform or sys.platform
+    problems = problems if problems is not None else []
+    if platform == "darwin":
+        found = parse_ioreg_platform(
+            _try(lambda: run(["ioreg", "-c", "IOPlatformExpertDevice", "-d", "2"]), problems, "ioreg") or ""
+        ).platform_uuid
+        if found is None:
+            text = _try(lambda: run(["system_profiler", "SPHardwareDataType", "-json"]), problems, "system_profiler")
+            found = parse_sp_hardware_json(text or "").platform_uuid
+        return found
+    return _clean(_try(lambda: read_file("/etc/machine-id"), problems, "/etc/machine-id"))

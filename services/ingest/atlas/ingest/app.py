@@ -32,7 +32,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from atlas.contract import (
+    ENROLL_PATH,
     WIDGET_LOGS_PATH,
+    WIDGET_LOGS_V2_PATH,
     ContractError,
     DeviceAuthError,
     HpkeKeyring,
@@ -76,9 +78,6 @@ INLINE_DECODE_BYTES = 64 * 1024
 """Bodies up to this size, whose plaintext is no larger either, are decoded in the event loop (an agent's
 batch: about half a millisecond, less than a thread hand-off costs). Anything more, a gzip bomb
 included, is decoded in the bounded decode pool, so the loop never inflates or parses more than this."""
-
-WIDGET_LOGS_V2_PATH = "/api/fleet/v2/widget-logs"
-ENROLL_PATH = "/api/fleet/enroll"
 
 MAX_ENROLL_BODY_BYTES = 16 * 1024
 """An enrollment request is a few hundred bytes."""
