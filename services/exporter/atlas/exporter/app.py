@@ -262,6 +262,7 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
                 "description": "The export, streamed; gzip when Accept-Encoding allows it",
                 "content": {media.split(";")[0]: {} for media in MEDIA_TYPES.values()},
             },
+            400: {"description": "A query parameter given more than once"},
             401: {"description": "No session and no valid API token"},
             422: {"description": "A filter cannot be used; `field` names it"},
             429: {"description": "Too many exports running (this user's, or all); retry after Retry-After seconds"},
@@ -357,6 +358,7 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
                 "content": {media.split(";")[0]: {} for media in MEDIA_TYPES.values()},
                 "headers": {ROW_COUNT_HEADER: {"schema": {"type": "integer"}}},
             },
+            400: {"description": "A query parameter given more than once"},
             401: {"description": "No session and no valid API token"},
             422: {"description": "A filter cannot be used; `field` names it"},
             503: {"description": "Database unavailable; retry after Retry-After seconds"},
@@ -386,7 +388,11 @@ def add_export_routes(app: FastAPI, web: WebState, refuse: Refuse = json_refusal
         AUDIT_PATH,
         dependencies=[Depends(one_value_per_query_parameter)],
         summary="The latest exports (admins only)",
-        responses={401: {"description": "Not signed in"}, 403: {"description": "Not an admin"}},
+        responses={
+            400: {"description": "A query parameter given more than once"},
+            401: {"description": "Not signed in"},
+            403: {"description": "Not an admin"},
+        },
         response_model=None,
     )
     async def export_audit(
