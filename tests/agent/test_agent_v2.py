@@ -230,3 +230,29 @@ def test_a_batch_sealed_to_a_retired_key_is_sealed_again_to_the_current_one(
     enrolled = load_enrollment(data_dir)
     assert enrolled is not None
     assert len(rows(db, enrolled.machine_id)) == 4
+
+
+def test_a_mac_with_a_wrong_clock_retries_and_delivers_once_it_is_set_right(
+    v2_ingest, secret, agent_yaml, capsys, db, drain, keys, caplog
+) -> None:
+    status, _, err = enroll(agent_yaml, v2_ingest.url, secret, capsys)
+    assert status == 0, err
+    data_dir = state(agent_yaml)
+    enrollment = load_enrollment(data_dir)
+    assert enrollment is not None
+    caplog.set_level("INFO", logger="atlas.agent")
+    with sender(data_dir, v2_ingest.url, keys) as agent:
+        agent.backoff_base_s = agent.backoff_cap_s = 0.0
+        agent.clock = lambda: time.time() - 3600  # an hour slow
+        fill(agent.store, 4)
+        report = agent.run_cycle()
+        assert (report.sent_batches, report.retried) == (0, 1)
+        assert agent.halted is None  # the credential is fine: nothing says enroll again
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any("refused this Mac's clock" in w and "Atlas-Timestamp" in w for w in warnings), warnings
+        assert agent.store.status()["quarantined_batches"] == 0
+        agent.clock = time.time  # the clock set right
+        report = agent.run_cycle()
+        assert (report.sent_batches, report.sent_logs) == (1, 4)
+        drain()
+        assert len(rows(db, enrollment.machine_id)) == 4

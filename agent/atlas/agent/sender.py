@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import ssl
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from atlas.contract import (
+    HEADER_TIMESTAMP,
     LOG_MAX_BEFORE_BATCH,
     WIDGET_LOGS_PATH,
     WIDGET_LOGS_V2_PATH,
@@ -153,8 +155,11 @@ class Sender:
         backoff_base_s: float = BACKOFF_BASE_S,
         backoff_cap_s: float = BACKOFF_CAP_S,
         data_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.data_dir = data_dir
+        self.clock = clock
+        """The time a v2 request is signed with (seconds since the epoch)."""
         self.enrollment = load_enrollment(data_dir) if data_dir is not None else None
         self._credentials_stamp = self._stamp()
         self.halted: str | None = None
@@ -283,7 +288,9 @@ class Sender:
     def _post(self, body: bytes) -> tuple[httpx.Response, bool]:
         """POST a sealed body where it belongs: a v2 envelope signed to the v2 path, a v1 one with the API key."""
         if body.startswith(_V2_PREFIX) and self.enrollment is not None:
-            headers = sign_request(self.enrollment.key, self.enrollment.device_id, "POST", self.v2_path, body)
+            headers = sign_request(
+                self.enrollment.key, self.enrollment.device_id, "POST", self.v2_path, body, timestamp=int(self.clock())
+            )
             return self.v2_client.post(self.v2_url, content=body, headers=headers), True
         return self.client.post(self.url, content=body), False
 
@@ -350,6 +357,20 @@ class Sender:
                 reason = f"HTTP {status}" + (f": {detail}" if detail else "")
                 if v2:
                     self._learn_keys(reply)
+            skewed = v2 and status == 401 and isinstance(reply, dict) and reply.get("field") == HEADER_TIMESTAMP
+            if skewed:  # the credential is fine: the Mac's clock is not; retried once it is set right
+                delay = backoff_delay(
+                    batch.attempts, retry_after, self.rng, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s
+                )
+                self.store.mark_retry(batch.batch_id, delay=delay, error=reason)
+                report.retried += 1
+                log.warning(
+                    "Fleet server refused this Mac's clock (%s): set the clock right (System Settings > Date & Time);"
+                    " next try in %.0f s",
+                    reason,
+                    delay,
+                )
+                break
             if v2 and status == 401:
                 self.halted = reason
                 log.error(
