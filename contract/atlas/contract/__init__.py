@@ -65,7 +65,7 @@ from .errors import (
     UnknownKeyError,
     WeakKeyError,
 )
-from .export import CsvWriter, csv_lines, record
+from .export import CSV_COLUMNS, EXTENDED_CSV_COLUMNS, CsvWriter, csv_lines, record
 from .hpke_keys import (
     DEFAULT_SUITE,
     KEYRING_FORMAT,
@@ -140,9 +140,11 @@ __all__ = [
     "ALGORITHM",
     "BATCH_KEY_INFO",
     "COMPRESSIONS",
+    "CSV_COLUMNS",
     "DEFAULT_SUITE",
     "ENROLL_PATH",
     "ENVELOPE_V2_FIELDS",
+    "EXTENDED_CSV_COLUMNS",
     "HEADER_DEVICE",
     "HEADER_SIGNATURE",
     "HEADER_TIMESTAMP",

@@ -18,8 +18,7 @@ from collections.abc import Generator
 import psycopg
 from psycopg import sql
 
-from atlas.contract import CsvWriter, Keyring
-from atlas.contract.export import CSV_COLUMNS, EXTENDED_CSV_COLUMNS
+from atlas.contract import CSV_COLUMNS, EXTENDED_CSV_COLUMNS, CsvWriter, Keyring
 from atlas.core.content import ContentReader
 
 from .query import LOGS_WITH_HOSTS, TIMESTAMP_SQL, ColumnSet, ExportFilters, where_clause
