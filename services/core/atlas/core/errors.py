@@ -108,6 +108,23 @@ def store_error(exc: BaseException) -> ServerError | None:
     return None
 
 
+_REFUSED_FOR_GOOD = ("password authentication failed", "no password supplied", "pg_hba.conf", "role ")
+"""libpq's words for a connection refused in a way waiting does not change: a wrong password or user."""
+
+
+def connect_refusal(reason: str) -> str:
+    """Why PostgreSQL refused a connection, from the first line of libpq's message: ``missing database`` (it
+    can be created), ``final`` (a wrong password or user), or ``transient`` (not up yet, unreachable).
+
+    libpq gives no SQLSTATE for a connection that failed, so this one place reads its text.
+    """
+    if "does not exist" in reason and "database" in reason:
+        return "missing database"
+    if any(text in reason for text in _REFUSED_FOR_GOOD):
+        return "final"
+    return "transient"
+
+
 def store_failures() -> tuple[type[Exception], ...]:
     """The exception classes ``store_error`` may map, for an ``except`` clause or an exception handler."""
     import psycopg

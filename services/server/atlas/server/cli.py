@@ -42,7 +42,7 @@ from atlas.contract import (
     generate_encryption_key,
 )
 from atlas.core.config import Settings, load_settings
-from atlas.core.errors import ConfigError, DatabaseUnavailable, QueueUnavailable, store_error
+from atlas.core.errors import ConfigError, DatabaseUnavailable, QueueUnavailable, connect_refusal, store_error
 
 from .logs import LOG_FORMATS, configure_logging, secret_values
 
@@ -89,9 +89,6 @@ def _keygen_hpke(path: str, suite: str) -> int:
 SERVICES = ("migrate", "ingest", "worker", "exporter", "dashboard")
 """What check-config checks the settings of, by default all of them."""
 
-_NOT_RETRIED = ("password authentication failed", "no password supplied", "pg_hba.conf", "role ")
-"""PostgreSQL answers that waiting does not change: a wrong password or user stops migrate at once."""
-
 
 def check_config(settings: Settings, services: Sequence[str], env: dict[str, str] | None = None) -> None:
     """ConfigError naming the first setting one of ``services`` would refuse at start."""
@@ -129,9 +126,10 @@ def wait_for_postgres(url: str, seconds: float) -> None:
         except psycopg.OperationalError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             left = deadline - time.monotonic()
-            if "does not exist" in reason and "database" in reason:
+            refusal = connect_refusal(reason)
+            if refusal == "missing database":
                 return  # migrate creates it
-            if left <= 0 or any(text in reason for text in _NOT_RETRIED):
+            if left <= 0 or refusal == "final":
                 raise
             print(f"Waiting for PostgreSQL: {reason} (retrying for {left:.0f} s more)", flush=True)
             time.sleep(min(2.0, max(left, 0.1)))
